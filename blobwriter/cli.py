@@ -1,0 +1,135 @@
+"""The `blobwriter` command: keygen, read, verify, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import date as Date
+
+from . import __version__
+from .config import KEY_BYTES, Settings, load_settings
+from .errors import BlobwriterError, ConfigError
+from .reader import Reader, ReadReport, date_range
+from .store import open_store
+
+EXIT_OK, EXIT_DAMAGED, EXIT_USAGE = 0, 1, 2
+
+
+def keygen() -> str:
+    """A new random AES-256 key, base64-encoded."""
+    return base64.b64encode(os.urandom(KEY_BYTES)).decode("ascii")
+
+
+def _iso_date(text: str) -> Date:
+    try:
+        return Date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blobwriter",
+        description="Batched, encrypted logging to Azure append blobs (or a directory).",
+        epilog="Settings come from BLOBWRITER_* environment variables and the YAML file given by "
+               "--config or BLOBWRITER_CONFIG (see README, 'Configuration').",
+    )
+    parser.add_argument("--version", action="version", version=f"blobwriter {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="YAML config file (default: $BLOBWRITER_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("keygen", help="print a new random base64 32-byte encryption key")
+
+    for name, text in (("read", "print a date range's entries as JSON Lines, each exactly once"),
+                       ("verify", "check every frame of a date range; exit 1 if any is damaged")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD", help="first UTC date")
+        sub.add_argument("--until", type=_iso_date, metavar="YYYY-MM-DD", help="last UTC date (inclusive)")
+        if name == "verify":
+            sub.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    serve = commands.add_parser("serve", help="serve the HTTP API locally (uvicorn)",
+                                description="Serve POST /api/logs, GET /api/health and GET /api/metrics.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=7071, help="port (default: 7071, like `func start`)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "keygen":
+        print(keygen())
+        return EXIT_OK
+    try:
+        settings = load_settings(args.config)
+        if args.command == "serve":
+            from .api import serve
+
+            serve(settings, host=args.host, port=args.port, log_level=args.log_level)
+            return EXIT_OK
+        if not settings.keys:
+            settings.require("encryption_key")
+        dates = date_range(args.date, args.until)
+        return asyncio.run(_read(settings, dates, verify=args.command == "verify",
+                                 as_json=getattr(args, "json", False)))
+    except (BlobwriterError, ValueError) as exc:
+        print(f"blobwriter: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: bool) -> int:
+    store = open_store(settings)
+    reader = Reader(store, settings.keys)
+    out = sys.stdout.buffer
+    try:
+        async for line in reader.entries(dates):
+            if not verify:
+                out.write(line + b"\n")
+    except Exception as exc:  # storage errors: say what failed, no traceback
+        raise BlobwriterError(f"reading from {store.description} failed: {exc}") from exc
+    finally:
+        out.flush()
+        await store.close()
+    report = reader.report
+    if report.only_unknown_keys:
+        ids = sorted({p.unknown_key.hex() for p in report.problems if p.unknown_key})
+        raise ConfigError(
+            f"none of the configured keys can decrypt these logs ({len(report.problems)} frames use key id(s) "
+            f"{', '.join(ids)}); set encryption_key (and previous_keys after a rotation) to the key that wrote them."
+        )
+    _print_report(report, dates, verbose=verify, as_json=as_json)
+    return EXIT_OK if report.ok else EXIT_DAMAGED
+
+
+def _print_report(report: ReadReport, dates: list[str], *, verbose: bool, as_json: bool) -> None:
+    """verify prints its report on stdout; read reports only damage, on stderr."""
+    if as_json:
+        print(json.dumps({
+            "dates": [dates[0], dates[-1]], "parts": report.parts, "frames": report.frames,
+            "entries": report.entries, "duplicates_dropped": report.duplicates, "bytes": report.bytes,
+            "problems": [{"blob": p.blob, "offset": p.offset, "message": p.message} for p in report.problems],
+            "ok": report.ok,
+        }, indent=2))
+        return
+    stream = sys.stdout if verbose else sys.stderr
+    for problem in report.problems:
+        print(f"DAMAGED {problem}", file=stream)
+    if verbose:
+        print(f"{dates[0]}..{dates[-1]}: {report.parts} parts, {report.frames} frames, {report.entries} entries, "
+              f"{report.duplicates} duplicate frames dropped, {len(report.problems)} damaged", file=stream)
+        print("OK" if report.ok else "FAILED", file=stream)
+    elif report.problems:
+        print(f"blobwriter: {len(report.problems)} damaged frame(s) skipped; run `blobwriter verify` for details",
+              file=stream)

@@ -1,0 +1,192 @@
+"""Read frames back: stream each date's parts, decrypt, drop duplicates, report damage.
+
+A corrupt, truncated or unauthenticated frame is reported with its blob and offset and
+never stops the reader: it scans on to the next valid frame header. Memory stays bounded by
+one frame plus one download chunk, whatever the size of the day.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import date as Date
+from datetime import timedelta
+
+from .codec import HEADER_SIZE, MAGIC, Decoder, FrameHeader, iter_lines, parse_header
+from .config import SecretKey
+from .errors import FrameError, UnknownKeyError
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One damaged stretch of a blob."""
+
+    blob: str
+    offset: int
+    message: str
+    unknown_key: bytes | None = None
+
+    def __str__(self) -> str:
+        return f"{self.blob} at offset {self.offset}: {self.message}"
+
+
+@dataclass
+class ReadReport:
+    """What a read or verify pass saw."""
+
+    parts: int = 0
+    frames: int = 0
+    entries: int = 0
+    duplicates: int = 0
+    bytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def only_unknown_keys(self) -> bool:
+        """True if every problem is a frame written with a key we do not have, and none decoded."""
+        return bool(self.problems) and self.frames == 0 and all(p.unknown_key for p in self.problems)
+
+
+class SeenFrames:
+    """The (writer id, sequence) pairs seen, as ranges per writer: small however many frames."""
+
+    def __init__(self) -> None:
+        self._ranges: dict[bytes, tuple[list[int], list[int]]] = {}
+
+    def add(self, writer_id: bytes, sequence: int) -> bool:
+        """Record a frame; False if it was seen before (a duplicate)."""
+        starts, ends = self._ranges.setdefault(writer_id, ([], []))
+        i = bisect_right(starts, sequence) - 1
+        if i >= 0 and sequence <= ends[i]:
+            return False
+        joins_left = i >= 0 and ends[i] == sequence - 1
+        joins_right = i + 1 < len(starts) and starts[i + 1] == sequence + 1
+        if joins_left and joins_right:
+            ends[i] = ends[i + 1]
+            del starts[i + 1], ends[i + 1]
+        elif joins_left:
+            ends[i] = sequence
+        elif joins_right:
+            starts[i + 1] = sequence
+        else:
+            starts.insert(i + 1, sequence)
+            ends.insert(i + 1, sequence)
+        return True
+
+
+def date_range(first: Date, last: Date | None = None) -> list[str]:
+    """The ISO dates from first to last, inclusive."""
+    last = last or first
+    if last < first:
+        raise ValueError(f"--until {last} is before --date {first}")
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
+class Reader:
+    """Streams the entries of a range of dates from a store, each exactly once."""
+
+    def __init__(self, store: Store, keys: Iterable[SecretKey]) -> None:
+        self.store = store
+        self._decoder = Decoder(keys)
+        self.report = ReadReport()
+
+    async def entries(self, dates: Iterable[str]) -> AsyncIterator[bytes]:
+        """Yield each stored entry (a JSON object, without newline) of the dates, in blob order."""
+        for day in dates:
+            seen = SeenFrames()  # a frame is duplicated only within its own date's parts
+            for name in await self.store.parts(day):
+                self.report.parts += 1
+                async for header, plaintext in self._frames(name):
+                    if not seen.add(header.writer_id, header.sequence):
+                        self.report.duplicates += 1
+                        continue
+                    self.report.frames += 1
+                    self.report.entries += header.entries
+                    for line in iter_lines(plaintext):
+                        yield line
+
+    async def _frames(self, name: str) -> AsyncIterator[tuple[FrameHeader, bytes]]:
+        buffer = bytearray()
+        base = 0  # blob offset of buffer[0]
+        pos = 0  # next frame boundary in buffer
+        damaged = False  # scanning for the next valid header after a problem
+        chunks = self.store.read(name)
+        eof = False
+
+        while True:
+            if damaged:
+                found = _find_header(buffer, pos)
+                if found is None:  # keep a possible partial magic, drop the rest
+                    keep = max(pos, len(buffer) - (HEADER_SIZE - 1))
+                    del buffer[:keep]
+                    base += keep
+                    pos = 0
+                    if eof:
+                        return
+                else:
+                    pos, damaged = found, False
+                    continue
+            elif len(buffer) - pos >= HEADER_SIZE:
+                try:
+                    header = parse_header(buffer, pos)
+                except FrameError as exc:
+                    self._problem(name, base + pos, str(exc))
+                    pos, damaged = pos + 1, True
+                    continue
+                end = pos + header.frame_length
+                if len(buffer) >= end:
+                    try:
+                        plaintext = self._decoder.decode(header, memoryview(buffer)[pos:end])
+                    except UnknownKeyError as exc:
+                        self._problem(name, base + pos, str(exc), header.key_id)
+                        pos = end  # intact but unreadable: skip exactly this frame
+                        continue
+                    except FrameError as exc:
+                        self._problem(name, base + pos, str(exc))
+                        pos, damaged = pos + 1, True
+                        continue
+                    self.report.bytes += header.frame_length
+                    pos = end
+                    yield header, plaintext
+                    continue
+                if eof:
+                    self._problem(name, base + pos, f"truncated frame: {len(buffer) - pos} of "
+                                                    f"{header.frame_length} bytes present")
+                    pos, damaged = pos + 1, True
+                    continue
+            elif eof:
+                if len(buffer) > pos:
+                    self._problem(name, base + pos, f"truncated frame: {len(buffer) - pos} bytes, "
+                                                    "shorter than a header")
+                return
+            # need more bytes
+            if pos:
+                del buffer[:pos]
+                base += pos
+                pos = 0
+            try:
+                buffer += await anext(chunks)
+            except StopAsyncIteration:
+                eof = True
+
+    def _problem(self, name: str, offset: int, message: str, unknown_key: bytes | None = None) -> None:
+        self.report.problems.append(Problem(name, offset, message, unknown_key))
+
+
+def _find_header(buffer: bytearray, start: int) -> int | None:
+    """The offset of the next valid header at or after start, or None if none in the buffer yet."""
+    while True:
+        at = buffer.find(MAGIC, start)
+        if at < 0 or len(buffer) - at < HEADER_SIZE:
+            return None
+        try:
+            parse_header(buffer, at)
+            return at
+        except FrameError:
+            start = at + 1
