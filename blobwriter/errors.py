@@ -15,6 +15,10 @@ class EntryError(BlobwriterError, ValueError):
     """An entry was rejected before it was queued: not a JSON object, bad timestamp, too large."""
 
 
+class EntryTooLargeError(EntryError):
+    """An entry is larger than `max_entry_bytes` once serialized."""
+
+
 class QueueFullError(BlobwriterError):
     """Back-pressure: the writer already holds `max_queue_size` unwritten entries."""
 

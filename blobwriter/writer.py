@@ -25,7 +25,7 @@ import orjson
 
 from .codec import Encoder
 from .config import Settings
-from .errors import EntryError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
+from .errors import EntryError, EntryTooLargeError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
 from .metrics import WriterMetrics
 from .store import Store, open_store
 
@@ -127,7 +127,11 @@ class LogWriter:
         """Open the store and start the batch task; optionally flush on SIGTERM before exiting."""
         if self._state != "new":
             raise WriterStoppedError(f"writer cannot start from state {self._state!r}")
-        await self.store.open()
+        try:
+            await self.store.open()
+        except Exception as exc:  # storage may come back: appends retry and create what is missing
+            self._storage_error = f"{type(exc).__name__}: {exc}"
+            log.warning("Storage not ready at start (%s); appends will retry", self._storage_error)
         self._state = "running"
         self._task = asyncio.create_task(self._run(), name="blobwriter-batches")
         self._task.add_done_callback(self._on_task_done)
@@ -197,7 +201,7 @@ class LogWriter:
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise EntryError(f"entry is not JSON-serializable: {exc}") from None
         if len(line) > self.settings.max_entry_bytes:
-            raise EntryError(
+            raise EntryTooLargeError(
                 f"entry is {len(line)} bytes serialized; the limit (max_entry_bytes) is {self.settings.max_entry_bytes}"
             )
         return Prepared(date, line)

@@ -1,0 +1,50 @@
+# blobwriter: `make run` serves the API on Azurite, `make test` runs the whole suite.
+# Both set up everything on first use: a venv from requirements, Azurite from npm.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY_STAMP   := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint bench bench-full clean
+
+install: $(PY_STAMP) $(NODE_STAMP)
+
+$(PY_STAMP): requirements.txt requirements-dev.txt requirements-infra.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -r requirements-infra.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## run: Azurite + a development key + `blobwriter serve` on 127.0.0.1:7071 (Ctrl-C stops both)
+run: install
+	$(BIN)/python scripts/run_local.py
+
+## test: the whole suite against a real Azurite (started by the tests unless BLOBWRITER_TEST_AZURITE is set)
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-fast: the suite without the slow tests
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+## bench: the quick benchmark (~5 min); writes docs/BENCHMARKS.md, bench/results.json, docs/*.png
+bench: install
+	$(BIN)/python -m bench --quick
+
+bench-full: install
+	$(BIN)/python -m bench --full
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

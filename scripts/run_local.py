@@ -1,0 +1,123 @@
+"""`make run`: Azurite plus `blobwriter serve` on 127.0.0.1:7071, for a laptop. Ctrl-C stops both.
+
+Azurite keeps its data under .local/azurite (git-ignored). If no encryption key is configured
+(BLOBWRITER_ENCRYPTION_KEY or a config file), a development key is made once, kept in
+.local/dev.key (git-ignored) and printed the first time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / ".local"
+KEY_FILE = LOCAL / "dev.key"
+AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
+AZURITE_PORT = int(os.environ.get("AZURITE_BLOB_PORT", "10000"))
+HOST = os.environ.get("BLOBWRITER_HOST", "127.0.0.1")
+PORT = int(os.environ.get("BLOBWRITER_PORT", "7071"))
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def dev_key(env: dict[str, str]) -> str | None:
+    """The configured key, else the development key (made on first use)."""
+    if env.get("BLOBWRITER_ENCRYPTION_KEY") or env.get("BLOBWRITER_CONFIG"):
+        return None
+    if KEY_FILE.exists():
+        return KEY_FILE.read_text().strip()
+    sys.path.insert(0, str(ROOT))
+    from blobwriter.cli import keygen
+
+    key = keygen()
+    KEY_FILE.write_text(key + "\n")
+    KEY_FILE.chmod(0o600)
+    print(f"Made a development encryption key (kept in {KEY_FILE.relative_to(ROOT)}, git-ignored):\n  {key}\n"
+          "Logs written with it can only be read with it. Use `blobwriter keygen` and a secret store in production.\n")
+    return key
+
+
+def main() -> int:
+    LOCAL.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    key = dev_key(env)
+    if key:
+        env["BLOBWRITER_ENCRYPTION_KEY"] = key
+    env.setdefault("BLOBWRITER_STORAGE", "UseDevelopmentStorage=true")
+
+    azurite = None
+    if port_open(AZURITE_PORT):
+        print(f"Using the Azurite (or other service) already listening on 127.0.0.1:{AZURITE_PORT}")
+    else:
+        azurite = subprocess.Popen(
+            [str(AZURITE), "--location", str(LOCAL / "azurite"), "--blobHost", "127.0.0.1",
+             "--blobPort", str(AZURITE_PORT), "--skipApiVersionCheck", "--silent"],
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while not port_open(AZURITE_PORT):
+            if azurite.poll() is not None or time.monotonic() > deadline:
+                print("Azurite did not start; is port", AZURITE_PORT, "free?", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        print(f"Azurite is listening on 127.0.0.1:{AZURITE_PORT} (data in .local/azurite)")
+
+    blobwriter = [sys.executable, "-m", "blobwriter"]
+    server = subprocess.Popen([*blobwriter, "serve", "--host", HOST, "--port", str(PORT)], env=env,
+                              start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not port_open(PORT) and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    key_env = "BLOBWRITER_ENCRYPTION_KEY=$(cat .local/dev.key) " if key else ""
+    if server.poll() is None:
+        print(f"""
+blobwriter is serving on http://{HOST}:{PORT}  (Ctrl-C stops it and Azurite)
+
+  Post an entry:
+    curl -s -X POST http://{HOST}:{PORT}/api/logs -H 'content-type: application/json' \\
+         -d '{{"user": "alice@contoso.com", "deployment": "gpt-4o", "tokens": 42, "cost_eur": 0.0021}}'
+  Read today's entries back (they are written within batch_timeout, 1 s by default):
+    {key_env}BLOBWRITER_STORAGE=UseDevelopmentStorage=true .venv/bin/blobwriter read --date {today}
+  Health and metrics:
+    curl -s http://{HOST}:{PORT}/api/health ; curl -s http://{HOST}:{PORT}/api/metrics
+""", flush=True)
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        print("\nStopping blobwriter (flushing queued entries) and Azurite...", flush=True)
+        return 0
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(70)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        if azurite is not None and azurite.poll() is None:
+            azurite.terminate()
+            try:
+                azurite.wait(10)
+            except subprocess.TimeoutExpired:
+                azurite.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
