@@ -127,7 +127,7 @@ class AppendBlobStore:
 
         container = self._client()
         try:
-            await container.create_container()
+            await container.create_container(retry_total=0)  # start-up must not hang on a dead store
             log.info("Created container %s", self.description)
         except ResourceExistsError:
             pass
@@ -217,7 +217,7 @@ class AppendBlobStore:
         from azure.core.exceptions import AzureError
 
         try:
-            await self._client().get_container_properties()
+            await self._client().get_container_properties(retry_total=0)
         except AzureError as exc:
             raise StoreError(f"storage unreachable at {self.description}: {_reason(exc)}") from exc
 

@@ -1,0 +1,219 @@
+"""The HTTP API through httpx against the ASGI app, writing to a real Azurite."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from blobwriter.api import create_app
+from blobwriter.config import Settings
+from blobwriter.reader import Reader
+from blobwriter.store import open_store
+from tests.conftest import connection_string, entry, free_port
+
+TODAY = datetime.datetime.now(datetime.UTC).date().isoformat()
+
+
+async def read_all(settings: Settings, dates: list[str]) -> list[dict[str, Any]]:
+    store = open_store(settings)
+    try:
+        return [orjson.loads(line) async for line in Reader(store, settings.keys).entries(dates)]
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def api(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    """Make (app, client) pairs; every app's writer is stopped (flushed) at the end."""
+    apps = []
+
+    async def make(**overrides: Any) -> tuple[Any, httpx.AsyncClient, Settings]:
+        settings = make_settings(**overrides)
+        app = create_app(settings)
+        apps.append(app)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+        return app, client, settings
+
+    yield make
+    for app in apps:
+        await app.state.writer_holder.stop()
+
+
+async def stop(app: Any) -> None:
+    await app.state.writer_holder.stop()
+
+
+async def test_single_object_is_accepted_and_written(api: Callable[..., Any]) -> None:
+    app, client, settings = await api()
+    e = entry(timestamp="2026-11-24T10:00:00Z")
+    response = await client.post("/api/logs", json=e)
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 1}
+    await stop(app)
+    assert [x["id"] for x in await read_all(settings, ["2026-11-24"])] == [e["id"]]
+
+
+async def test_array_and_ndjson_bodies(api: Callable[..., Any], sample_entries: list[dict[str, Any]]) -> None:
+    app, client, settings = await api(batch_size=100)
+    batch = sample_entries[:50]
+    response = await client.post("/api/logs", json=batch)
+    assert response.status_code == 202 and response.json() == {"accepted": 50}
+    ndjson = b"\n".join(orjson.dumps(e) for e in sample_entries[50:120]) + b"\n\n"
+    response = await client.post("/api/logs", content=ndjson, headers={"content-type": "application/x-ndjson"})
+    assert response.status_code == 202 and response.json() == {"accepted": 70}
+    await stop(app)
+    dates = sorted({e["timestamp"][:10] for e in sample_entries})
+    first = datetime.date.fromisoformat(dates[0]) - datetime.timedelta(days=1)
+    days = [(first + datetime.timedelta(days=n)).isoformat() for n in range(10)]
+    ids = [x["id"] for x in await read_all(settings, days)]
+    assert sorted(ids) == sorted(e["id"] for e in sample_entries[:120])
+
+
+async def test_wait_true_answers_after_the_append(api: Callable[..., Any]) -> None:
+    app, client, settings = await api(batch_timeout=30.0, batch_size=1000)
+    e = entry()
+    response = await client.post("/api/logs?wait=true", json=e)
+    assert response.status_code == 200
+    assert response.json() == {"written": 1}
+    # Readable now, although batch_timeout is 30 s and the writer was not stopped.
+    assert [x["id"] for x in await read_all(settings, [TODAY])] == [e["id"]]
+
+
+async def test_timestamp_is_added_when_missing(api: Callable[..., Any]) -> None:
+    app, client, settings = await api()
+    await client.post("/api/logs", json={"user": "no-time"})
+    await stop(app)
+    [stored] = await read_all(settings, [TODAY])
+    assert stored["user"] == "no-time"
+    assert stored["timestamp"].endswith("Z") and stored["timestamp"][:10] == TODAY
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "where"),
+    [
+        (b'{"user": "a",', "application/json", 400, None),
+        (b'{"a": 1}\n{"b": \n{"c": 3}', "application/x-ndjson", 400, ("line", 2)),
+        (b'[{"a": 1}, {"b": 2}, 3]', "application/json", 400, ("index", 2)),
+        (b'"just a string"', "application/json", 400, ("index", 0)),
+        (b'[{"a": 1}, {"timestamp": "yesterday"}]', "application/json", 400, ("index", 1)),
+        (b'{"timestamp": 12}', "application/json", 400, ("index", 0)),
+        (b'{"a": "\xff\xfe"}', "application/json", 400, None),
+        (b"user=alice", "application/x-www-form-urlencoded", 415, None),
+        (b"<log/>", "text/xml", 415, None),
+    ],
+)
+async def test_bad_input_gets_a_clear_4xx_and_queues_nothing(
+    api: Callable[..., Any], body: bytes, content_type: str, status: int, where: tuple[str, int] | None
+) -> None:
+    app, client, _ = await api()
+    holder = app.state.writer_holder
+    response = await client.post("/api/logs", content=body, headers={"content-type": content_type})
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["error"]
+    if where is not None:
+        assert payload[where[0]] == where[1]
+    writer = await holder.get()
+    assert writer.metrics.accepted == 0
+
+
+async def test_body_and_entry_limits_answer_413(api: Callable[..., Any]) -> None:
+    app, client, _ = await api(max_body_bytes=2048, max_entry_bytes=1024)
+    too_big_body = orjson.dumps([entry(pad="x" * 500) for _ in range(5)])
+    response = await client.post("/api/logs", content=too_big_body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "max_body_bytes" in response.json()["error"]
+
+    too_big_entry = orjson.dumps([entry(), entry(pad="y" * 1500)])
+    response = await client.post("/api/logs", content=too_big_entry, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["index"] == 1
+    assert (await app.state.writer_holder.get()).metrics.accepted == 0
+
+
+async def test_body_limit_stops_reading_a_streamed_body(api: Callable[..., Any]) -> None:
+    app, client, _ = await api(max_body_bytes=4096)
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(10_000):
+            sent += 1024
+            yield b"[" + b" " * 1022 + b"]"
+
+    response = await client.post("/api/logs", content=endless(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert sent < 100 * 1024  # refused after the limit, not after 10 MB
+
+
+async def test_queue_full_answers_503_with_retry_after(make_settings: Callable[..., Settings]) -> None:
+    # Storage is a closed port: appends fail and retry, so entries stay queued.
+    dead = connection_string(f"http://127.0.0.1:{free_port()}/devstoreaccount1")
+    settings = make_settings(storage=dead, batch_size=5, max_queue_size=10, storage_timeout=1.0, stop_timeout=0.0)
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        assert (await client.post("/api/logs", json=[entry() for _ in range(10)])).status_code == 202
+        response = await client.post("/api/logs", json=entry())
+        assert response.status_code == 503
+        assert int(response.headers["retry-after"]) >= 1
+        assert "queue full" in response.json()["error"]
+        health = await client.get("/api/health")
+        assert health.status_code == 503
+        assert health.json()["queue_depth"] == 10
+    writer = await app.state.writer_holder.get()
+    await stop(app)
+    assert writer.metrics.failed == 10  # reported, not silently dropped
+
+
+async def test_api_key_is_checked_when_set(api: Callable[..., Any]) -> None:
+    app, client, _ = await api(api_key="s3cret-key")
+    assert (await client.post("/api/logs", json=entry())).status_code == 401
+    wrong = await client.post("/api/logs", json=entry(), headers={"x-functions-key": "nope"})
+    assert wrong.status_code == 401
+    assert "s3cret" not in wrong.text
+    assert (await client.post("/api/logs", json=entry(), headers={"x-functions-key": "s3cret-key"})).status_code == 202
+    assert (await client.post("/api/logs?code=s3cret-key", json=entry())).status_code == 202
+    assert (await client.get("/api/health")).status_code == 200
+
+
+async def test_methods_and_paths(api: Callable[..., Any]) -> None:
+    _, client, _ = await api()
+    assert (await client.get("/api/logs")).status_code == 405
+    assert (await client.delete("/api/health")).status_code == 405
+    missing = await client.get("/api/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]
+
+
+async def test_health_and_metrics(api: Callable[..., Any]) -> None:
+    app, client, _ = await api()
+    health = await client.get("/api/health")
+    assert health.status_code == 200
+    assert health.json()["state"] == "running" and health.json()["ok"] is True
+    await client.post("/api/logs?wait=true", json=[entry(), entry()])
+    await client.post("/api/logs", content=b"[1]", headers={"content-type": "application/json"})
+    metrics = await client.get("/api/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    for line in ("blobwriter_entries_accepted_total 2.0", "blobwriter_entries_written_total 2.0",
+                 "blobwriter_entries_rejected_total 1.0", "blobwriter_chunks_total 1.0",
+                 "blobwriter_queue_depth 0.0", "blobwriter_append_seconds_count 1.0",
+                 "blobwriter_batch_entries_bucket{le=\"2.0\"} 1.0"):
+        assert line in text, line
+    for name in ("blobwriter_bytes_raw_total", "blobwriter_bytes_stored_total", "blobwriter_retries_total"):
+        assert name in text
+
+
+async def test_health_is_503_when_storage_is_unreachable(make_settings: Callable[..., Settings]) -> None:
+    dead = connection_string(f"http://127.0.0.1:{free_port()}/devstoreaccount1")
+    app = create_app(make_settings(storage=dead, storage_timeout=1.0, stop_timeout=0.0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.get("/api/health")
+    await stop(app)
+    assert response.status_code == 503
+    assert response.json()["storage_error"]

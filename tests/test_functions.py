@@ -1,0 +1,107 @@
+"""The Azure Functions entry point, loaded the way the Python worker loads it.
+
+The worker imports function_app.py, indexes `app.get_functions()` and calls the registered
+function with an `azure.functions.HttpRequest`. Core Tools (`func`) cannot run here, so this
+is the closest real check: the same module, the same binding metadata, the same invocation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import azure.functions as func
+import orjson
+import pytest
+
+from blobwriter.config import FIELDS, Settings
+from tests.conftest import entry
+from tests.test_api import TODAY, read_all
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def function_module(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+                    azurite: str, key: str, container: str) -> Iterator[tuple[ModuleType, Settings]]:
+    settings = make_settings()
+    from tests.conftest import connection_string
+
+    monkeypatch.setenv("BLOBWRITER_STORAGE", connection_string(azurite))
+    monkeypatch.setenv("BLOBWRITER_ENCRYPTION_KEY", key)
+    monkeypatch.setenv("BLOBWRITER_CONTAINER", container)
+    monkeypatch.setenv("BLOBWRITER_BATCH_TIMEOUT", "0.1")
+    sys.modules.pop("function_app", None)
+    module = importlib.import_module("function_app")
+    yield module, settings
+    sys.modules.pop("function_app", None)
+
+
+def http_function(module: ModuleType) -> Any:
+    [function] = module.app.get_functions()
+    return function
+
+
+def test_index_exposes_one_http_trigger_with_function_auth(function_module: tuple[ModuleType, Settings]) -> None:
+    module, _ = function_module
+    function = http_function(module)
+    bindings = {b.type: b for b in function.get_bindings()}
+    trigger = bindings["httpTrigger"]
+    assert trigger.route == "/{*route}"
+    assert trigger.auth_level == func.AuthLevel.FUNCTION
+    assert {m.value for m in trigger.methods} >= {"GET", "POST"}
+    assert bindings["http"].name == "$return"
+    # The worker serializes this JSON to the host; it must name the trigger and route.
+    metadata = json.loads(function.get_function_json())
+    assert metadata["bindings"][0]["route"] == "/{*route}"
+
+
+def test_host_json_keeps_the_api_route_prefix() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"]["id"] == "Microsoft.Azure.Functions.ExtensionBundle"
+    assert host["extensions"]["http"]["routePrefix"] == "api"
+
+
+def test_local_settings_example_names_every_setting() -> None:
+    values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    expected = {f.env for f in FIELDS if f.name != "api_key"}  # api_key: `serve` only
+    assert expected <= set(values)
+
+
+async def test_post_and_health_through_the_registered_function(function_module: tuple[ModuleType, Settings]) -> None:
+    module, settings = function_module
+    handler = http_function(module).get_user_function()
+    entries = [entry(), entry(), entry()]
+
+    health = await handler(func.HttpRequest("GET", "http://localhost:7071/api/health", body=b""), None)
+    assert health.status_code == 200
+    assert json.loads(health.get_body())["state"] == "running"
+
+    posted = await handler(func.HttpRequest(
+        "POST", "http://localhost:7071/api/logs", headers={"content-type": "application/json"},
+        body=orjson.dumps(entries[:2])), None)
+    assert posted.status_code == 202
+    assert json.loads(posted.get_body()) == {"accepted": 2}
+
+    durable = await handler(func.HttpRequest(
+        "POST", "http://localhost:7071/api/logs?wait=true", headers={"content-type": "application/json"},
+        params={"wait": "true"}, body=orjson.dumps(entries[2])), None)
+    assert durable.status_code == 200
+    assert json.loads(durable.get_body()) == {"written": 1}
+
+    bad = await handler(func.HttpRequest(
+        "POST", "http://localhost:7071/api/logs", headers={"content-type": "application/json"},
+        body=b"[{]"), None)
+    assert bad.status_code == 400
+
+    # The host would run ASGI lifespan shutdown; do it here so the writer flushes.
+    await module.app.middleware.notify_shutdown()
+    stored = await read_all(settings, [TODAY])
+    assert sorted(e["id"] for e in stored) == sorted(e["id"] for e in entries)
