@@ -1,0 +1,364 @@
+// blobwriter on Azure: a Flex Consumption function app that accepts log entries over HTTPS and
+// appends them, gzipped and AES-256-GCM encrypted, to date-named append blobs in a logs storage
+// account. Deploy with `azd up` (see docs/DEPLOY.md). Nothing here uses a storage account key:
+// the app, the Functions host and the deployment all use one user-assigned managed identity.
+
+targetScope = 'subscription'
+
+// ---------------------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------------------
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; names the resource group and seeds unique resource names.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region for every resource; must support Flex Consumption (az functionapp list-flexconsumption-locations).')
+param location string
+
+@description('Resource group to create/use; empty = rg-<environmentName>.')
+param resourceGroupName string = ''
+
+// ---------------------------------------------------------------------------------------------
+// Secrets (go to Key Vault only; never to app settings or outputs)
+// ---------------------------------------------------------------------------------------------
+
+@secure()
+@minLength(43)
+@maxLength(44)
+@description('Current encryption key: base64 of 32 random bytes, from `blobwriter keygen` (azd: BLOBWRITER_ENCRYPTION_KEY).')
+param encryptionKey string
+
+@secure()
+@description('Comma-separated older keys, kept to read blobs written before a rotation; empty = none (azd: BLOBWRITER_PREVIOUS_KEYS).')
+param previousKeys string = ''
+
+// ---------------------------------------------------------------------------------------------
+// Hosting
+// ---------------------------------------------------------------------------------------------
+
+@description('Memory per instance in MB (Flex Consumption: 512, 2048 or 4096).')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Most instances the app scales out to (Flex Consumption).')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+// ---------------------------------------------------------------------------------------------
+// Logs storage: retention and audit
+// ---------------------------------------------------------------------------------------------
+
+@description('Redundancy of the logs storage account.')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+  'Standard_RAGRS'
+  'Standard_RAGZRS'
+])
+param logsStorageSku string = 'Standard_GRS'
+
+@description('Lifecycle: days after the last write before block blobs under the logs prefix move to cool; 0 = never. Append blobs (what blobwriter writes) cannot be tiered.')
+@minValue(0)
+param daysToCool int = 30
+
+@description('Lifecycle: days after the last write before log blobs are deleted; 0 = keep forever. Must be larger than immutabilityDays when both are set.')
+@minValue(0)
+param daysToDelete int = 365
+
+@description('Time-based immutability (WORM) on the logs container, in days; 0 = off. Appends stay allowed.')
+@minValue(0)
+@maxValue(146000)
+param immutabilityDays int = 0
+
+@description('Days Log Analytics keeps the app\'s telemetry.')
+@minValue(30)
+@maxValue(730)
+param logAnalyticsRetentionDays int = 30
+
+// ---------------------------------------------------------------------------------------------
+// blobwriter settings (BLOBWRITER_*). Defaults are the app's defaults (blobwriter/config.py);
+// parameter names are the setting names in camelCase. Numbers with a fraction are strings
+// because Bicep has no float type.
+// ---------------------------------------------------------------------------------------------
+
+@description('BLOBWRITER_CONTAINER: blob container that holds the log blobs.')
+@minLength(3)
+@maxLength(63)
+param container string = 'logs'
+
+@description('BLOBWRITER_DIRECTORY: blob-name prefix inside the container (e.g. \'gateway/\').')
+param directory string = ''
+
+@description('BLOBWRITER_COMPRESSION: gzip or none.')
+@allowed([
+  'gzip'
+  'none'
+])
+param compression string = 'gzip'
+
+@description('BLOBWRITER_BATCH_SIZE: most entries in one batch (1-1000).')
+param batchSize int = 10
+
+@description('BLOBWRITER_BATCH_TIMEOUT: seconds a partial batch waits before it is written (0.1-60).')
+param batchTimeout string = '1.0'
+
+@description('BLOBWRITER_MAX_QUEUE_SIZE: most accepted-but-unwritten entries per instance before HTTP 503.')
+param maxQueueSize int = 100000
+
+@description('BLOBWRITER_MAX_CONCURRENT_WRITES: most appends in flight at once per instance.')
+param maxConcurrentWrites int = 16
+
+@description('BLOBWRITER_MAX_CHUNK_BYTES: largest frame, i.e. one Append Block call (64 KiB - 4 MiB).')
+param maxChunkBytes int = 4194304
+
+@description('BLOBWRITER_MAX_BLOCKS_PER_BLOB: frames per blob before rolling to the next part (max 50000).')
+param maxBlocksPerBlob int = 50000
+
+@description('BLOBWRITER_MAX_ENTRY_BYTES: largest serialized entry accepted.')
+param maxEntryBytes int = 1048576
+
+@description('BLOBWRITER_MAX_BODY_BYTES: largest HTTP request body accepted.')
+param maxBodyBytes int = 10485760
+
+@description('BLOBWRITER_STORAGE_TIMEOUT: seconds one storage request may take before it is retried.')
+param storageTimeout string = '30.0'
+
+@description('BLOBWRITER_RETRY_BACKOFF_MAX: longest pause in seconds between retries of a failed append.')
+param retryBackoffMax string = '30.0'
+
+@description('BLOBWRITER_STOP_TIMEOUT: seconds shutdown keeps retrying unwritten entries.')
+param stopTimeout string = '60.0'
+
+// ---------------------------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------------------------
+
+var token = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+  app: 'blobwriter'
+}
+var deploymentContainerName = 'app-package-${take(token, 8)}'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-blobwriter-${token}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-${token}'
+    applicationInsightsName: 'appi-${token}'
+    location: location
+    tags: tags
+    retentionInDays: logAnalyticsRetentionDays
+    appPrincipalId: identity.outputs.principalId
+  }
+}
+
+module hostStorage 'modules/host-storage.bicep' = {
+  name: 'host-storage'
+  scope: rg
+  params: {
+    name: 'sthost${token}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    appPrincipalId: identity.outputs.principalId
+  }
+}
+
+module logsStorage 'modules/logs-storage.bicep' = {
+  name: 'logs-storage'
+  scope: rg
+  params: {
+    name: 'stlogs${token}'
+    location: location
+    tags: tags
+    skuName: logsStorageSku
+    containerName: container
+    directory: directory
+    daysToCool: daysToCool
+    daysToDelete: daysToDelete
+    immutabilityDays: immutabilityDays
+    appPrincipalId: identity.outputs.principalId
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-${token}'
+    location: location
+    tags: tags
+    encryptionKey: encryptionKey
+    previousKeys: previousKeys
+    appPrincipalId: identity.outputs.principalId
+  }
+}
+
+// Every app setting of the function app. tests/test_infra.py checks that each BLOBWRITER_*
+// setting of blobwriter/config.py is here (except the local-server-only API key).
+var appSettings = [
+  // Functions host storage through the managed identity: endpoints only, no key.
+  {
+    name: 'AzureWebJobsStorage__blobServiceUri'
+    value: hostStorage.outputs.blobEndpoint
+  }
+  {
+    name: 'AzureWebJobsStorage__queueServiceUri'
+    value: hostStorage.outputs.queueEndpoint
+  }
+  {
+    name: 'AzureWebJobsStorage__tableServiceUri'
+    value: hostStorage.outputs.tableEndpoint
+  }
+  {
+    name: 'AzureWebJobsStorage__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'AzureWebJobsStorage__clientId'
+    value: identity.outputs.clientId
+  }
+  // Application Insights with Entra ID auth (local auth is disabled on the component).
+  {
+    name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+    value: monitoring.outputs.connectionString
+  }
+  {
+    name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+    value: 'Authorization=AAD;ClientId=${identity.outputs.clientId}'
+  }
+  // DefaultAzureCredential picks the user-assigned identity by this client id.
+  {
+    name: 'AZURE_CLIENT_ID'
+    value: identity.outputs.clientId
+  }
+  // blobwriter
+  {
+    name: 'BLOBWRITER_STORAGE'
+    value: logsStorage.outputs.blobEndpoint
+  }
+  {
+    name: 'BLOBWRITER_CONTAINER'
+    value: logsStorage.outputs.containerName
+  }
+  {
+    name: 'BLOBWRITER_DIRECTORY'
+    value: directory
+  }
+  {
+    name: 'BLOBWRITER_ENCRYPTION_KEY'
+    value: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.encryptionKeyUri})'
+  }
+  {
+    name: 'BLOBWRITER_PREVIOUS_KEYS'
+    value: empty(keyVault.outputs.previousKeysUri) ? '' : '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.previousKeysUri})'
+  }
+  {
+    name: 'BLOBWRITER_COMPRESSION'
+    value: compression
+  }
+  {
+    name: 'BLOBWRITER_BATCH_SIZE'
+    value: string(batchSize)
+  }
+  {
+    name: 'BLOBWRITER_BATCH_TIMEOUT'
+    value: batchTimeout
+  }
+  {
+    name: 'BLOBWRITER_MAX_QUEUE_SIZE'
+    value: string(maxQueueSize)
+  }
+  {
+    name: 'BLOBWRITER_MAX_CONCURRENT_WRITES'
+    value: string(maxConcurrentWrites)
+  }
+  {
+    name: 'BLOBWRITER_MAX_CHUNK_BYTES'
+    value: string(maxChunkBytes)
+  }
+  {
+    name: 'BLOBWRITER_MAX_BLOCKS_PER_BLOB'
+    value: string(maxBlocksPerBlob)
+  }
+  {
+    name: 'BLOBWRITER_MAX_ENTRY_BYTES'
+    value: string(maxEntryBytes)
+  }
+  {
+    name: 'BLOBWRITER_MAX_BODY_BYTES'
+    value: string(maxBodyBytes)
+  }
+  {
+    name: 'BLOBWRITER_STORAGE_TIMEOUT'
+    value: storageTimeout
+  }
+  {
+    name: 'BLOBWRITER_RETRY_BACKOFF_MAX'
+    value: retryBackoffMax
+  }
+  {
+    name: 'BLOBWRITER_STOP_TIMEOUT'
+    value: stopTimeout
+  }
+]
+
+module functionApp 'modules/function-app.bicep' = {
+  name: 'function-app'
+  scope: rg
+  params: {
+    name: 'func-blobwriter-${token}'
+    planName: 'plan-${token}'
+    location: location
+    tags: tags
+    serviceName: 'api'
+    identityId: identity.outputs.id
+    deploymentContainerUrl: hostStorage.outputs.deploymentContainerUrl
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    pythonVersion: '3.11'
+    appSettings: appSettings
+  }
+  // No dependsOn needed: appSettings reads outputs of every other module, so the app is created
+  // only after its role assignments (inside those modules) exist.
+}
+
+// Outputs: names and URLs only, never a secret (azd stores them in .azure/<env>/.env).
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output SERVICE_API_NAME string = functionApp.outputs.name
+output FUNCTION_APP_NAME string = functionApp.outputs.name
+output INGEST_URL string = 'https://${functionApp.outputs.defaultHostName}/api/logs'
+output LOGS_STORAGE_ACCOUNT string = logsStorage.outputs.name
+output LOGS_STORAGE_URL string = logsStorage.outputs.blobEndpoint
+output LOGS_CONTAINER string = logsStorage.outputs.containerName
+output KEY_VAULT_NAME string = keyVault.outputs.name
+output ENCRYPTION_KEY_NAME string = keyVault.outputs.encryptionKeyName
