@@ -29,10 +29,11 @@ except ImportError:  # pragma: no cover - isal ships wheels for the supported pl
 MAGIC = b"BLWF"
 VERSION = 1
 FLAG_GZIP = 0x01
-# magic, version, flags, reserved, key id, writer id, sequence, entries, plaintext length,
+# magic, version, flags, append attempt, key id, writer id, sequence, entries, plaintext length,
 # nonce, ciphertext length (with tag), header CRC-32 (of the bytes before it). Big-endian.
 HEADER = struct.Struct(">4sBBH8s16sQII12sII")
 HEADER_SIZE = HEADER.size  # 68
+MAX_ATTEMPT = 0xFFFF
 CRC_OFFSET = HEADER_SIZE - 4
 KEY_ID_SIZE = 8
 WRITER_ID_SIZE = 16
@@ -58,6 +59,7 @@ class FrameHeader:
     """The parsed, CRC-checked header of one frame."""
 
     flags: int
+    attempt: int
     key_id: bytes
     writer_id: bytes
     sequence: int
@@ -83,6 +85,16 @@ def decompress(data: bytes) -> bytes:
     return gzip.decompress(data)
 
 
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A batch's entries as JSON Lines, compressed, not yet encrypted: what a retry re-seals."""
+
+    data: bytes
+    entries: int
+    plaintext_length: int
+    sequence: int
+
+
 class Encoder:
     """Turns serialized entries into frames for one writer (one key, one writer id)."""
 
@@ -92,24 +104,29 @@ class Encoder:
         self._flags = FLAG_GZIP if compression == "gzip" else 0
         self.writer_id = writer_id or new_writer_id()
 
-    def encode(self, lines: Sequence[bytes], sequence: int) -> tuple[bytes, int]:
-        """Encode serialized entries (each one JSON object, no newline) into one frame.
-
-        Returns the frame and the plaintext (JSON Lines) length.
-        """
+    def body(self, lines: Sequence[bytes], sequence: int) -> Body:
+        """Join serialized entries (each one JSON object, no newline) into JSON Lines and compress."""
         plaintext = b"\n".join(lines) + b"\n"
-        body = compress(plaintext) if self._flags & FLAG_GZIP else plaintext
+        data = compress(plaintext) if self._flags & FLAG_GZIP else plaintext
+        return Body(data, len(lines), len(plaintext), sequence)
+
+    def seal(self, body: Body, attempt: int = 0) -> bytes:
+        """Encrypt a body into a frame. Each append attempt is sealed anew (fresh nonce, its number
+        in the header), so a reader tells a retry that landed twice from a replayed frame."""
         nonce = os.urandom(NONCE_SIZE)
-        header = _pack_header(
-            self._flags, self._key_id, self.writer_id, sequence, len(lines), len(plaintext),
-            nonce, len(body) + TAG_SIZE,
-        )
-        return header + self._aead.encrypt(nonce, body, header), len(plaintext)
+        header = _pack_header(self._flags, min(attempt, MAX_ATTEMPT), self._key_id, self.writer_id, body.sequence,
+                              body.entries, body.plaintext_length, nonce, len(body.data) + TAG_SIZE)
+        return header + self._aead.encrypt(nonce, body.data, header)
+
+    def encode(self, lines: Sequence[bytes], sequence: int, attempt: int = 0) -> tuple[bytes, int]:
+        """One frame from serialized entries; returns the frame and the plaintext length."""
+        body = self.body(lines, sequence)
+        return self.seal(body, attempt), body.plaintext_length
 
 
-def _pack_header(flags: int, kid: bytes, writer_id: bytes, sequence: int, entries: int,
+def _pack_header(flags: int, attempt: int, kid: bytes, writer_id: bytes, sequence: int, entries: int,
                  plaintext_length: int, nonce: bytes, ciphertext_length: int) -> bytes:
-    head = HEADER.pack(MAGIC, VERSION, flags, 0, kid, writer_id, sequence, entries,
+    head = HEADER.pack(MAGIC, VERSION, flags, attempt, kid, writer_id, sequence, entries,
                        plaintext_length, nonce, ciphertext_length, 0)[:CRC_OFFSET]
     return head + struct.pack(">I", zlib.crc32(head))
 
@@ -119,7 +136,7 @@ def parse_header(buffer: bytes | memoryview, offset: int = 0) -> FrameHeader:
     raw = bytes(buffer[offset:offset + HEADER_SIZE])
     if len(raw) < HEADER_SIZE:
         raise FrameError("truncated header")
-    (magic, version, flags, _reserved, kid, writer_id, sequence, entries, plaintext_length,
+    (magic, version, flags, attempt, kid, writer_id, sequence, entries, plaintext_length,
      nonce, ciphertext_length, crc) = HEADER.unpack(raw)
     if magic != MAGIC:
         raise FrameError("bad magic")
@@ -129,7 +146,7 @@ def parse_header(buffer: bytes | memoryview, offset: int = 0) -> FrameHeader:
         raise FrameError(f"unsupported frame version {version}")
     if not TAG_SIZE <= ciphertext_length <= MAX_FRAME_BYTES - HEADER_SIZE:
         raise FrameError(f"implausible ciphertext length {ciphertext_length}")
-    return FrameHeader(flags, kid, writer_id, sequence, entries, plaintext_length, nonce, ciphertext_length)
+    return FrameHeader(flags, attempt, kid, writer_id, sequence, entries, plaintext_length, nonce, ciphertext_length)
 
 
 class Decoder:

@@ -54,14 +54,42 @@ class ReadReport:
 
 
 class SeenFrames:
-    """The (writer id, sequence) pairs seen, as ranges per writer: small however many frames."""
+    """The frames seen, by (writer id, sequence, attempt); small however many frames.
+
+    First attempts, nearly all frames, are kept as ranges of sequence numbers per writer; the
+    few retried frames are kept one by one.
+    """
+
+    NEW, RETRY, REPLAY = "new", "retry", "replay"
 
     def __init__(self) -> None:
-        self._ranges: dict[bytes, tuple[list[int], list[int]]] = {}
+        self._first: dict[bytes, tuple[list[int], list[int]]] = {}
+        self._retried: dict[tuple[bytes, int], set[int]] = {}
 
-    def add(self, writer_id: bytes, sequence: int) -> bool:
-        """Record a frame; False if it was seen before (a duplicate)."""
-        starts, ends = self._ranges.setdefault(writer_id, ([], []))
+    def add(self, writer_id: bytes, sequence: int, attempt: int = 0) -> str:
+        """Record a frame: NEW the first time its entries are seen; RETRY if another attempt of
+        the same frame was seen (a retried append that landed twice: drop it); REPLAY if this very
+        attempt was seen before (identical bytes appended twice: not something a writer does)."""
+        retried = self._retried.get((writer_id, sequence))
+        if attempt == 0:
+            if not self._add_first(writer_id, sequence):
+                return self.REPLAY
+            return self.NEW if retried is None else self.RETRY
+        if retried is None:
+            retried = self._retried[(writer_id, sequence)] = set()
+        elif attempt in retried:
+            return self.REPLAY
+        retried.add(attempt)
+        seen_before = len(retried) > 1 or self._contains_first(writer_id, sequence)
+        return self.RETRY if seen_before else self.NEW
+
+    def _contains_first(self, writer_id: bytes, sequence: int) -> bool:
+        starts, ends = self._first.get(writer_id, ([], []))
+        i = bisect_right(starts, sequence) - 1
+        return i >= 0 and sequence <= ends[i]
+
+    def _add_first(self, writer_id: bytes, sequence: int) -> bool:
+        starts, ends = self._first.setdefault(writer_id, ([], []))
         i = bisect_right(starts, sequence) - 1
         if i >= 0 and sequence <= ends[i]:
             return False
@@ -102,8 +130,13 @@ class Reader:
             seen = SeenFrames()  # a frame is duplicated only within its own date's parts
             for name in await self.store.parts(day):
                 self.report.parts += 1
-                async for header, plaintext in self._frames(name):
-                    if not seen.add(header.writer_id, header.sequence):
+                async for offset, header, plaintext in self._frames(name):
+                    seen_as = seen.add(header.writer_id, header.sequence, header.attempt)
+                    if seen_as == SeenFrames.REPLAY:
+                        self._problem(name, offset, f"replayed frame: writer {header.writer_id.hex()} sequence "
+                                                    f"{header.sequence} attempt {header.attempt} appears twice")
+                        continue
+                    if seen_as == SeenFrames.RETRY:
                         self.report.duplicates += 1
                         continue
                     self.report.frames += 1
@@ -111,7 +144,7 @@ class Reader:
                     for line in iter_lines(plaintext):
                         yield line
 
-    async def _frames(self, name: str) -> AsyncIterator[tuple[FrameHeader, bytes]]:
+    async def _frames(self, name: str) -> AsyncIterator[tuple[int, FrameHeader, bytes]]:
         buffer = bytearray()
         base = 0  # blob offset of buffer[0]
         pos = 0  # next frame boundary in buffer
@@ -152,8 +185,8 @@ class Reader:
                         pos, damaged = pos + 1, True
                         continue
                     self.report.bytes += header.frame_length
+                    yield base + pos, header, plaintext
                     pos = end
-                    yield header, plaintext
                     continue
                 if eof:
                     self._problem(name, base + pos, f"truncated frame: {len(buffer) - pos} of "

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .codec import Encoder
+from .codec import Body, Encoder
 from .config import Settings
 from .errors import EntryError, EntryTooLargeError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
 from .metrics import WriterMetrics
@@ -65,6 +65,13 @@ class _Item(NamedTuple):
     line: bytes
     waiter: _Waiter | None
     enqueued: float
+
+
+class _Frame(NamedTuple):
+    date: str
+    body: Body
+    data: bytes  # the sealed frame of the current attempt
+    items: list[_Item]
 
 
 def utc_date(timestamp: Any) -> str:
@@ -326,45 +333,46 @@ class LogWriter:
         groups: dict[str, list[_Item]] = {}
         for item in batch:
             groups.setdefault(item.date, []).append(item)
-        frames: list[tuple[str, bytes, int, list[_Item]]] | None = None
+        frames: list[_Frame] | None = None
         appended = 0
         try:
             frames = await asyncio.to_thread(self._encode_groups, groups)
-            for date, frame, raw_length, items in frames:
-                await self._append(date, frame, raw_length, items)
+            for frame in frames:
+                await self._append(frame)
                 appended += 1
         except asyncio.CancelledError:
-            unwritten = batch if frames is None else [i for f in frames[appended:] for i in f[3]]
+            unwritten = batch if frames is None else [i for f in frames[appended:] for i in f.items]
             self._fail_items(unwritten, "the writer stopped while storage was failing")
             raise
         except Exception as exc:  # encoding cannot fail for a prepared entry; if it does, say so
-            unwritten = batch if frames is None else [i for f in frames[appended:] for i in f[3]]
+            unwritten = batch if frames is None else [i for f in frames[appended:] for i in f.items]
             self._fail_items(unwritten, f"encoding failed: {exc!r}")
 
-    def _encode_groups(self, groups: dict[str, list[_Item]]) -> list[tuple[str, bytes, int, list[_Item]]]:
+    def _encode_groups(self, groups: dict[str, list[_Item]]) -> list[_Frame]:
         """Encode each date's entries into frames no larger than max_chunk_bytes (in a thread)."""
-        frames: list[tuple[str, bytes, int, list[_Item]]] = []
+        frames: list[_Frame] = []
         limit = self.settings.max_chunk_bytes
         for date, items in groups.items():
             work = [items]
             while work:
                 part = work.pop()
-                frame, raw_length = self._encoder.encode([i.line for i in part], next(self._sequence))
-                if len(frame) > limit and len(part) > 1:
+                body = self._encoder.body([i.line for i in part], next(self._sequence))
+                data = self._encoder.seal(body)
+                if len(data) > limit and len(part) > 1:
                     half = len(part) // 2
                     work.extend((part[half:], part[:half]))  # first half is encoded next
                     continue
-                if len(frame) > limit:  # cannot happen: max_entry_bytes leaves room for the overhead
-                    raise StoreError(f"one entry encodes to {len(frame)} bytes, over max_chunk_bytes={limit}")
-                frames.append((date, frame, raw_length, part))
+                if len(data) > limit:  # cannot happen: max_entry_bytes leaves room for the overhead
+                    raise StoreError(f"one entry encodes to {len(data)} bytes, over max_chunk_bytes={limit}")
+                frames.append(_Frame(date, body, data, part))
         return frames
 
-    async def _append(self, date: str, frame: bytes, raw_length: int, items: list[_Item]) -> None:
-        attempt = 0
+    async def _append(self, frame: _Frame) -> None:
+        data, items, attempt = frame.data, frame.items, 0
         while True:
             started = time.monotonic()
             try:
-                name = await self.store.append(date, frame)
+                name = await self.store.append(frame.date, data)
                 break
             except asyncio.CancelledError:
                 raise
@@ -375,16 +383,19 @@ class LogWriter:
                 self._backoff = min(self.settings.retry_backoff_max, FIRST_BACKOFF * 2 ** (attempt - 1))
                 delay = self._backoff * random.uniform(0.5, 1.0)
                 log.warning("Append of %d entries for %s failed (attempt %d); retrying in %.1fs: %s",
-                            len(items), date, attempt, delay, self._storage_error)
+                            len(items), frame.date, attempt, delay, self._storage_error)
                 await asyncio.sleep(delay)
+                # The failed attempt may still have landed; the retry is sealed with its own attempt
+                # number so that readers drop it as a retry, not flag it as a replay.
+                data = self._encoder.seal(frame.body, attempt)
         self.metrics.append_seconds.observe(time.monotonic() - started)
         self.metrics.batch_entries.observe(len(items))
         self._storage_error = None
         self._backoff = 0.0
         self.metrics.chunks += 1
         self.metrics.written += len(items)
-        self.metrics.bytes_raw += raw_length
-        self.metrics.bytes_stored += len(frame)
+        self.metrics.bytes_raw += frame.body.plaintext_length
+        self.metrics.bytes_stored += len(data)
         for item in items:
             if item.waiter is not None:
                 item.waiter.done_one()
