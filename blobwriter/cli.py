@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: bool) -> int:
     store = open_store(settings)
-    reader = Reader(store, settings.keys)
+    reader = Reader(store, settings.keys, check_index=verify)
     out = sys.stdout.buffer
     try:
         async for line in reader.entries(dates):
@@ -119,6 +119,7 @@ def _print_report(report: ReadReport, dates: list[str], *, verbose: bool, as_jso
         print(json.dumps({
             "dates": [dates[0], dates[-1]], "parts": report.parts, "frames": report.frames,
             "entries": report.entries, "duplicates_dropped": report.duplicates, "bytes": report.bytes,
+            "index_frames": report.index_frames, "unindexed_frames": report.unindexed,
             "problems": [{"blob": p.blob, "offset": p.offset, "message": p.message} for p in report.problems],
             "ok": report.ok,
         }, indent=2))
@@ -128,7 +129,8 @@ def _print_report(report: ReadReport, dates: list[str], *, verbose: bool, as_jso
         print(f"DAMAGED {problem}", file=stream)
     if verbose:
         print(f"{dates[0]}..{dates[-1]}: {report.parts} parts, {report.frames} frames, {report.entries} entries, "
-              f"{report.duplicates} duplicate frames dropped, {len(report.problems)} damaged", file=stream)
+              f"{report.duplicates} duplicate frames dropped, {len(report.problems)} damaged; "
+              f"{report.index_frames} index frames, {report.unindexed} frames not yet indexed", file=stream)
         print("OK" if report.ok else "FAILED", file=stream)
     elif report.problems:
         print(f"blobwriter: {len(report.problems)} damaged frame(s) skipped; run `blobwriter verify` for details",

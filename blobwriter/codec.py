@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - isal ships wheels for the supported pl
 MAGIC = b"BLWF"
 VERSION = 1
 FLAG_GZIP = 0x01
+FLAG_INDEX = 0x02  # an index frame: where its writer's frames landed, not log entries
 # magic, version, flags, append attempt, key id, writer id, sequence, entries, plaintext length,
 # nonce, ciphertext length (with tag), header CRC-32 (of the bytes before it). Big-endian.
 HEADER = struct.Struct(">4sBBH8s16sQII12sII")
@@ -72,6 +73,10 @@ class FrameHeader:
     def frame_length(self) -> int:
         return HEADER_SIZE + self.ciphertext_length
 
+    @property
+    def is_index(self) -> bool:
+        return bool(self.flags & FLAG_INDEX)
+
 
 def compress(data: bytes) -> bytes:
     if _fast_gzip is not None:
@@ -93,6 +98,7 @@ class Body:
     entries: int
     plaintext_length: int
     sequence: int
+    index: bool = False
 
 
 class Encoder:
@@ -104,17 +110,18 @@ class Encoder:
         self._flags = FLAG_GZIP if compression == "gzip" else 0
         self.writer_id = writer_id or new_writer_id()
 
-    def body(self, lines: Sequence[bytes], sequence: int) -> Body:
+    def body(self, lines: Sequence[bytes], sequence: int, *, index: bool = False) -> Body:
         """Join serialized entries (each one JSON object, no newline) into JSON Lines and compress."""
         plaintext = b"\n".join(lines) + b"\n"
         data = compress(plaintext) if self._flags & FLAG_GZIP else plaintext
-        return Body(data, len(lines), len(plaintext), sequence)
+        return Body(data, len(lines), len(plaintext), sequence, index)
 
     def seal(self, body: Body, attempt: int = 0) -> bytes:
         """Encrypt a body into a frame. Each append attempt is sealed anew (fresh nonce, its number
         in the header), so a reader tells a retry that landed twice from a replayed frame."""
         nonce = os.urandom(NONCE_SIZE)
-        header = _pack_header(self._flags, min(attempt, MAX_ATTEMPT), self._key_id, self.writer_id, body.sequence,
+        flags = self._flags | (FLAG_INDEX if body.index else 0)
+        header = _pack_header(flags, min(attempt, MAX_ATTEMPT), self._key_id, self.writer_id, body.sequence,
                               body.entries, body.plaintext_length, nonce, len(body.data) + TAG_SIZE)
         return header + self._aead.encrypt(nonce, body.data, header)
 

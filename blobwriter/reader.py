@@ -8,12 +8,14 @@ one frame plus one download chunk, whatever the size of the day.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
 
-from .codec import HEADER_SIZE, MAGIC, Decoder, FrameHeader, iter_lines, parse_header
+import orjson
+
+from .codec import HEADER_SIZE, MAGIC, TAG_SIZE, Decoder, FrameHeader, iter_lines, parse_header
 from .config import SecretKey
 from .errors import FrameError, UnknownKeyError
 from .store import Store
@@ -41,6 +43,8 @@ class ReadReport:
     entries: int = 0
     duplicates: int = 0
     bytes: int = 0
+    index_frames: int = 0
+    unindexed: int = 0  # data frames no index frame vouches for yet (the newest ones), when checked
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -116,21 +120,33 @@ def date_range(first: Date, last: Date | None = None) -> list[str]:
     return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
-class Reader:
-    """Streams the entries of a range of dates from a store, each exactly once."""
+_Landed = tuple[bytes, int, int, str]  # writer id, sequence, attempt, GCM tag (hex)
 
-    def __init__(self, store: Store, keys: Iterable[SecretKey]) -> None:
+
+class Reader:
+    """Streams the entries of a range of dates from a store, each exactly once.
+
+    With check_index (verify), it also holds every frame's position against the index frames
+    its writer appended, which reveals frames swapped, moved or removed.
+    """
+
+    def __init__(self, store: Store, keys: Iterable[SecretKey], *, check_index: bool = False) -> None:
         self.store = store
         self._decoder = Decoder(keys)
+        self._check_index = check_index
         self.report = ReadReport()
 
     async def entries(self, dates: Iterable[str]) -> AsyncIterator[bytes]:
         """Yield each stored entry (a JSON object, without newline) of the dates, in blob order."""
         for day in dates:
             seen = SeenFrames()  # a frame is duplicated only within its own date's parts
+            claims: dict[tuple[str, int], _Landed] = {}
+            landed: dict[tuple[str, int], _Landed] = {}
             for name in await self.store.parts(day):
                 self.report.parts += 1
-                async for offset, header, plaintext in self._frames(name):
+                async for offset, header, plaintext, tag in self._frames(name):
+                    if self._check_index and not header.is_index:
+                        landed[(name, offset)] = (header.writer_id, header.sequence, header.attempt, tag)
                     seen_as = seen.add(header.writer_id, header.sequence, header.attempt)
                     if seen_as == SeenFrames.REPLAY:
                         self._problem(name, offset, f"replayed frame: writer {header.writer_id.hex()} sequence "
@@ -139,12 +155,35 @@ class Reader:
                     if seen_as == SeenFrames.RETRY:
                         self.report.duplicates += 1
                         continue
+                    if header.is_index:
+                        self.report.index_frames += 1
+                        if self._check_index:
+                            claims.update(_index_claims(header.writer_id, plaintext))
+                        continue
                     self.report.frames += 1
                     self.report.entries += header.entries
                     for line in iter_lines(plaintext):
                         yield line
+            if self._check_index:
+                self._check_claims(claims, landed)
 
-    async def _frames(self, name: str) -> AsyncIterator[tuple[int, FrameHeader, bytes]]:
+    def _check_claims(self, claims: dict[tuple[str, int], _Landed], landed: dict[tuple[str, int], _Landed]) -> None:
+        damaged = {(p.blob, p.offset) for p in self.report.problems}
+        for (blob, offset), (writer, sequence, attempt, tag) in sorted(claims.items()):
+            found = landed.get((blob, offset))
+            if found == (writer, sequence, attempt, tag) or (blob, offset) in damaged:
+                continue
+            expected = f"writer {writer.hex()} sequence {sequence} attempt {attempt}"
+            if found is None:
+                self._problem(blob, offset, f"indexed frame missing: {expected} was appended here "
+                                            "(removed, moved or cut)")
+            else:
+                self._problem(blob, offset, f"frame out of place: found writer {found[0].hex()} sequence "
+                                            f"{found[1]} attempt {found[2]} where the index puts {expected} "
+                                            "(frames swapped or moved)")
+        self.report.unindexed += len(landed.keys() - claims.keys())
+
+    async def _frames(self, name: str) -> AsyncIterator[tuple[int, FrameHeader, bytes, str]]:
         buffer = bytearray()
         base = 0  # blob offset of buffer[0]
         pos = 0  # next frame boundary in buffer
@@ -185,7 +224,7 @@ class Reader:
                         pos, damaged = pos + 1, True
                         continue
                     self.report.bytes += header.frame_length
-                    yield base + pos, header, plaintext
+                    yield base + pos, header, plaintext, bytes(buffer[end - TAG_SIZE:end]).hex()
                     pos = end
                     continue
                 if eof:
@@ -210,6 +249,13 @@ class Reader:
 
     def _problem(self, name: str, offset: int, message: str, unknown_key: bytes | None = None) -> None:
         self.report.problems.append(Problem(name, offset, message, unknown_key))
+
+
+def _index_claims(writer_id: bytes, plaintext: bytes) -> Iterator[tuple[tuple[str, int], _Landed]]:
+    """What an index frame says: at (part, offset) its writer appended (sequence, attempt, tag)."""
+    for line in iter_lines(plaintext):
+        r = orjson.loads(line)
+        yield (r["blob"], r["offset"]), (writer_id, r["sequence"], r["attempt"], r["tag"])
 
 
 def _find_header(buffer: bytearray, start: int) -> int | None:

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .config import Settings
 from .errors import StoreError
@@ -42,6 +42,13 @@ def sort_parts(names: list[str], prefix: str, date: str) -> list[str]:
     return [n for _, n in sorted(numbered)]
 
 
+class Appended(NamedTuple):
+    """Where an append landed: the part's name and the frame's offset in it."""
+
+    name: str
+    offset: int
+
+
 @runtime_checkable
 class Store(Protocol):
     """The few operations the writer and reader need from storage."""
@@ -54,8 +61,8 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections."""
 
-    async def append(self, date: str, frame: bytes) -> str:
-        """Append one whole frame to the current part of `date`; return the part's name."""
+    async def append(self, date: str, frame: bytes) -> Appended:
+        """Append one whole frame to the current part of `date`; say where it landed."""
 
     async def parts(self, date: str) -> list[str]:
         """The names of `date`'s parts, in order."""
@@ -145,7 +152,7 @@ class AppendBlobStore:
             await self._session.close()
         self._service = self._container = self._credential = self._session = None
 
-    async def append(self, date: str, frame: bytes) -> str:
+    async def append(self, date: str, frame: bytes) -> Appended:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         container = self._client()
@@ -170,7 +177,7 @@ class AppendBlobStore:
                 raise
             if int(result.get("blob_committed_block_count") or 0) >= self._max_blocks:
                 self._roll(date, part)
-            return name
+            return Appended(name, int(result["blob_append_offset"]))
 
     def _roll(self, date: str, full_part: int) -> int:
         nxt = max(self._current.get(date, 0), full_part + 1)
@@ -245,25 +252,26 @@ class DirectoryStore:
     async def close(self) -> None:
         return None
 
-    async def append(self, date: str, frame: bytes) -> str:
+    async def append(self, date: str, frame: bytes) -> Appended:
         name = blob_name(self._prefix, date, 0)
-        await asyncio.to_thread(self._append_sync, self._path(name), frame)
-        return name
+        return Appended(name, await asyncio.to_thread(self._append_sync, self._path(name), frame))
 
     @staticmethod
-    def _append_sync(path: Path, frame: bytes) -> None:
+    def _append_sync(path: Path, frame: bytes) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             # The lock keeps frames of several processes whole on filesystems where
             # O_APPEND alone does not (network drives).
             fcntl.flock(fd, fcntl.LOCK_EX)
+            offset = os.lseek(fd, 0, os.SEEK_END)  # where O_APPEND writes, fixed while we hold the lock
             view = memoryview(frame)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)  # closing releases the lock
+        return offset
 
     async def parts(self, date: str) -> list[str]:
         def scan() -> list[str]:

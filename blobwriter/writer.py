@@ -23,15 +23,20 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .codec import Body, Encoder
+from .codec import TAG_SIZE, Body, Encoder
 from .config import Settings
 from .errors import EntryError, EntryTooLargeError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
 from .metrics import WriterMetrics
-from .store import Store, open_store
+from .store import Appended, Store, open_store
 
 log = logging.getLogger("blobwriter.writer")
 
 FIRST_BACKOFF = 0.5  # seconds before the first batch-level retry; doubles up to retry_backoff_max
+# An index frame records where this writer's frames landed (blob, offset, tag), so `verify` can
+# tell a swapped, moved or removed frame. One is appended per part every INDEX_INTERVAL seconds
+# or INDEX_MAX_RECORDS frames, and at stop().
+INDEX_INTERVAL = 30.0
+INDEX_MAX_RECORDS = 1000
 
 
 class Prepared(NamedTuple):
@@ -113,6 +118,9 @@ class LogWriter:
         self._slots = asyncio.Semaphore(settings.max_concurrent_writes)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._index: dict[str, tuple[str, list[bytes]]] = {}  # part name -> (date, unindexed records)
+        self._index_tasks: set[asyncio.Task[None]] = set()
+        self._index_timer: asyncio.Task[None] | None = None
         self._state = "new"
         self._storage_error: str | None = None
         self._backoff = 0.0
@@ -142,6 +150,7 @@ class LogWriter:
         self._state = "running"
         self._task = asyncio.create_task(self._run(), name="blobwriter-batches")
         self._task.add_done_callback(self._on_task_done)
+        self._index_timer = asyncio.create_task(self._index_periodically(), name="blobwriter-index")
         if handle_sigterm:
             self._install_sigterm()
         log.debug("Log writer started (batch_size=%d, timeout=%ss)", self.settings.batch_size,
@@ -162,22 +171,26 @@ class LogWriter:
             if self._pending:
                 log.debug("Flushing %d remaining log entries", len(self._pending))
             self._wakeup.set()
+        if self._index_timer is not None:
+            self._index_timer.cancel()
         try:
             async with asyncio.timeout(timeout):
                 if self._task is not None:
                     await asyncio.shield(self._task)
                 while self._in_flight:
                     await asyncio.gather(*self._in_flight, return_exceptions=True)
+                self._write_indexes()
+                await asyncio.gather(*self._index_tasks, return_exceptions=True)
         except TimeoutError:
             pass
         except Exception:  # the batch task died; what it held is reported below
             pass
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        for task in list(self._in_flight):
+        for task in [*self._in_flight, *self._index_tasks]:
             task.cancel()
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._in_flight or self._index_tasks:
+            await asyncio.gather(*self._in_flight, *self._index_tasks, return_exceptions=True)
         self._fail_items(list(self._pending), "the writer stopped before storage accepted them")
         self._pending.clear()
         self._state = "stopped"
@@ -372,7 +385,7 @@ class LogWriter:
         while True:
             started = time.monotonic()
             try:
-                name = await self.store.append(frame.date, data)
+                landed = await self.store.append(frame.date, data)
                 break
             except asyncio.CancelledError:
                 raise
@@ -389,9 +402,13 @@ class LogWriter:
                 # number so that readers drop it as a retry, not flag it as a replay.
                 data = self._encoder.seal(frame.body, attempt)
         self.metrics.append_seconds.observe(time.monotonic() - started)
-        self.metrics.batch_entries.observe(len(items))
         self._storage_error = None
         self._backoff = 0.0
+        if frame.body.index:
+            log.debug("Wrote an index of %d frames to %s", frame.body.entries, landed.name)
+            return
+        self._record(frame.date, landed, data, frame.body.sequence, attempt)
+        self.metrics.batch_entries.observe(len(items))
         self.metrics.chunks += 1
         self.metrics.written += len(items)
         self.metrics.bytes_raw += frame.body.plaintext_length
@@ -400,7 +417,31 @@ class LogWriter:
             if item.waiter is not None:
                 item.waiter.done_one()
         self._settle(len(items))
-        log.debug("Wrote %d log entries to %s", len(items), name)
+        log.debug("Wrote %d log entries to %s", len(items), landed.name)
+
+    # -- index frames ----------------------------------------------------------------------
+
+    def _record(self, date: str, landed: Appended, data: bytes, sequence: int, attempt: int) -> None:
+        """Note where a frame landed, for the part's next index frame."""
+        _, records = self._index.setdefault(landed.name, (date, []))
+        records.append(orjson.dumps({"blob": landed.name, "offset": landed.offset, "length": len(data),
+                                     "sequence": sequence, "attempt": attempt, "tag": data[-TAG_SIZE:].hex()}))
+        if len(records) >= INDEX_MAX_RECORDS:
+            self._write_indexes(landed.name)
+
+    def _write_indexes(self, *names: str) -> None:
+        """Start appending index frames for the given parts (default: every part with records)."""
+        for name in names or list(self._index):
+            date, records = self._index.pop(name)
+            body = self._encoder.body(records, next(self._sequence), index=True)
+            task = asyncio.create_task(self._append(_Frame(date, body, self._encoder.seal(body), [])))
+            self._index_tasks.add(task)
+            task.add_done_callback(self._index_tasks.discard)
+
+    async def _index_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(INDEX_INTERVAL)
+            self._write_indexes()
 
     def _settle(self, count: int) -> None:
         self._outstanding -= count
