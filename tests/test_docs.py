@@ -1,0 +1,33 @@
+"""The docs say what the code does: every setting in the README, the frame layout in FORMAT.md."""
+
+from __future__ import annotations
+
+import re
+
+from blobwriter import codec
+from blobwriter.config import FIELDS
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+FORMAT = (ROOT / "docs" / "FORMAT.md").read_text()
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    for f in FIELDS:
+        row = next((line for line in README.splitlines() if line.startswith(f"| `{f.name}` |")), None)
+        assert row is not None, f"README configuration table lacks {f.name}"
+        assert f"`{f.env}`" in row
+        if isinstance(f.default, int | float) and not isinstance(f.default, bool):
+            assert str(f.default) in row, f"README default of {f.name} is not {f.default}"
+
+
+def test_format_doc_matches_the_header_layout() -> None:
+    assert codec.HEADER_SIZE == 68 and "68-byte header" in FORMAT
+    assert codec.MAGIC.decode() in FORMAT
+    rows = re.findall(r"^\| (\d+) \| (\d+|n) \| ([A-Za-z ]+) \|", FORMAT, flags=re.M)
+    sizes = [int(size) for _, size, _ in rows if size != "n"]
+    assert sum(sizes) == codec.HEADER_SIZE
+    offsets = [int(offset) for offset, _, _ in rows]
+    assert offsets == sorted(offsets) and offsets[-1] == codec.HEADER_SIZE
+    assert codec.KEY_ID_CONTEXT.rstrip(b"\0").decode() in FORMAT
+    assert f"`0x{codec.FLAG_GZIP:02x}`" in FORMAT and f"`0x{codec.FLAG_INDEX:02x}`" in FORMAT
