@@ -63,7 +63,7 @@ def main() -> int:
     else:
         azurite = subprocess.Popen(
             [str(AZURITE), "--location", str(LOCAL / "azurite"), "--blobHost", "127.0.0.1",
-             "--blobPort", str(AZURITE_PORT), "--skipApiVersionCheck", "--silent"],
+             "--blobPort", str(AZURITE_PORT), "--skipApiVersionCheck", "--silent", "--disableTelemetry"],
             start_new_session=True,
         )
         deadline = time.monotonic() + 30
