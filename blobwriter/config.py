@@ -62,6 +62,7 @@ class SecretKey:
 def parse_key(text: str, setting: str = "encryption_key") -> SecretKey:
     """Decode a base64 (standard or URL-safe) 32-byte key; errors never echo the value."""
     cleaned = text.strip()
+    cleaned += "=" * (-len(cleaned) % 4)  # URL-safe base64 usually comes without its padding
     try:
         raw = base64.b64decode(cleaned.replace("-", "+").replace("_", "/"), validate=True)
     except (binascii.Error, ValueError):
@@ -252,7 +253,8 @@ class Settings:
             raise ConfigError(
                 f"Unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(FIELDS_BY_NAME)}."
             )
-        cast = {name: FIELDS_BY_NAME[name].cast(name, value) for name, value in values.items()}
+        # None (a YAML key left empty) means not set: the default applies, not the text 'None'.
+        cast = {name: FIELDS_BY_NAME[name].cast(name, value) for name, value in values.items() if value is not None}
         return cls(**cast)
 
     @property

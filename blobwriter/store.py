@@ -194,11 +194,13 @@ class AppendBlobStore:
                 names = await self.parts(date)
                 last = names[-1] if names else blob_name(self._prefix, date, 0)
                 self._current[date] = int(last.rsplit(".", 2)[-2])
-                # Forget dates long past so a long-running process does not collect them.
+                # Forget dates long past so a long-running process does not collect them (not the
+                # date just found, even if it is older than the rest: a backfill).
                 if len(self._current) > 64:
                     for old in sorted(self._current)[:-32]:
-                        self._current.pop(old, None)
-                        self._discovering.pop(old, None)
+                        if old != date:
+                            self._current.pop(old, None)
+                            self._discovering.pop(old, None)
         return self._current[date]
 
     async def _create(self, blob: Any) -> None:
@@ -216,9 +218,14 @@ class AppendBlobStore:
         return sort_parts(names, self._prefix, date)
 
     async def read(self, name: str) -> AsyncIterator[bytes]:
-        downloader = await self._client().get_blob_client(name).download_blob()
-        async for chunk in downloader.chunks():
-            yield chunk
+        # The bytes present now, range by range. One download of a blob past 32 MiB pins its later
+        # chunks to the first one's ETag and fails once anyone appends; an append blob only grows,
+        # so these ranges never change.
+        blob = self._client().get_blob_client(name)
+        size = (await blob.get_blob_properties()).size
+        for offset in range(0, size, READ_CHUNK_BYTES):
+            downloader = await blob.download_blob(offset=offset, length=min(READ_CHUNK_BYTES, size - offset))
+            yield await downloader.readall()
 
     async def check(self) -> None:
         from azure.core.exceptions import AzureError

@@ -150,7 +150,10 @@ class StorageProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         assert self._session is not None
         async with self._session.request(request.method, self.upstream + request.rel_url.raw_path_qs,
-                                         headers=headers, data=body) as upstream:
+                                         headers=headers, data=body,
+                                         # aiohttp would add Content-Type: application/octet-stream to a
+                                         # request without one, which breaks the SharedKey signature.
+                                         skip_auto_headers=("Content-Type",)) as upstream:
             payload = await upstream.read()
             status = upstream.status
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}

@@ -1,0 +1,327 @@
+"""Settings: casting, ranges, secrets kept out of messages, env over YAML file, storage kinds."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from blobwriter.config import (
+    BLOCKS_PER_BLOB_LIMIT,
+    FIELDS,
+    FRAME_OVERHEAD_BYTES,
+    SecretKey,
+    Settings,
+    load_settings,
+    parse_key,
+    storage_kind,
+)
+from blobwriter.errors import ConfigError
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+KEY_A = b64(bytes(range(32)))
+KEY_B = b64(bytes(range(100, 132)))
+
+
+def base(**values: object) -> dict[str, object]:
+    return {"storage": "/tmp/logs", "encryption_key": KEY_A, **values}
+
+
+# -- ranges and messages ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("batch_size", 0, "1 to 1000"),
+        ("batch_size", 1001, "1 to 1000"),
+        ("batch_size", "ten", "1 to 1000"),
+        ("batch_size", True, "1 to 1000"),
+        ("batch_timeout", 0.05, "0.1 to 60.0"),
+        ("batch_timeout", 61, "0.1 to 60.0"),
+        ("batch_timeout", "nan", "0.1 to 60.0"),
+        ("batch_timeout", "soon", "0.1 to 60.0"),
+        ("max_queue_size", 0, "1 to 10000000"),
+        ("max_concurrent_writes", 0, "1 to 1024"),
+        ("max_concurrent_writes", 1025, "1 to 1024"),
+        ("max_chunk_bytes", 65535, "65536 to 4194304"),
+        ("max_chunk_bytes", 4 * 1024 * 1024 + 1, "65536 to 4194304"),
+        ("max_blocks_per_blob", 0, f"1 to {BLOCKS_PER_BLOB_LIMIT}"),
+        ("max_blocks_per_blob", BLOCKS_PER_BLOB_LIMIT + 1, f"1 to {BLOCKS_PER_BLOB_LIMIT}"),
+        ("max_entry_bytes", 1023, "1024 to"),
+        ("max_body_bytes", 10, "1024 to"),
+        ("storage_timeout", 0.5, "1.0 to 600.0"),
+        ("retry_backoff_max", 0, "0.1 to 300.0"),
+        ("stop_timeout", -1, "0.0 to 3600.0"),
+        ("compression", "zstd", "gzip, none"),
+        ("container", "Bad_Name", "3-63 lowercase"),
+        ("container", "ab", "3-63 lowercase"),
+        ("container", "a--b", "single hyphens"),
+        ("directory", "../escape", "must not contain '..'"),
+        ("directory", "/absolute", "must be relative"),
+    ],
+)
+def test_bad_value_names_setting_and_allowed_range(name: str, value: object, allowed: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_values(base(**{name: value}))
+    message = str(caught.value)
+    assert f"'{name}'" in message
+    assert allowed in message
+
+
+def test_values_are_cast_from_strings() -> None:
+    settings = Settings.from_values(base(batch_size="25", batch_timeout="0.5", max_queue_size="1_000",
+                                         compression=" NONE ", directory="gateway", container=" logs-2 "))
+    assert settings.batch_size == 25
+    assert settings.batch_timeout == 0.5
+    assert settings.max_queue_size == 1000
+    assert settings.compression == "none"
+    assert settings.directory == "gateway/"
+    assert settings.container == "logs-2"
+
+
+def test_defaults() -> None:
+    settings = Settings.from_values(base())
+    assert (settings.container, settings.directory, settings.compression) == ("logs", "", "gzip")
+    assert (settings.batch_size, settings.batch_timeout) == (10, 1.0)
+    assert settings.max_chunk_bytes == 4 * 1024 * 1024
+    assert settings.max_blocks_per_blob == 50_000
+
+
+def test_cross_field_rules() -> None:
+    with pytest.raises(ConfigError, match="'max_entry_bytes'.*max_chunk_bytes"):
+        Settings.from_values(base(max_chunk_bytes=64 * 1024))  # default max_entry_bytes (1 MiB) does not fit
+    fits = Settings.from_values(base(max_chunk_bytes=64 * 1024, max_entry_bytes=64 * 1024 - FRAME_OVERHEAD_BYTES))
+    assert fits.max_entry_bytes == 64 * 1024 - FRAME_OVERHEAD_BYTES
+    with pytest.raises(ConfigError, match="'max_queue_size'.*batch_size"):
+        Settings.from_values(base(batch_size=100, max_queue_size=10))
+
+
+def test_unknown_settings_rejected() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_values(base(batchsize=5, colour="red"))
+    message = str(caught.value)
+    assert "batchsize" in message and "colour" in message
+    assert "batch_size" in message  # the known settings are listed
+
+
+def test_required_setting_message_names_env_var() -> None:
+    settings = load_settings(env={})
+    assert settings.storage is None and settings.encryption_key is None
+    with pytest.raises(ConfigError, match="BLOBWRITER_STORAGE"):
+        settings.require("storage")
+    with pytest.raises(ConfigError, match="BLOBWRITER_ENCRYPTION_KEY"):
+        settings.require("encryption_key")
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw_length", [16, 31, 33, 64])
+def test_wrong_length_key_never_echoed(raw_length: int) -> None:
+    bad = b64(os.urandom(raw_length))
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_values(base(encryption_key=bad))
+    message = str(caught.value)
+    assert "'encryption_key'" in message
+    assert f"{raw_length} bytes" in message and "32" in message
+    assert bad not in message
+    assert bad[:12] not in message
+
+
+def test_invalid_base64_key_never_echoed() -> None:
+    bad = "this-is-not=base64!!secret"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_values(base(encryption_key=bad))
+    assert "'encryption_key'" in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert bad not in repr(caught.value)
+
+
+def test_bad_previous_key_named_by_index_not_value() -> None:
+    bad = b64(os.urandom(20))
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_values(base(previous_keys=f"{KEY_B},{bad}"))
+    message = str(caught.value)
+    assert "previous_keys[1]" in message
+    assert bad not in message and KEY_B not in message and KEY_A not in message
+
+
+def test_key_formats_and_secret_repr() -> None:
+    raw = bytes([0xFB, 0xFF] * 16)  # base64 uses '+' and '/', URL-safe '-' and '_'
+    standard = base64.b64encode(raw).decode()
+    urlsafe = base64.urlsafe_b64encode(raw).decode()
+    assert "+" in standard or "/" in standard
+    assert parse_key(standard).raw == raw
+    assert parse_key(urlsafe).raw == raw
+    assert parse_key(f"  {standard}\n").raw == raw
+    settings = Settings.from_values(base(encryption_key=standard, api_key="hunter2"))
+    for text in (repr(settings), str(settings), repr(settings.encryption_key), str(settings.encryption_key)):
+        assert standard not in text and urlsafe not in text and "hunter2" not in text
+    assert repr(SecretKey(raw)) == "SecretKey(***)"
+
+
+def test_unpadded_keys_accepted() -> None:
+    """URL-safe base64 usually comes without '=' padding (e.g. Python's secrets.token_urlsafe(32))."""
+    for _ in range(20):
+        token = secrets.token_urlsafe(32)
+        assert "=" not in token
+        assert parse_key(token).raw == base64.urlsafe_b64decode(token + "=")
+    assert parse_key(KEY_A.rstrip("=")).raw == bytes(range(32))
+    with pytest.raises(ConfigError, match="not valid base64"):
+        parse_key(KEY_A.rstrip("=") + "AB")  # no padding makes 45 characters valid
+    with pytest.raises(ConfigError, match="decodes to 33 bytes"):
+        parse_key(KEY_A.rstrip("=") + "A")
+
+
+def test_previous_keys_comma_separated_env() -> None:
+    key_c = b64(os.urandom(32))
+    settings = load_settings(env={"BLOBWRITER_STORAGE": "/tmp/x", "BLOBWRITER_ENCRYPTION_KEY": KEY_A,
+                                  "BLOBWRITER_PREVIOUS_KEYS": f" {KEY_B} , {key_c},"})
+    assert [k.raw for k in settings.previous_keys] == [base64.b64decode(KEY_B), base64.b64decode(key_c)]
+    # The reader tries the current key first, then the previous ones in order.
+    assert [k.raw for k in settings.keys] == [base64.b64decode(k) for k in (KEY_A, KEY_B, key_c)]
+
+
+def test_keys_without_current_key() -> None:
+    settings = Settings.from_values({"storage": "/tmp/x", "previous_keys": KEY_B})
+    assert settings.encryption_key is None
+    assert [k.raw for k in settings.keys] == [base64.b64decode(KEY_B)]
+
+
+# -- file and environment --------------------------------------------------------------------
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "blobwriter.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_yaml_logging_section_and_env_override(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"""
+other_tool:
+  batch_size: 999999   # other sections are not ours
+logging:
+  storage: /var/log/gateway
+  encryption_key: {KEY_A}
+  previous_keys: [{KEY_B}]
+  batch_size: 5
+  batch_timeout: 2.5
+  container: from-file
+""")
+    settings = load_settings(path, env={"BLOBWRITER_BATCH_SIZE": "7", "BLOBWRITER_DIRECTORY": "env/"})
+    assert settings.batch_size == 7  # the environment wins
+    assert settings.batch_timeout == 2.5  # the file fills in the rest
+    assert settings.container == "from-file"
+    assert settings.directory == "env/"
+    assert settings.storage == "/var/log/gateway"
+    assert [k.raw for k in settings.previous_keys] == [base64.b64decode(KEY_B)]
+
+
+def test_config_path_from_env(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "logging:\n  batch_size: 3\n  storage: /tmp/y\n")
+    settings = load_settings(env={"BLOBWRITER_CONFIG": str(path)})
+    assert settings.batch_size == 3
+    assert settings.storage == "/tmp/y"
+
+
+def test_unknown_key_in_file_rejected(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "logging:\n  batch_size: 3\n  bacth_timeout: 1\n")
+    with pytest.raises(ConfigError, match="bacth_timeout"):
+        load_settings(path, env={})
+
+
+def test_bad_value_in_file_named(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "logging:\n  batch_size: 5000\n")
+    with pytest.raises(ConfigError, match=r"'batch_size'.*1 to 1000"):
+        load_settings(path, env={})
+
+
+def test_bad_value_in_env_named() -> None:
+    with pytest.raises(ConfigError, match=r"'max_blocks_per_blob'.*1 to 50000"):
+        load_settings(env={"BLOBWRITER_MAX_BLOCKS_PER_BLOB": "60000"})
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("logging: [1, 2]\n", "must be a mapping of settings"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("logging:\n  batch_size: [unclosed\n", "not valid YAML at line"),
+    ],
+)
+def test_malformed_files(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_settings(write_yaml(tmp_path, text), env={})
+
+
+def test_empty_file_and_empty_section(tmp_path: Path) -> None:
+    assert load_settings(write_yaml(tmp_path, ""), env={}).batch_size == 10
+    assert load_settings(write_yaml(tmp_path, "logging:\n"), env={}).batch_size == 10
+
+
+def test_empty_yaml_values_mean_not_set(tmp_path: Path) -> None:
+    """`storage:` left empty must not become a directory named 'None', nor turn compression off."""
+    path = write_yaml(tmp_path, "logging:\n  storage:\n  compression:\n  container:\n  batch_size:\n"
+                                "  encryption_key:\n  previous_keys:\n")
+    settings = load_settings(path, env={})
+    assert settings.storage is None
+    assert (settings.compression, settings.container, settings.batch_size) == ("gzip", "logs", 10)
+    assert settings.encryption_key is None and settings.previous_keys == ()
+    with pytest.raises(ConfigError, match="BLOBWRITER_STORAGE"):
+        settings.require("storage")
+    assert load_settings(path, env={"BLOBWRITER_STORAGE": "/x"}).storage == "/x"
+    assert Settings.from_values({"storage": None, "compression": None}).storage is None
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", env={})
+
+
+def test_key_in_file_never_echoed(tmp_path: Path) -> None:
+    bad = b64(os.urandom(24))
+    path = write_yaml(tmp_path, f"logging:\n  encryption_key: {bad}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert bad not in str(caught.value)
+    assert "'encryption_key'" in str(caught.value)
+
+
+def test_every_field_has_env_name_and_help() -> None:
+    for f in FIELDS:
+        assert f.env == "BLOBWRITER_" + f.name.upper()
+        assert f.help
+
+
+# -- storage kinds ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("storage", "kind"),
+    [
+        ("UseDevelopmentStorage=true", "connection_string"),
+        ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc==;EndpointSuffix=core.windows.net",
+         "connection_string"),
+        ("https://acct.blob.core.windows.net", "account_url"),
+        ("HTTP://127.0.0.1:10000/devstoreaccount1", "account_url"),
+        ("/var/log/gateway", "directory"),
+        ("relative/logs", "directory"),
+        (r"C:\logs", "directory"),
+        ("/data/a=b", "directory"),
+    ],
+)
+def test_storage_kind(storage: str, kind: str) -> None:
+    assert storage_kind(storage) == kind
+    assert Settings.from_values(base(storage=storage)).storage_kind == kind
+
+
+def test_with_overrides_keeps_validation() -> None:
+    settings = Settings.from_values(base())
+    assert settings.with_overrides(batch_size=3).batch_size == 3
+    with pytest.raises(ConfigError, match="max_queue_size"):
+        settings.with_overrides(batch_size=50, max_queue_size=20)

@@ -1,0 +1,664 @@
+"""LogWriter against a real Azurite (and a directory): batching, dates, durability, faults, rollover."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from blobwriter.codec import FrameHeader
+from blobwriter.config import FRAME_OVERHEAD_BYTES, Settings
+from blobwriter.errors import (
+    EntryError,
+    EntryTooLargeError,
+    QueueFullError,
+    WriteFailedError,
+    WriterStoppedError,
+)
+from blobwriter.store import Appended, Store, open_store
+from blobwriter.writer import LogWriter
+from tests.conftest import connection_string, entry
+from tests.support.proxy import FaultPlan, StorageProxy, is_append
+from tests.support.readback import assert_each_once, blob_bytes, frames_in, list_blobs, read_back
+
+DAY = "2026-05-17"
+TS = f"{DAY}T12:00:00.000Z"
+LIVENESS = 30.0  # generous bound for "eventually", never a performance threshold
+
+
+def day_entry(**fields: Any) -> dict[str, Any]:
+    return entry(timestamp=TS, **fields)
+
+
+def utc_day(timestamp: str) -> str:
+    moment = datetime.fromisoformat(timestamp)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.date().isoformat()
+
+
+def proxied(proxy: StorageProxy) -> str:
+    return connection_string(f"{proxy.url}/devstoreaccount1")
+
+
+async def eventually(condition: Callable[[], Any], what: str) -> None:
+    """Wait until condition() is true (polled), failing after a generous liveness bound."""
+    deadline = asyncio.get_running_loop().time() + LIVENESS
+    while not await _call(condition):
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"not within {LIVENESS}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _call(condition: Callable[[], Any]) -> Any:
+    result = condition()
+    return await result if asyncio.iscoroutine(result) else result
+
+
+async def data_frames(settings: Settings, dates: list[str]) -> dict[str, list[FrameHeader]]:
+    """The data frames (not index frames) of each part of the dates, from the raw stored bytes."""
+    store = open_store(settings)
+    try:
+        found = {}
+        for day in dates:
+            for name in await store.parts(day):
+                found[name] = [h for _, h in frames_in(await blob_bytes(store, name)) if not h.is_index]
+        return found
+    finally:
+        await store.close()
+
+
+class GatedStore:
+    """The real store with appends held until `gate` is set: storage that hangs, then recovers."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self.description = inner.description
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def append(self, date: str, frame: bytes) -> Appended:
+        self.waiting += 1
+        await self.gate.wait()
+        return await self.inner.append(date, frame)
+
+    async def parts(self, date: str) -> list[str]:
+        return await self.inner.parts(date)
+
+    def read(self, name: str) -> AsyncIterator[bytes]:
+        return self.inner.read(name)
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+
+# -- validation ------------------------------------------------------------------------------
+
+@pytest.fixture
+def idle_writer(make_settings: Callable[..., Settings]) -> LogWriter:
+    """A writer that is never started (prepare() needs no storage)."""
+    return LogWriter(make_settings(max_entry_bytes=2048))
+
+
+@pytest.mark.parametrize("value", [[1, 2], "text", 42, 1.5, True, None])
+def test_non_object_rejected(idle_writer: LogWriter, value: Any) -> None:
+    with pytest.raises(EntryError, match="must be a JSON object"):
+        idle_writer.prepare(value)
+
+
+@pytest.mark.parametrize("timestamp", ["yesterday", "2026-13-01T00:00:00Z", "2026-02-30T10:00:00Z", "", 1716000000,
+                                       ["2026-05-17"], "T" * 500, "0001-01-01T00:30:00+01:00",
+                                       "9999-12-31T23:30:00-01:00"])
+def test_bad_timestamp_rejected(idle_writer: LogWriter, timestamp: Any) -> None:
+    with pytest.raises(EntryError, match="'timestamp'") as caught:
+        idle_writer.prepare({"id": "x", "timestamp": timestamp})
+    assert len(str(caught.value)) < 200  # a long bad value is shortened, not echoed whole
+
+
+@pytest.mark.parametrize("value", [{1, 2}, object(), b"bytes", 2**70])
+def test_non_serializable_rejected(idle_writer: LogWriter, value: Any) -> None:
+    with pytest.raises(EntryError, match="not JSON-serializable"):
+        idle_writer.prepare({"id": "x", "timestamp": TS, "value": value})
+
+
+def test_non_string_keys_rejected(idle_writer: LogWriter) -> None:
+    with pytest.raises(EntryError):
+        idle_writer.prepare({"id": "x", "timestamp": TS, 7: "int key"})
+
+
+def test_too_large_rejected(idle_writer: LogWriter) -> None:
+    fits = idle_writer.prepare({"timestamp": TS, "pad": "x" * 1900})
+    assert len(fits.line) <= 2048
+    with pytest.raises(EntryTooLargeError, match="max_entry_bytes") as caught:
+        idle_writer.prepare({"timestamp": TS, "pad": "x" * 2100})
+    assert isinstance(caught.value, EntryError)
+    assert "2048" in str(caught.value)
+
+
+@pytest.mark.parametrize("given", [{}, {"timestamp": None}])
+def test_missing_timestamp_added_as_utc_z(idle_writer: LogWriter, given: dict[str, Any]) -> None:
+    original = {"id": "x", **given}
+    prepared = idle_writer.prepare(original)
+    stored = orjson.loads(prepared.line)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stored["timestamp"])
+    assert prepared.date == stored["timestamp"][:10]
+    assert abs((datetime.fromisoformat(stored["timestamp"]) - datetime.now(UTC)).total_seconds()) < 3600
+    assert original == {"id": "x", **given}  # the caller's dict is not modified
+
+
+def test_entry_serialized_faithfully(idle_writer: LogWriter) -> None:
+    value = {"id": "x", "timestamp": TS, "nested": {"list": [1, 2.5, None, True], "text": "héllo ✓ \"q\"\n"}}
+    assert orjson.loads(idle_writer.prepare(value).line) == value
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "date"),
+    [
+        ("2026-03-01T23:59:59.999Z", "2026-03-01"),
+        ("2026-03-02T00:00:00Z", "2026-03-02"),
+        ("2026-03-02T08:59:59+09:00", "2026-03-01"),
+        ("2026-03-02T09:00:00+09:00", "2026-03-02"),
+        ("2026-03-01T19:00:00-05:00", "2026-03-02"),
+        ("2026-03-01T23:59:59.999999", "2026-03-01"),  # naive means UTC
+        ("2026-03-02T00:00:00", "2026-03-02"),
+        ("2026-02-28T23:30:00-01:00", "2026-03-01"),
+        ("2024-02-29T23:00:00-02:00", "2024-03-01"),
+        ("2026-12-31T23:59:59.999Z", "2026-12-31"),
+        ("2027-01-01T00:30:00+01:00", "2026-12-31"),
+        ("2026-03-01", "2026-03-01"),
+    ],
+)
+def test_utc_date_of_timestamp(idle_writer: LogWriter, timestamp: str, date: str) -> None:
+    assert idle_writer.prepare({"timestamp": timestamp}).date == date
+
+
+async def test_write_many_is_all_or_none(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(batch_timeout=60)
+    writer = LogWriter(settings)
+    with pytest.raises(WriterStoppedError):
+        await writer.write(day_entry())  # not started
+    await writer.start()
+    try:
+        good = [day_entry() for _ in range(3)]
+        with pytest.raises(EntryError):
+            await writer.write_many([*good, ["not", "an", "object"]])
+        assert writer.metrics.accepted == 0 and writer.health()["queue_depth"] == 0
+        assert writer.metrics.rejected == 1
+        assert await writer.write_many(good) == 3
+    finally:
+        await writer.stop()
+    entries, _ = await read_back(settings, [DAY])
+    assert_each_once(entries, [e["id"] for e in good])
+
+
+# -- batching and timing ---------------------------------------------------------------------
+
+async def test_frames_hold_at_most_batch_size(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(batch_size=7, max_concurrent_writes=4)
+    entries = [day_entry() for _ in range(100)]
+    async with LogWriter(settings) as writer:
+        for e in entries:  # queued without yielding: the batch task sees them all at once
+            await writer.write(e)
+    frames = [h for headers in (await data_frames(settings, [DAY])).values() for h in headers]
+    sizes = [h.entries for h in frames]
+    assert max(sizes) <= 7
+    assert sum(sizes) == 100
+    assert len(frames) == math.ceil(100 / 7)  # full batches, one partial
+    registry = writer.metrics.registry
+    assert registry.get_sample_value("blobwriter_batch_entries_count") == len(frames)
+    assert registry.get_sample_value("blobwriter_batch_entries_sum") == 100
+    assert registry.get_sample_value("blobwriter_batch_entries_bucket", {"le": "5.0"}) == 1  # only the partial
+    assert writer.metrics.chunks == len(frames)
+    read, report = await read_back(settings, [DAY])
+    assert_each_once(read, [e["id"] for e in entries])
+    assert [e for e in read if e["id"] == entries[0]["id"]] == [entries[0]]
+
+
+async def test_partial_batch_written_after_timeout_without_stop(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(batch_size=100, batch_timeout=0.1)
+    writer = LogWriter(settings)
+    await writer.start()
+    try:
+        entries = [day_entry() for _ in range(3)]
+        await writer.write_many(entries)
+
+        async def readable() -> bool:
+            found, _ = await read_back(settings, [DAY])
+            return len(found) == 3
+
+        await eventually(readable, "a partial batch is written once batch_timeout passes")
+        found, _ = await read_back(settings, [DAY])
+        assert_each_once(found, [e["id"] for e in entries])
+        assert writer.metrics.chunks == 1 and writer.metrics.written == 3
+        assert writer.state == "running"
+    finally:
+        await writer.stop()
+
+
+async def test_partial_batch_waits_for_timeout(make_settings: Callable[..., Settings]) -> None:
+    """With a long batch_timeout, a partial batch stays queued until flush() (or stop)."""
+    settings = make_settings(batch_size=100, batch_timeout=60)
+    writer = LogWriter(settings)
+    await writer.start()
+    try:
+        await writer.write_many([day_entry() for _ in range(5)])
+        await asyncio.sleep(0.3)
+        assert writer.metrics.written == 0 and writer.health()["queue_depth"] == 5
+        await writer.write_many([day_entry() for _ in range(95)])  # a full batch goes at once
+        await eventually(lambda: writer.metrics.written == 100, "a full batch is written without waiting")
+        await writer.write_many([day_entry() for _ in range(4)])
+        await asyncio.wait_for(writer.flush(), LIVENESS)
+        assert writer.metrics.written == 104 and writer.health()["queue_depth"] == 0
+    finally:
+        await writer.stop()
+
+
+async def test_concurrent_writers_each_entry_once(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(batch_size=25, max_concurrent_writes=8)
+    ids: list[str] = []
+
+    async def producer(writer: LogWriter, n: int) -> None:
+        for k in range(5):
+            e = day_entry(producer=n, k=k)
+            ids.append(e["id"])
+            await writer.write(e, wait=(n % 10 == 0 and k == 4))
+            await asyncio.sleep(0)
+
+    async with LogWriter(settings) as writer:
+        await asyncio.gather(*(producer(writer, n) for n in range(400)))
+    assert writer.metrics.snapshot()["accepted"] == writer.metrics.written == 2000
+    assert writer.metrics.failed == 0
+    entries, report = await read_back(settings, [DAY])
+    assert_each_once(entries, ids)
+    assert report.ok and report.duplicates == 0
+
+
+async def test_stop_flushes_queue(make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="blobwriter.writer")
+    settings = make_settings(batch_size=1000, batch_timeout=60)
+    writer = LogWriter(settings)
+    await writer.start()
+    entries = [day_entry() for _ in range(250)]
+    await writer.write_many(entries)
+    assert writer.metrics.written == 0
+    await writer.stop()
+    assert writer.state == "stopped"
+    assert writer.metrics.written == 250 and writer.metrics.failed == 0
+    with pytest.raises(WriterStoppedError):
+        await writer.write(day_entry())
+    await writer.stop()  # a second stop is harmless
+    found, _ = await read_back(settings, [DAY])
+    assert_each_once(found, [e["id"] for e in entries])
+    messages = [r.getMessage() for r in caplog.records if r.name == "blobwriter.writer"]
+    assert "Log writer started (batch_size=1000, timeout=60.0s)" in messages
+    assert "Flushing 250 remaining log entries" in messages
+    assert "Wrote 250 log entries to 2026-05-17.0000.log" in messages
+    assert all(r.levelno == logging.DEBUG for r in caplog.records
+               if r.name == "blobwriter.writer" and r.getMessage().startswith(("Log writer", "Flushing", "Wrote")))
+
+
+async def test_writer_logs_at_debug(make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="blobwriter.writer")
+    settings = make_settings(batch_size=4, batch_timeout=0.1, directory="gw/")
+    async with LogWriter(settings) as writer:
+        await writer.write_many([day_entry() for _ in range(6)])
+        await writer.flush()
+    messages = [r.getMessage() for r in caplog.records if r.name == "blobwriter.writer"]
+    assert "Log writer started (batch_size=4, timeout=0.1s)" in messages
+    wrote = sorted(m for m in messages if re.match(r"Wrote \d+ log entries", m))
+    assert wrote == ["Wrote 2 log entries to gw/2026-05-17.0000.log", "Wrote 4 log entries to gw/2026-05-17.0000.log"]
+    assert not any(m.startswith("Flushing") for m in messages)  # nothing was left at stop
+
+
+# -- dates -----------------------------------------------------------------------------------
+
+async def test_date_grouping_and_midnight(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(directory="gw/", batch_size=100)
+    cases = {
+        "2026-03-01": ["2026-03-01T23:59:59.999Z", "2026-03-02T08:59:59+09:00", "2026-03-01T23:59:59.999999",
+                       "2026-02-28T23:30:00-01:00"],
+        "2026-03-02": ["2026-03-02T00:00:00Z", "2026-03-02T09:00:00+09:00", "2026-03-01T19:00:00-05:00",
+                       "2026-03-02T00:00:00"],
+        "2026-12-31": ["2026-12-31T23:59:59.999Z", "2027-01-01T00:30:00+01:00"],
+        "2027-01-01": ["2027-01-01T00:00:00.000Z"],
+    }
+    expected = {day: [entry(timestamp=ts) for ts in stamps] for day, stamps in cases.items()}
+    everything = [e for group in expected.values() for e in group]
+    async with LogWriter(settings) as writer:
+        await writer.write_many(everything)  # one batch spanning four dates
+    assert writer.metrics.chunks == 4  # one frame per date
+    assert await list_blobs(settings) == sorted(f"gw/{day}.0000.log" for day in cases)
+    for day, group in expected.items():
+        found, report = await read_back(settings, [day])
+        assert_each_once(found, [e["id"] for e in group])
+        assert sorted(found, key=lambda e: e["id"]) == sorted(group, key=lambda e: e["id"])
+    assert (await read_back(settings, ["2026-02-28"]))[0] == []
+
+
+async def test_sample_entries_land_in_their_utc_dates(make_settings: Callable[..., Settings],
+                                                      sample_entries: list[dict[str, Any]]) -> None:
+    settings = make_settings(batch_size=200, max_concurrent_writes=8)
+    by_day: dict[str, list[str]] = {}
+    for e in sample_entries:
+        by_day.setdefault(utc_day(e["timestamp"]), []).append(e["id"])
+    assert len(by_day) > 2
+    async with LogWriter(settings) as writer:
+        await writer.write_many(sample_entries)
+    names = await list_blobs(settings)
+    assert names == sorted(f"{day}.0000.log" for day in by_day)
+    for day, ids in by_day.items():
+        found, report = await read_back(settings, [day])
+        assert_each_once(found, ids)
+    found, report = await read_back(settings, sorted(by_day))
+    assert sorted(found, key=lambda e: e["id"]) == sorted(sample_entries, key=lambda e: e["id"])
+    assert report.ok and report.entries == len(sample_entries)
+
+
+# -- durability ------------------------------------------------------------------------------
+
+async def test_durable_write_readable_on_return(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(batch_size=1000, batch_timeout=60)  # only a durable write goes at once
+    async with LogWriter(settings) as writer:
+        written = []
+        for _ in range(3):
+            e = day_entry()
+            await asyncio.wait_for(writer.write(e, wait=True), LIVENESS)
+            written.append(e["id"])
+            found, _ = await read_back(settings, [DAY])
+            assert_each_once(found, written)
+        assert writer.metrics.chunks == 3
+
+
+async def test_concurrent_durable_writers_share_frames(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(batch_size=50, batch_timeout=60, max_concurrent_writes=4)
+    entries = [day_entry() for _ in range(200)]
+    async with LogWriter(settings) as writer:
+        await asyncio.wait_for(asyncio.gather(*(writer.write(e, wait=True) for e in entries)), LIVENESS)
+        found, _ = await read_back(settings, [DAY])
+        assert_each_once(found, [e["id"] for e in entries])  # all readable as soon as they returned
+        assert writer.metrics.chunks < len(entries)
+        assert writer.metrics.chunks == 4  # 200 writers, 4 frames of batch_size
+
+
+async def test_durable_write_fails_loudly_when_storage_never_returns(make_settings: Callable[..., Settings],
+                                                                    azurite_upstream: str) -> None:
+    async with StorageProxy(azurite_upstream) as proxy:
+        settings = make_settings(storage=proxied(proxy), batch_timeout=60)
+        writer = LogWriter(settings)
+        await writer.start()
+        proxy.plan = FaultPlan(down=True)
+        waiting = asyncio.create_task(writer.write(day_entry(), wait=True))
+        await eventually(lambda: proxy.counts["down"] >= 1, "the append reaches the down storage")
+        await writer.stop(timeout=0.2)
+        with pytest.raises(WriteFailedError, match="1 entries were not written"):
+            await waiting
+        assert writer.metrics.failed == 1 and writer.metrics.written == 0
+
+
+# -- back-pressure ---------------------------------------------------------------------------
+
+async def test_back_pressure_when_storage_hangs(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(batch_size=10, max_queue_size=50, max_concurrent_writes=2)
+    store = GatedStore(open_store(settings))
+    writer = LogWriter(settings, store=store)
+    await writer.start()
+    accepted: list[str] = []
+    try:
+        for _ in range(50):
+            e = day_entry()
+            await writer.write(e)
+            accepted.append(e["id"])
+        await eventually(lambda: store.waiting >= 2, "appends are stuck in storage")
+        refused = day_entry()
+        with pytest.raises(QueueFullError) as caught:
+            await writer.write(refused)
+        assert caught.value.retry_after >= 1
+        assert "max_queue_size=50" in str(caught.value)
+        with pytest.raises(QueueFullError):
+            await writer.write_many([day_entry(), day_entry()])
+        assert writer.metrics.rejected == 3
+        assert writer.health()["queue_depth"] == 50
+        store.gate.set()  # storage answers again
+        await asyncio.wait_for(writer.flush(), LIVENESS)
+        later = day_entry()
+        await writer.write(later)
+        accepted.append(later["id"])
+    finally:
+        store.gate.set()
+        await writer.stop()
+    assert writer.metrics.failed == 0
+    found, report = await read_back(settings, [DAY])
+    assert_each_once(found, accepted)
+    assert refused["id"] not in {e["id"] for e in found}
+
+
+async def test_back_pressure_during_outage(make_settings: Callable[..., Settings], azurite: str,
+                                           azurite_upstream: str) -> None:
+    async with StorageProxy(azurite_upstream) as proxy:
+        settings = make_settings(storage=proxied(proxy), batch_size=10, max_queue_size=40)
+        writer = LogWriter(settings)
+        await writer.start()
+        accepted = []
+        try:
+            first = day_entry()
+            await writer.write(first, wait=True)  # storage works
+            accepted.append(first["id"])
+            proxy.plan = FaultPlan(down=True)
+            for _ in range(40):
+                e = day_entry()
+                await writer.write(e)
+                accepted.append(e["id"])
+            with pytest.raises(QueueFullError) as caught:
+                await writer.write(day_entry())
+            assert caught.value.retry_after >= 1
+            await eventually(lambda: proxy.counts["down"] >= 1, "appends meet the outage")
+            proxy.plan = FaultPlan()  # storage is back
+            await asyncio.wait_for(writer.flush(), LIVENESS)
+            assert writer.health()["queue_depth"] == 0
+        finally:
+            await writer.stop()
+    assert writer.metrics.failed == 0 and writer.metrics.written == 41
+    found, report = await read_back(make_settings(), [DAY])  # straight from Azurite
+    assert_each_once(found, accepted)
+    assert report.ok
+
+
+# -- frame size and rollover -----------------------------------------------------------------
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+async def test_batches_split_at_max_chunk_bytes(make_settings: Callable[..., Settings], compression: str,
+                                                sample_entries: list[dict[str, Any]]) -> None:
+    limit = 64 * 1024
+    settings = make_settings(batch_size=1000, max_chunk_bytes=limit, max_entry_bytes=limit - FRAME_OVERHEAD_BYTES,
+                             compression=compression, max_concurrent_writes=8)
+    # Entries as large as allowed, incompressible: the frame overhead must still fit.
+    big = [entry(timestamp=TS) for _ in range(6)]
+    for e in big:
+        e["blob"] = ""
+        room = limit - FRAME_OVERHEAD_BYTES - len(orjson.dumps(e))
+        e["blob"] = os.urandom(room // 2).hex()[:room]
+        assert len(orjson.dumps(e)) == limit - FRAME_OVERHEAD_BYTES
+    everything = [*sample_entries, *big]
+    days = sorted({utc_day(e["timestamp"]) for e in everything})
+    async with LogWriter(settings) as writer:
+        await writer.write_many(everything)
+    assert writer.metrics.failed == 0
+    parts = await data_frames(settings, days)
+    frames = [h for headers in parts.values() for h in headers]
+    assert all(h.frame_length <= limit for h in frames)  # no frame over the limit, read from the bytes
+    assert max(h.frame_length for h in frames) > limit // 2  # and the limit was what split them
+    assert sum(h.entries for h in frames) == len(everything)
+    assert len(frames) > math.ceil(len(everything) / 1000) + len(days)
+    found, report = await read_back(settings, days)
+    assert_each_once(found, [e["id"] for e in everything])
+    assert {e["id"]: e for e in found}[big[0]["id"]] == big[0]
+    assert report.ok
+
+
+async def test_rollover_at_block_limit(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(max_blocks_per_blob=3, batch_size=5, max_concurrent_writes=1)
+    entries = [day_entry() for _ in range(100)]
+    async with LogWriter(settings) as writer:
+        await writer.write_many(entries)
+    parts = await data_frames(settings, [DAY])
+    assert list(parts) == [f"{DAY}.{n:04d}.log" for n in range(len(parts))]
+    assert len(parts) >= math.ceil(100 / 5 / 3)
+    assert all(len(headers) <= 3 for headers in parts.values())
+    assert sum(h.entries for headers in parts.values() for h in headers) == 100
+    found, report = await read_back(settings, [DAY])
+    assert_each_once(found, [e["id"] for e in entries])
+    assert report.parts == len(parts) and report.ok
+
+
+async def test_rollover_under_concurrency(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(max_blocks_per_blob=3, batch_size=4, max_concurrent_writes=8)
+    entries = [day_entry() for _ in range(300)]
+    async with LogWriter(settings) as writer:
+        await writer.write_many(entries)
+    found, report = await read_back(settings, [DAY], verify=True)
+    assert_each_once(found, [e["id"] for e in entries])
+    assert report.parts > 1 and report.ok and report.unindexed == 0
+
+
+async def test_rollover_on_block_count_exceeds_limit(make_settings: Callable[..., Settings], azurite: str,
+                                                     azurite_upstream: str) -> None:
+    plan = FaultPlan(block_limit_share=0.25, seed=7)
+    async with StorageProxy(azurite_upstream, plan) as proxy:
+        settings = make_settings(storage=proxied(proxy), batch_size=10, max_concurrent_writes=4)
+        entries = [day_entry() for _ in range(400)]
+        async with LogWriter(settings) as writer:
+            await writer.write_many(entries)
+    assert proxy.counts["block_limit"] > 0
+    assert writer.metrics.failed == 0
+    found, report = await read_back(make_settings(), [DAY], verify=True)
+    assert_each_once(found, [e["id"] for e in entries])
+    assert report.parts > 1 and report.ok
+
+
+async def test_another_instance_filled_the_part(make_settings: Callable[..., Settings], azurite_upstream: str) -> None:
+    """Instance A keeps part 0000; for instance B storage says 0000 is full: B moves to 0001, both read once."""
+    direct = make_settings(batch_size=5)
+    first_a = [day_entry(instance="a") for _ in range(10)]
+    writer_a = LogWriter(direct)
+    await writer_a.start()
+    await writer_a.write_many(first_a, wait=True)
+
+    def part_0_full(request: web.BaseRequest) -> bool:
+        return is_append(request) and request.path.endswith(".0000.log")
+
+    async with StorageProxy(azurite_upstream, FaultPlan(block_limit_share=1.0, only=part_0_full)) as proxy:
+        writer_b = LogWriter(make_settings(storage=proxied(proxy), batch_size=5))
+        await writer_b.start()
+        more_a = [day_entry(instance="a") for _ in range(50)]
+        from_b = [day_entry(instance="b") for _ in range(50)]
+        await asyncio.gather(writer_a.write_many(more_a), writer_b.write_many(from_b))
+        await asyncio.gather(writer_a.stop(), writer_b.stop())
+    assert proxy.counts["block_limit"] >= 1
+    parts = await data_frames(direct, [DAY])
+    assert list(parts) == [f"{DAY}.0000.log", f"{DAY}.0001.log"]
+    writer_ids = {name: {h.writer_id.hex() for h in headers} for name, headers in parts.items()}
+    assert writer_ids[f"{DAY}.0000.log"] == {writer_a.writer_id}
+    assert writer_ids[f"{DAY}.0001.log"] == {writer_b.writer_id}
+    found, report = await read_back(direct, [DAY])
+    assert_each_once(found, [e["id"] for e in [*first_a, *more_a, *from_b]])
+    assert report.ok
+
+
+async def test_two_writers_share_container_and_parts(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(max_blocks_per_blob=4, batch_size=5, max_concurrent_writes=4)
+    writers = [LogWriter(settings), LogWriter(settings)]
+    entries = [[day_entry(instance=n) for _ in range(200)] for n in range(2)]
+    await asyncio.gather(*(w.start() for w in writers))
+
+    async def feed(writer: LogWriter, batch: list[dict[str, Any]]) -> None:
+        for e in batch:
+            await writer.write(e)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(feed(w, b) for w, b in zip(writers, entries, strict=True)))
+    await asyncio.gather(*(w.stop() for w in writers))
+    parts = await data_frames(settings, [DAY])
+    assert len(parts) > 1
+    mixed = [name for name, headers in parts.items() if len({h.writer_id for h in headers}) == 2]
+    assert mixed, "the writers never shared a part"
+    found, report = await read_back(settings, [DAY], verify=True)
+    assert_each_once(found, [e["id"] for batch in entries for e in batch])
+    assert report.ok and report.duplicates == 0
+
+
+# -- storage faults --------------------------------------------------------------------------
+
+@pytest.mark.reliability
+async def test_storage_faults_lose_and_duplicate_nothing(make_settings: Callable[..., Settings],
+                                                         azurite_upstream: str,
+                                                         sample_entries: list[dict[str, Any]]) -> None:
+    plan = FaultPlan(error_share=0.2, reset_share=0.05, stall_share=0.05, stall_seconds=1.5, seed=3)
+    extra = [entry(timestamp=f"2026-11-2{n % 5 + 5}T{n % 24:02d}:00:00Z") for n in range(1000)]
+    everything = [*sample_entries, *extra]
+    days = sorted({utc_day(e["timestamp"]) for e in everything})
+    async with StorageProxy(azurite_upstream, plan) as proxy:
+        settings = make_settings(storage=proxied(proxy), storage_timeout=1.0, retry_backoff_max=0.5,
+                                 batch_size=50, max_concurrent_writes=32)
+        async with LogWriter(settings) as writer:
+            for start in range(0, len(everything), 100):
+                await writer.write_many(everything[start:start + 100])
+                await asyncio.sleep(0)
+    assert proxy.counts["error"] and proxy.counts["reset"] and proxy.counts["stall"], proxy.counts
+    assert writer.metrics.failed == 0 and writer.metrics.written == len(everything)
+    found, report = await read_back(make_settings(), days, verify=True)  # straight from Azurite
+    assert report.duplicates >= 0
+    assert_each_once(found, [e["id"] for e in everything])
+    assert report.ok, report.problems[:5]  # retries that landed twice are duplicates, not damage
+    assert report.entries == len(everything)
+    assert report.index_frames > 0
+
+
+# -- directory store -------------------------------------------------------------------------
+
+async def test_directory_store_write_and_read(tmp_path: Path, make_settings: Callable[..., Settings],
+                                              sample_entries: list[dict[str, Any]]) -> None:
+    settings = make_settings(storage=str(tmp_path / "logs"), directory="gw/", batch_size=100)
+    days = sorted({utc_day(e["timestamp"]) for e in sample_entries})
+    async with LogWriter(settings) as writer:
+        await writer.write_many(sample_entries)
+        durable = entry(timestamp=TS)
+        await writer.write(durable, wait=True)
+        assert (tmp_path / "logs" / "gw" / f"{DAY}.0000.log").exists()
+    files = sorted(p.name for p in (tmp_path / "logs" / "gw").iterdir())
+    assert files == sorted(f"{d}.0000.log" for d in {*days, DAY})
+    found, report = await read_back(settings, sorted({*days, DAY}))
+    assert_each_once(found, [*(e["id"] for e in sample_entries), durable["id"]])
+    assert report.ok
+
+
+async def test_two_writers_append_to_one_file(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(storage=str(tmp_path), batch_size=3, max_concurrent_writes=8)
+    entries = [[day_entry(instance=n) for _ in range(300)] for n in range(2)]
+    writers = [LogWriter(settings), LogWriter(settings)]
+    await asyncio.gather(*(w.start() for w in writers))
+    await asyncio.gather(*(w.write_many(b) for w, b in zip(writers, entries, strict=True)))
+    await asyncio.gather(*(w.stop() for w in writers))
+    data = (tmp_path / f"{DAY}.0000.log").read_bytes()
+    headers = [h for _, h in frames_in(data)]  # every frame whole, back to back
+    assert Counter(h.writer_id.hex() for h in headers if not h.is_index) == {
+        writers[0].writer_id: 100, writers[1].writer_id: 100}
+    found, report = await read_back(settings, [DAY])
+    assert_each_once(found, [e["id"] for batch in entries for e in batch])
+    assert report.ok
