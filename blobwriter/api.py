@@ -76,6 +76,7 @@ class IngestEndpoint:
 
     def __init__(self, settings: Settings, writer: Callable[[], Awaitable[LogWriter]], check_key: bool) -> None:
         self._max_body = settings.max_body_bytes
+        self._max_entries = settings.max_queue_size
         self._api_key = settings.api_key.encode() if check_key and settings.api_key else None
         self._writer = writer
 
@@ -102,6 +103,10 @@ class IngestEndpoint:
                                   "(an object or an array of objects) or application/x-ndjson")
         body = await self._read_body(headers, receive)
         values = parse_body(body, content_type)
+        if len(values) > self._max_entries:
+            # More than the queue can ever hold: a 503 would have the client retry forever.
+            raise BadRequest(413, f"{len(values)} entries in one request; at most {self._max_entries} "
+                                  "(max_queue_size) fit; split the request")
         writer = await self._writer()
         prepared = []
         where = "line" if content_type in NDJSON_TYPES else "index"

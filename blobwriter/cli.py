@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+    level = logging.WARNING
+    if args.command == "serve":  # --log-level sets blobwriter's own loggers too, not only uvicorn's
+        level = getattr(logging, args.log_level.upper())
+    logging.basicConfig(level=logging.DEBUG if args.verbose else level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "keygen":
         print(keygen())

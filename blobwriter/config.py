@@ -215,7 +215,7 @@ FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 class Settings:
     """Validated settings for one writer, reader or server."""
 
-    storage: str | None = None
+    storage: str | None = field(default=None, repr=False)  # a connection string holds the account key
     container: str = "logs"
     directory: str = ""
     encryption_key: SecretKey | None = field(default=None, repr=False)

@@ -110,12 +110,13 @@ class AppendBlobStore:
             connector=aiohttp.TCPConnector(limit=s.max_concurrent_writes + 16),
             auto_decompress=False,
         )
+        # The timeouts go to the transport: given a transport, the client ignores its own timeout options.
+        timeouts = {"connection_timeout": min(10.0, s.storage_timeout), "read_timeout": s.storage_timeout}
         options: dict[str, Any] = {
-            "transport": AioHttpTransport(session=self._session, session_owner=False),
+            "transport": AioHttpTransport(session=self._session, session_owner=False, **timeouts),
             "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=SDK_RETRIES,
                                              random_jitter_range=1),
-            "connection_timeout": min(10.0, s.storage_timeout),
-            "read_timeout": s.storage_timeout,
+            **timeouts,
         }
         storage = s.require("storage")
         if s.storage_kind == "connection_string":
@@ -163,7 +164,9 @@ class AppendBlobStore:
             name = blob_name(self._prefix, date, part)
             blob = container.get_blob_client(name)
             try:
-                result = await blob.append_block(frame, length=len(frame))
+                # No SDK retries: an append that timed out may have landed, and the SDK would resend
+                # the same bytes (a "replayed frame"); the writer retries with a frame sealed anew.
+                result = await blob.append_block(frame, length=len(frame), retry_total=0)
             except ResourceNotFoundError as exc:
                 if exc.error_code == "ContainerNotFound":
                     await self.open()

@@ -1,0 +1,194 @@
+"""Tampered storage and secrets: `verify` names each damaged frame by blob and offset, `read` keeps
+every intact entry, key problems are one clear line, and no key ever reaches a log or error message.
+
+Tampering edits the bytes of a directory store (BLOBWRITER_STORAGE may be a directory path).
+Swapped frames are covered by tests/test_index.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from blobwriter.cli import keygen
+from blobwriter.codec import HEADER_SIZE, MAGIC, Decoder, iter_lines
+from blobwriter.config import Settings, parse_key
+from blobwriter.writer import LogWriter
+from tests.support.readback import frames_in
+from tests.support.reliability import (
+    make_entries,
+    read_ids,
+    record_figures,
+    run_cli,
+    serve_env,
+)
+
+pytestmark = pytest.mark.reliability
+
+DAMAGED = re.compile(r"^DAMAGED (\S+) at offset (\d+): (.*)$")
+DATES = [f"2026-04-0{n}" for n in range(1, 7)]
+
+
+async def write_dates(root: Path, key: str, per_date: int = 100) -> dict[str, list[str]]:
+    """Write `per_date` entries to each of DATES (20 to a frame) through a real LogWriter."""
+    settings = Settings.from_values({"storage": str(root), "encryption_key": key, "batch_size": 20,
+                                     "batch_timeout": 0.1})
+    ids: dict[str, list[str]] = {}
+    async with LogWriter(settings) as writer:
+        for day in DATES:
+            entries = make_entries(per_date, f"tamper{day}", day=day)
+            ids[day] = [e["id"] for e in entries]
+            await writer.write_many(entries)
+            await writer.flush()
+    return ids
+
+
+def frame_ids(data: bytes, key: str) -> list[tuple[int, int, list[str]]]:
+    """(offset, length, ids) of each frame of an intact blob (an index frame has no ids)."""
+    decoder = Decoder([parse_key(key)])
+    out = []
+    for offset, header in frames_in(data):
+        plaintext = decoder.decode(header, data[offset:offset + header.frame_length])
+        ids = [] if header.is_index else [orjson.loads(line)["id"] for line in iter_lines(plaintext)]
+        out.append((offset, header.frame_length, ids))
+    return out
+
+
+def noise(size: int) -> bytes:
+    while MAGIC in (data := os.urandom(size)):
+        pass
+    return data
+
+
+def problems(output: bytes) -> dict[str, list[tuple[int, str]]]:
+    found: dict[str, list[tuple[int, str]]] = {}
+    for line in output.decode().splitlines():
+        if m := DAMAGED.match(line):
+            found.setdefault(m.group(1), []).append((int(m.group(2)), m.group(3)))
+    return found
+
+
+async def test_tampering_is_reported_by_blob_and_offset_and_intact_entries_survive(tmp_path: Path) -> None:
+    key = keygen()
+    root = tmp_path / "store"
+    ids = await write_dates(root, key)
+    blobs = {day: root / f"{day}.0000.log" for day in DATES}
+    layout = {day: frame_ids(blobs[day].read_bytes(), key) for day in DATES}
+    for day in DATES:  # 5 data frames of 20 entries, then the writer's index frame
+        assert [len(f[2]) for f in layout[day]] == [20] * 5 + [0], layout[day]
+    expected: dict[str, tuple[int, str]] = {}
+    destroyed: set[str] = set()
+
+    def edit(day: str, change: Any) -> None:
+        data = bytearray(blobs[day].read_bytes())
+        blobs[day].write_bytes(bytes(change(data)))
+
+    # 1. a flipped byte in a frame's ciphertext: authentication fails
+    off, length, lost = layout[DATES[0]][2]
+    edit(DATES[0], lambda d: d.__setitem__(off + HEADER_SIZE + 7, d[off + HEADER_SIZE + 7] ^ 0x01) or d)
+    expected[DATES[0]], destroyed = (off, "authentication failed"), destroyed | set(lost)
+    # 2. a flipped byte in a frame's header: its checksum fails
+    off, length, lost = layout[DATES[1]][1]
+    edit(DATES[1], lambda d: d.__setitem__(off + 30, d[off + 30] ^ 0x80) or d)
+    expected[DATES[1]], destroyed = (off, "header checksum mismatch"), destroyed | set(lost)
+    # 3. truncated: the blob ends halfway through its last data frame (the index frame after it is gone)
+    off, length, lost = layout[DATES[2]][4]
+    edit(DATES[2], lambda d: d[:off + length // 2])
+    expected[DATES[2]], destroyed = (off, "truncated frame"), destroyed | set(lost)
+    # 4. replayed: a copy of an existing frame appended again
+    off, length, _ = layout[DATES[3]][1]
+    end = blobs[DATES[3]].stat().st_size
+    edit(DATES[3], lambda d: d + d[off:off + length])
+    expected[DATES[3]] = (end, "replayed frame")
+    # 5. garbage appended at the end
+    end = blobs[DATES[4]].stat().st_size
+    edit(DATES[4], lambda d: d + noise(1000))
+    expected[DATES[4]] = (end, "bad magic")
+    # 6. garbage appended, shorter than a frame header
+    end = blobs[DATES[5]].stat().st_size
+    edit(DATES[5], lambda d: d + noise(HEADER_SIZE - 20))
+    expected[DATES[5]] = (end, "shorter than a header")
+
+    env = serve_env(str(root), key)
+    verify = run_cli(env, "verify", "--date", DATES[0], "--until", DATES[-1])
+    found = problems(verify.stdout)
+    back = read_ids(env, DATES[0], DATES[-1])
+    everything = {i for day in DATES for i in ids[day]}
+    record_figures(
+        "7 tampering", load=f"{len(everything)} entries, 6 dates x 5 frames (directory store)",
+        faults="byte flipped in a ciphertext and in a header, frame truncated, frame replayed, garbage appended "
+               "(long and short)",
+        accepted=len(everything), read_back=len(back.counts), lost=len(everything - set(back.counts)),
+        duplicated=back.duplicated,
+        notes=f"verify exit {verify.returncode}, {sum(map(len, found.values()))} problems reported, each at the "
+              f"tampered offset; {len(destroyed)} entries were in the 3 destroyed frames",
+    )
+    assert verify.returncode == 1
+    # exactly one problem per tampered blob, at the tampered offset, saying what is wrong
+    assert {name: [o for o, _ in p] for name, p in found.items()} == {
+        f"{day}.0000.log": [off] for day, (off, _) in expected.items()}
+    for day, (_, what) in expected.items():
+        assert what in found[f"{day}.0000.log"][0][1]
+    assert back.returncode == 1  # read reports damage too, on stderr, after printing every intact entry
+    assert "verify" in back.stderr and "Traceback" not in back.stderr
+    assert set(back.counts) == everything - destroyed and back.duplicated == 0
+
+
+async def test_cut_and_inserted_bytes_move_later_frames_and_are_reported(tmp_path: Path) -> None:
+    """Bytes cut from a middle frame and garbage inserted between frames: the damage is named at its
+    offset, the frames it moved are named too (their index no longer matches), every other entry reads."""
+    key = keygen()
+    root = tmp_path / "store"
+    ids = await write_dates(root, key)
+    cut_blob, insert_blob = root / f"{DATES[0]}.0000.log", root / f"{DATES[1]}.0000.log"
+    cut = frame_ids(cut_blob.read_bytes(), key)
+    inserted = frame_ids(insert_blob.read_bytes(), key)
+    off, length, lost = cut[2]
+    data = cut_blob.read_bytes()
+    cut_blob.write_bytes(data[:off + 100] + data[off + 200:])  # 100 bytes cut out of the third frame
+    at = inserted[3][0]
+    data = insert_blob.read_bytes()
+    insert_blob.write_bytes(data[:at] + noise(300) + data[at:])  # garbage between the third and fourth
+
+    env = serve_env(str(root), key)
+    verify = run_cli(env, "verify", "--date", DATES[0], "--until", DATES[1])
+    found = problems(verify.stdout)
+    assert verify.returncode == 1
+    assert found[cut_blob.name][0] == (off, "authentication failed (frame altered)")
+    assert found[insert_blob.name][0][0] == at and "bad magic" in found[insert_blob.name][0][1]
+    # the frames after the damage sit at other offsets than their index says
+    moved_cut = {o for o, _, _ in cut[3:-1]}  # not the index frame itself: no index claims it
+    moved_ins = {o for o, _, _ in inserted[4:-1]}  # the fourth frame's offset is the damage already named
+    assert {o for o, m in found[cut_blob.name][1:]} == moved_cut
+    assert {o for o, m in found[insert_blob.name][1:]} == moved_ins
+    assert all("indexed frame missing" in m for o, m in found[cut_blob.name][1:] + found[insert_blob.name][1:])
+    back = read_ids(env, DATES[0], DATES[1])
+    assert set(back.counts) == set(ids[DATES[0]] + ids[DATES[1]]) - set(lost) and back.duplicated == 0
+
+
+async def test_wrong_or_missing_key_is_one_clear_error(tmp_path: Path) -> None:
+    key = keygen()
+    root = tmp_path / "store"
+    ids = await write_dates(root, key, per_date=20)
+    wrong = keygen()
+    for command in ("read", "verify"):
+        result = run_cli(serve_env(str(root), wrong), command, "--date", DATES[0], "--until", DATES[-1])
+        err = result.stderr.decode()
+        assert result.returncode == 2 and "Traceback" not in err, err
+        assert "none of the configured keys can decrypt these logs" in err
+        assert wrong not in err and key not in err
+
+        env = serve_env(str(root), key)
+        del env["BLOBWRITER_ENCRYPTION_KEY"]
+        result = run_cli(env, command, "--date", DATES[0])
+        err = result.stderr.decode()
+        assert result.returncode == 2 and "Traceback" not in err, err
+        assert "Config 'encryption_key' is not set" in err
+    # after a rotation the old key still reads as a previous key
+    back = read_ids(serve_env(str(root), wrong, BLOBWRITER_PREVIOUS_KEYS=key), DATES[0], DATES[-1])
+    assert back.returncode == 0 and set(back.counts) == {i for day in DATES for i in ids[day]}
