@@ -98,6 +98,7 @@ class Body:
     entries: int
     plaintext_length: int
     sequence: int
+    date: str  # the UTC date of the part it goes to: authenticated, so a frame moved to another date fails
     index: bool = False
 
 
@@ -110,11 +111,11 @@ class Encoder:
         self._flags = FLAG_GZIP if compression == "gzip" else 0
         self.writer_id = writer_id or new_writer_id()
 
-    def body(self, lines: Sequence[bytes], sequence: int, *, index: bool = False) -> Body:
+    def body(self, lines: Sequence[bytes], sequence: int, *, date: str, index: bool = False) -> Body:
         """Join serialized entries (each one JSON object, no newline) into JSON Lines and compress."""
         plaintext = b"\n".join(lines) + b"\n"
         data = compress(plaintext) if self._flags & FLAG_GZIP else plaintext
-        return Body(data, len(lines), len(plaintext), sequence, index)
+        return Body(data, len(lines), len(plaintext), sequence, date, index)
 
     def seal(self, body: Body, attempt: int = 0) -> bytes:
         """Encrypt a body into a frame. Each append attempt is sealed anew (fresh nonce, its number
@@ -123,12 +124,17 @@ class Encoder:
         flags = self._flags | (FLAG_INDEX if body.index else 0)
         header = _pack_header(flags, min(attempt, MAX_ATTEMPT), self._key_id, self.writer_id, body.sequence,
                               body.entries, body.plaintext_length, nonce, len(body.data) + TAG_SIZE)
-        return header + self._aead.encrypt(nonce, body.data, header)
+        return header + self._aead.encrypt(nonce, body.data, associated_data(header, body.date))
 
-    def encode(self, lines: Sequence[bytes], sequence: int, attempt: int = 0) -> tuple[bytes, int]:
+    def encode(self, lines: Sequence[bytes], sequence: int, *, date: str, attempt: int = 0) -> tuple[bytes, int]:
         """One frame from serialized entries; returns the frame and the plaintext length."""
-        body = self.body(lines, sequence)
+        body = self.body(lines, sequence, date=date)
         return self.seal(body, attempt), body.plaintext_length
+
+
+def associated_data(header: bytes | memoryview, date: str) -> bytes:
+    """What GCM authenticates besides the body: the whole header, then the part's UTC date."""
+    return bytes(header[:HEADER_SIZE]) + date.encode("ascii")
 
 
 def _pack_header(flags: int, attempt: int, kid: bytes, writer_id: bytes, sequence: int, entries: int,
@@ -166,16 +172,17 @@ class Decoder:
     def key_ids(self) -> list[bytes]:
         return list(self._aeads)
 
-    def decode(self, header: FrameHeader, frame: bytes | memoryview) -> bytes:
-        """Return the frame's JSON Lines; raise FrameError if it fails authentication."""
+    def decode(self, header: FrameHeader, frame: bytes | memoryview, date: str) -> bytes:
+        """Return the frame's JSON Lines; raise FrameError if it fails authentication (altered, or
+        not written for a part of `date`)."""
         aead = self._aeads.get(header.key_id)
         if aead is None:
             raise UnknownKeyError(f"no configured key has key id {header.key_id.hex()}")
         frame = bytes(frame)
         try:
-            body = aead.decrypt(header.nonce, frame[HEADER_SIZE:header.frame_length], frame[:HEADER_SIZE])
+            body = aead.decrypt(header.nonce, frame[HEADER_SIZE:header.frame_length], associated_data(frame, date))
         except InvalidTag:
-            raise FrameError("authentication failed (frame altered)") from None
+            raise FrameError(f"authentication failed (frame altered, or not written for {date})") from None
         try:
             plaintext = decompress(body) if header.flags & FLAG_GZIP else body
         except (OSError, EOFError, zlib.error) as exc:  # authenticated yet undecodable: a writer bug

@@ -144,7 +144,7 @@ class Reader:
             landed: dict[tuple[str, int], _Landed] = {}
             for name in await self.store.parts(day):
                 self.report.parts += 1
-                async for offset, header, plaintext, tag in self._frames(name):
+                async for offset, header, plaintext, tag in self._frames(name, day):
                     if self._check_index and not header.is_index:
                         landed[(name, offset)] = (header.writer_id, header.sequence, header.attempt, tag)
                     seen_as = seen.add(header.writer_id, header.sequence, header.attempt)
@@ -181,9 +181,12 @@ class Reader:
                 self._problem(blob, offset, f"frame out of place: found writer {found[0].hex()} sequence "
                                             f"{found[1]} attempt {found[2]} where the index puts {expected} "
                                             "(frames swapped or moved)")
-        self.report.unindexed += len(landed.keys() - claims.keys())
+        # A retried append's other copy is not in any index: its twin at the indexed offset is.
+        claimed = {(writer, sequence) for writer, sequence, _, _ in claims.values()}
+        self.report.unindexed += sum(1 for place, (writer, sequence, _, _) in landed.items()
+                                     if place not in claims and (writer, sequence) not in claimed)
 
-    async def _frames(self, name: str) -> AsyncIterator[tuple[int, FrameHeader, bytes, str]]:
+    async def _frames(self, name: str, date: str) -> AsyncIterator[tuple[int, FrameHeader, bytes, str]]:
         buffer = bytearray()
         base = 0  # blob offset of buffer[0]
         pos = 0  # next frame boundary in buffer
@@ -214,7 +217,7 @@ class Reader:
                 end = pos + header.frame_length
                 if len(buffer) >= end:
                     try:
-                        plaintext = self._decoder.decode(header, memoryview(buffer)[pos:end])
+                        plaintext = self._decoder.decode(header, memoryview(buffer)[pos:end], date)
                     except UnknownKeyError as exc:
                         self._problem(name, base + pos, str(exc), header.key_id)
                         pos = end  # intact but unreadable: skip exactly this frame

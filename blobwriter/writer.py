@@ -369,7 +369,7 @@ class LogWriter:
             work = [items]
             while work:
                 part = work.pop()
-                body = self._encoder.body([i.line for i in part], next(self._sequence))
+                body = self._encoder.body([i.line for i in part], next(self._sequence), date=date)
                 data = self._encoder.seal(body)
                 if len(data) > limit and len(part) > 1:
                     half = len(part) // 2
@@ -433,7 +433,7 @@ class LogWriter:
         """Start appending index frames for the given parts (default: every part with records)."""
         for name in names or list(self._index):
             date, records = self._index.pop(name)
-            body = self._encoder.body(records, next(self._sequence), index=True)
+            body = self._encoder.body(records, next(self._sequence), date=date, index=True)
             task = asyncio.create_task(self._append(_Frame(date, body, self._encoder.seal(body), [])))
             self._index_tasks.add(task)
             task.add_done_callback(self._index_tasks.discard)

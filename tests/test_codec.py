@@ -28,6 +28,7 @@ from blobwriter.errors import FrameError, UnknownKeyError
 
 KEY = SecretKey(bytes(range(32)))
 OTHER = SecretKey(bytes(range(1, 33)))
+DAY = "2026-11-24"
 LINES = [orjson.dumps({"id": f"e{i}", "n": i, "text": "hé ✓ " * i}) for i in range(25)]
 
 
@@ -39,19 +40,19 @@ def with_crc(head: bytes) -> bytes:
 @pytest.mark.parametrize("compression", ["gzip", "none"])
 def test_round_trip(compression: str) -> None:
     encoder = Encoder(KEY, compression=compression)
-    frame, raw_length = encoder.encode(LINES, 7)
+    frame, raw_length = encoder.encode(LINES, 7, date=DAY)
     assert raw_length == len(b"\n".join(LINES) + b"\n")
     header = parse_header(frame)
     assert header.frame_length == len(frame)
     assert (header.sequence, header.entries, header.plaintext_length) == (7, len(LINES), raw_length)
     assert header.writer_id == encoder.writer_id
-    plaintext = Decoder([OTHER, KEY]).decode(header, frame)
+    plaintext = Decoder([OTHER, KEY]).decode(header, frame, DAY)
     assert list(iter_lines(plaintext)) == LINES
 
 
 def test_header_layout() -> None:
     writer_id = bytes(range(16))
-    frame, raw_length = Encoder(KEY, writer_id=writer_id).encode(LINES, 0x0102030405060708)
+    frame, raw_length = Encoder(KEY, writer_id=writer_id).encode(LINES, 0x0102030405060708, date=DAY)
     assert HEADER_SIZE == 68
     assert frame[0:4] == MAGIC == b"BLWF"
     assert frame[4] == 1  # version
@@ -66,15 +67,16 @@ def test_header_layout() -> None:
     ciphertext_length = int.from_bytes(frame[60:64], "big")
     assert ciphertext_length == len(frame) - HEADER_SIZE
     assert int.from_bytes(frame[64:68], "big") == zlib.crc32(frame[:64])
-    # Independently of the Decoder: AES-256-GCM with the header as associated data, then RFC 1952 gzip.
-    body = AESGCM(KEY.raw).decrypt(nonce, frame[HEADER_SIZE:], frame[:HEADER_SIZE])
+    # Independently of the Decoder: AES-256-GCM with the header and the ASCII date as associated data,
+    # then RFC 1952 gzip.
+    body = AESGCM(KEY.raw).decrypt(nonce, frame[HEADER_SIZE:], frame[:HEADER_SIZE] + DAY.encode())
     assert gzip.decompress(body) == b"\n".join(LINES) + b"\n"
 
 
 def test_uncompressed_flag_and_payload() -> None:
-    frame, _ = Encoder(KEY, compression="none").encode(LINES, 1)
+    frame, _ = Encoder(KEY, compression="none").encode(LINES, 1, date=DAY)
     assert frame[5] == 0
-    body = AESGCM(KEY.raw).decrypt(frame[48:60], frame[HEADER_SIZE:], frame[:HEADER_SIZE])
+    body = AESGCM(KEY.raw).decrypt(frame[48:60], frame[HEADER_SIZE:], frame[:HEADER_SIZE] + DAY.encode())
     assert body == b"\n".join(LINES) + b"\n"
 
 
@@ -86,30 +88,30 @@ def test_key_id_is_a_fingerprint() -> None:
 
 def test_nonces_and_writer_ids_differ() -> None:
     encoder = Encoder(KEY)
-    nonces = {parse_header(encoder.encode(LINES[:1], n)[0]).nonce for n in range(200)}
+    nonces = {parse_header(encoder.encode(LINES[:1], n, date=DAY)[0]).nonce for n in range(200)}
     assert len(nonces) == 200
     assert Encoder(KEY).writer_id != Encoder(KEY).writer_id
 
 
 def test_wrong_key_is_unknown_key_error() -> None:
-    frame, _ = Encoder(KEY).encode(LINES, 1)
+    frame, _ = Encoder(KEY).encode(LINES, 1, date=DAY)
     with pytest.raises(UnknownKeyError, match=key_id(KEY).hex()):
-        Decoder([OTHER]).decode(parse_header(frame), frame)
+        Decoder([OTHER]).decode(parse_header(frame), frame, DAY)
     assert issubclass(UnknownKeyError, FrameError)
 
 
 def test_altered_ciphertext_byte_fails_authentication() -> None:
-    frame, _ = Encoder(KEY).encode(LINES, 1)
+    frame, _ = Encoder(KEY).encode(LINES, 1, date=DAY)
     for position in (HEADER_SIZE, HEADER_SIZE + (len(frame) - HEADER_SIZE) // 2, len(frame) - 1):
         altered = bytearray(frame)
         altered[position] ^= 0x01
         header = parse_header(altered)  # the header itself is intact
         with pytest.raises(FrameError, match="authentication failed"):
-            Decoder([KEY]).decode(header, altered)
+            Decoder([KEY]).decode(header, altered, DAY)
 
 
 def test_altered_header_byte_fails_crc() -> None:
-    frame, _ = Encoder(KEY).encode(LINES, 1)
+    frame, _ = Encoder(KEY).encode(LINES, 1, date=DAY)
     for position in range(4, HEADER_SIZE):
         altered = bytearray(frame)
         altered[position] ^= 0x80
@@ -118,18 +120,18 @@ def test_altered_header_byte_fails_crc() -> None:
 
 
 def test_header_is_authenticated_even_with_fixed_crc() -> None:
-    frame, _ = Encoder(KEY).encode(LINES, 1)
+    frame, _ = Encoder(KEY).encode(LINES, 1, date=DAY)
     forged = bytearray(frame)
     forged[40:44] = (len(LINES) + 1).to_bytes(4, "big")  # claim one more entry
     forged[:HEADER_SIZE] = with_crc(bytes(forged[:HEADER_SIZE]))
     header = parse_header(forged)  # passes the CRC
     assert header.entries == len(LINES) + 1
     with pytest.raises(FrameError, match="authentication failed"):
-        Decoder([KEY]).decode(header, forged)
+        Decoder([KEY]).decode(header, forged, DAY)
 
 
 def test_bad_magic_version_length() -> None:
-    frame, _ = Encoder(KEY).encode(LINES, 1)
+    frame, _ = Encoder(KEY).encode(LINES, 1, date=DAY)
     with pytest.raises(FrameError, match="bad magic"):
         parse_header(b"XXXX" + frame[4:])
     with pytest.raises(FrameError, match="truncated header"):
@@ -146,8 +148,8 @@ def test_bad_magic_version_length() -> None:
 
 
 def test_parse_header_at_offset() -> None:
-    first, _ = Encoder(KEY).encode(LINES[:3], 1)
-    second, _ = Encoder(KEY).encode(LINES[3:5], 2)
+    first, _ = Encoder(KEY).encode(LINES[:3], 1, date=DAY)
+    second, _ = Encoder(KEY).encode(LINES[3:5], 2, date=DAY)
     stream = b"junk" + first + second
     one = parse_header(stream, 4)
     two = parse_header(memoryview(stream), 4 + one.frame_length)
@@ -159,18 +161,18 @@ def test_payload_length_mismatch_detected() -> None:
     nonce = os.urandom(12)
     body = b'{"a":1}\n'
     head = codec._pack_header(0, 0, key_id(KEY), bytes(16), 1, 1, len(body) + 5, nonce, len(body) + 16)
-    frame = head + AESGCM(KEY.raw).encrypt(nonce, body, head)
+    frame = head + AESGCM(KEY.raw).encrypt(nonce, body, head + DAY.encode())
     with pytest.raises(FrameError, match="length does not match"):
-        Decoder([KEY]).decode(parse_header(frame), frame)
+        Decoder([KEY]).decode(parse_header(frame), frame, DAY)
 
 
 def test_authentic_but_undecompressable_payload() -> None:
     nonce = os.urandom(12)
     body = b"not gzip at all"
     head = codec._pack_header(codec.FLAG_GZIP, 0, key_id(KEY), bytes(16), 1, 1, 10, nonce, len(body) + 16)
-    frame = head + AESGCM(KEY.raw).encrypt(nonce, body, head)
+    frame = head + AESGCM(KEY.raw).encrypt(nonce, body, head + DAY.encode())
     with pytest.raises(FrameError, match="does not decompress"):
-        Decoder([KEY]).decode(parse_header(frame), frame)
+        Decoder([KEY]).decode(parse_header(frame), frame, DAY)
 
 
 def test_iter_lines() -> None:
@@ -190,7 +192,7 @@ def test_compression_helpers_are_standard_gzip() -> None:
 
 def test_each_attempt_is_sealed_anew() -> None:
     encoder = Encoder(KEY)
-    body = encoder.body(LINES, 5)
+    body = encoder.body(LINES, 5, date=DAY)
     first, retry = encoder.seal(body), encoder.seal(body, 3)
     one, two = parse_header(first), parse_header(retry)
     assert (one.attempt, two.attempt) == (0, 3)
@@ -198,13 +200,13 @@ def test_each_attempt_is_sealed_anew() -> None:
     assert one.nonce != two.nonce and first[HEADER_SIZE:] != retry[HEADER_SIZE:]
     assert (one.sequence, one.writer_id) == (two.sequence, two.writer_id)
     decoder = Decoder([KEY])
-    assert decoder.decode(one, first) == decoder.decode(two, retry) == b"\n".join(LINES) + b"\n"
+    assert decoder.decode(one, first, DAY) == decoder.decode(two, retry, DAY) == b"\n".join(LINES) + b"\n"
     assert parse_header(encoder.seal(body, 10**6)).attempt == codec.MAX_ATTEMPT
 
 
 def test_index_frames_are_flagged() -> None:
     encoder = Encoder(KEY, compression="none")
-    data = parse_header(encoder.seal(encoder.body(LINES, 1)))
-    index = parse_header(encoder.seal(encoder.body([b'{"blob":"x"}'], 2, index=True)))
+    data = parse_header(encoder.seal(encoder.body(LINES, 1, date=DAY)))
+    index = parse_header(encoder.seal(encoder.body([b'{"blob":"x"}'], 2, date=DAY, index=True)))
     assert not data.is_index
     assert index.is_index and index.flags == codec.FLAG_INDEX

@@ -104,3 +104,29 @@ async def test_frames_after_the_last_index_are_counted_as_unindexed(tmp_path: Pa
     assert code == 0, report
     assert report["unindexed_frames"] == 1
     assert report["entries"] == 9
+
+
+class LandsThenTimesOut(DirectoryStore):
+    """The first append lands, then fails as a timed-out request would: the writer retries it."""
+
+    failed = False
+
+    async def append(self, date: str, frame: bytes) -> Any:
+        landed = await super().append(date, frame)
+        if not self.failed:
+            self.failed = True
+            raise TimeoutError("answer lost after the append landed")
+        return landed
+
+
+async def test_a_retried_duplicate_is_dropped_and_not_counted_unindexed(tmp_path: Path, key: str) -> None:
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key, "retry_backoff_max": 0.1})
+    writer = LogWriter(settings, store=LandsThenTimesOut(tmp_path))
+    await writer.start()
+    await writer.write_many([entry(timestamp=f"{DAY}T12:00:00Z") for _ in range(3)], wait=True)
+    await writer.stop()
+    assert writer.metrics.retries == 1
+    code, report = verify(tmp_path, key)
+    assert code == 0, report
+    assert report["duplicates_dropped"] == 1 and report["entries"] == 3
+    assert report["unindexed_frames"] == 0  # the first copy's twin is in the index

@@ -131,7 +131,7 @@ async def test_reads_across_tiny_chunks(dir_settings: Settings, monkeypatch: pyt
         groups = [day_entries(n % 3 + 1) for n in range(8)]
         chunks = (1, 7, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 1, 100)
     for sequence, group in enumerate(groups, start=1):
-        await store.append(DAY, encoder.encode(lines(group), sequence)[0])
+        await store.append(DAY, encoder.encode(lines(group), sequence, date=DAY)[0])
     expected = [e["id"] for group in groups for e in group]
     for chunk in chunks:
         monkeypatch.setattr(store_module, "READ_CHUNK_BYTES", chunk)
@@ -144,10 +144,10 @@ async def test_retried_frame_dropped_replayed_frame_reported(dir_settings: Setti
     encoder = encoder_for(dir_settings)
     store = DirectoryStore(Path(dir_settings.require("storage")))
     first, second = day_entries(3), day_entries(2)
-    body = encoder.body(lines(first), 1)
+    body = encoder.body(lines(first), 1, date=DAY)
     landed = [await store.append(DAY, encoder.seal(body, 0)),  # timed out, but landed
               await store.append(DAY, encoder.seal(body, 1)),  # the retry landed too
-              await store.append(DAY, encoder.encode(lines(second), 2)[0])]
+              await store.append(DAY, encoder.encode(lines(second), 2, date=DAY)[0])]
     found, report = await read_back(dir_settings, [DAY])
     assert_each_once(found, [e["id"] for e in first + second])
     assert report.duplicates == 1 and report.ok
@@ -164,21 +164,24 @@ async def test_duplicates_dropped_across_parts_of_a_date_only(dir_settings: Sett
     encoder = encoder_for(dir_settings)
     root = Path(dir_settings.require("storage"))
     entries = day_entries(4)
-    body = encoder.body(lines(entries), 9)
+    body = encoder.body(lines(entries), 9, date=DAY)
     (root / f"{DAY}.0000.log").write_bytes(encoder.seal(body, 0))
     (root / f"{DAY}.0001.log").write_bytes(encoder.seal(body, 1))
     found, report = await read_back(dir_settings, [DAY])
     assert_each_once(found, [e["id"] for e in entries])
     assert (report.parts, report.duplicates, report.ok) == (2, 1, True)
-    (root / "2026-05-18.0000.log").write_bytes(encoder.seal(body, 2))  # another date: not a duplicate
+    # A copy moved into another date's part fails authentication there: the date is bound to the frame.
+    (root / "2026-05-18.0000.log").write_bytes(encoder.seal(body, 2))
     found, report = await read_back(dir_settings, [DAY, "2026-05-18"])
-    assert len(found) == 8 and report.duplicates == 1
+    assert len(found) == 4 and report.duplicates == 1
+    [problem] = report.problems
+    assert problem.blob == "2026-05-18.0000.log" and "not written for 2026-05-18" in problem.message
 
 
 async def test_garbage_between_frames_skipped(dir_settings: Settings) -> None:
     encoder = encoder_for(dir_settings)
     groups = [day_entries(3) for _ in range(3)]
-    frames = [encoder.encode(lines(g), n)[0] for n, g in enumerate(groups, start=1)]
+    frames = [encoder.encode(lines(g), n, date=DAY)[0] for n, g in enumerate(groups, start=1)]
     junk = b"\x00junk BLWF not a header" + bytes(100)
     data = frames[0] + junk + frames[1] + b"BLWF" + frames[2]
     (Path(dir_settings.require("storage")) / f"{DAY}.0000.log").write_bytes(data)
@@ -208,7 +211,7 @@ def ids_in_frame(settings: Settings, data: bytes, offset: int) -> set[str]:
     from blobwriter.codec import Decoder, iter_lines, parse_header
 
     header = parse_header(data, offset)
-    plaintext = Decoder(settings.keys).decode(header, data[offset:offset + header.frame_length])
+    plaintext = Decoder(settings.keys).decode(header, data[offset:offset + header.frame_length], DAY)
     return {orjson.loads(line)["id"] for line in iter_lines(plaintext)}
 
 

@@ -48,12 +48,12 @@ async def write_dates(root: Path, key: str, per_date: int = 100) -> dict[str, li
     return ids
 
 
-def frame_ids(data: bytes, key: str) -> list[tuple[int, int, list[str]]]:
+def frame_ids(data: bytes, key: str, day: str) -> list[tuple[int, int, list[str]]]:
     """(offset, length, ids) of each frame of an intact blob (an index frame has no ids)."""
     decoder = Decoder([parse_key(key)])
     out = []
     for offset, header in frames_in(data):
-        plaintext = decoder.decode(header, data[offset:offset + header.frame_length])
+        plaintext = decoder.decode(header, data[offset:offset + header.frame_length], day)
         ids = [] if header.is_index else [orjson.loads(line)["id"] for line in iter_lines(plaintext)]
         out.append((offset, header.frame_length, ids))
     return out
@@ -78,7 +78,7 @@ async def test_tampering_is_reported_by_blob_and_offset_and_intact_entries_survi
     root = tmp_path / "store"
     ids = await write_dates(root, key)
     blobs = {day: root / f"{day}.0000.log" for day in DATES}
-    layout = {day: frame_ids(blobs[day].read_bytes(), key) for day in DATES}
+    layout = {day: frame_ids(blobs[day].read_bytes(), key, day) for day in DATES}
     for day in DATES:  # 5 data frames of 20 entries, then the writer's index frame
         assert [len(f[2]) for f in layout[day]] == [20] * 5 + [0], layout[day]
     expected: dict[str, tuple[int, str]] = {}
@@ -146,8 +146,8 @@ async def test_cut_and_inserted_bytes_move_later_frames_and_are_reported(tmp_pat
     root = tmp_path / "store"
     ids = await write_dates(root, key)
     cut_blob, insert_blob = root / f"{DATES[0]}.0000.log", root / f"{DATES[1]}.0000.log"
-    cut = frame_ids(cut_blob.read_bytes(), key)
-    inserted = frame_ids(insert_blob.read_bytes(), key)
+    cut = frame_ids(cut_blob.read_bytes(), key, DATES[0])
+    inserted = frame_ids(insert_blob.read_bytes(), key, DATES[1])
     off, length, lost = cut[2]
     data = cut_blob.read_bytes()
     cut_blob.write_bytes(data[:off + 100] + data[off + 200:])  # 100 bytes cut out of the third frame

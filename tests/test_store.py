@@ -36,7 +36,7 @@ def frame_maker(settings: Settings) -> Callable[[int], bytes]:
     encoder = Encoder(settings.encryption_key)  # type: ignore[arg-type]
 
     def make(n: int) -> bytes:
-        return encoder.encode([orjson.dumps({"id": f"f{n}", "n": n})], n)[0]
+        return encoder.encode([orjson.dumps({"id": f"f{n}", "n": n})], n, date=DAY)[0]
 
     return make
 
@@ -110,7 +110,7 @@ async def test_read_while_another_instance_appends(make_settings: Callable[..., 
     try:
         await writer.open()
         for n in range(1, 13):
-            await writer.append(DAY, encoder.encode([line], n)[0])
+            await writer.append(DAY, encoder.encode([line], n, date=DAY)[0])
         before = await blob_bytes(writer, name)
         assert len(before) > 32 * 1024 * 1024
         chunks = []
@@ -128,7 +128,7 @@ async def test_read_while_another_instance_appends(make_settings: Callable[..., 
 
 
 def make_small(encoder: Encoder, n: int) -> bytes:
-    return encoder.encode([orjson.dumps({"id": f"s{n}"})], n)[0]
+    return encoder.encode([orjson.dumps({"id": f"s{n}"})], n, date=DAY)[0]
 
 
 async def test_check_reports_missing_container(make_settings: Callable[..., Settings]) -> None:
