@@ -100,10 +100,13 @@ async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: 
         async for line in reader.entries(dates):
             if not verify:
                 out.write(line + b"\n")
+        out.flush()
+    except BrokenPipeError:  # the consumer stopped reading (`| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # storage errors: say what failed, no traceback
         raise BlobwriterError(f"reading from {store.description} failed: {exc}") from exc
     finally:
-        out.flush()
         await store.close()
     report = reader.report
     if report.only_unknown_keys:

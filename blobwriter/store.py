@@ -110,6 +110,11 @@ class AppendBlobStore:
             connector=aiohttp.TCPConnector(limit=s.max_concurrent_writes + 16),
             auto_decompress=False,
         )
+        # aiohttp resends an idempotent request (PUT) once when a kept-alive connection drops before
+        # the answer. Append Block is not idempotent: the resend could land the same bytes twice,
+        # which readers must report as a replay. The writer retries appends itself, sealed anew.
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
         # The timeouts go to the transport: given a transport, the client ignores its own timeout options.
         timeouts = {"connection_timeout": min(10.0, s.storage_timeout), "read_timeout": s.storage_timeout}
         options: dict[str, Any] = {

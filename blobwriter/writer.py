@@ -229,11 +229,16 @@ class LogWriter:
     def submit(self, prepared: Sequence[Prepared], *, durable: bool = False) -> asyncio.Future[None] | None:
         """Queue validated entries, all or none; return a future for durable writes.
 
-        Raises QueueFullError (back-pressure) when they would exceed `max_queue_size`.
+        Raises QueueFullError (back-pressure) when they would exceed `max_queue_size`, and
+        EntryError when they are more than the queue can ever hold (retrying would not help).
         """
         if self._state != "running":
             raise WriterStoppedError(f"writer is {self._state}; entries are not accepted")
         count = len(prepared)
+        if count > self.settings.max_queue_size:
+            self.metrics.rejected += count
+            raise EntryError(f"{count} entries in one call; at most max_queue_size="
+                             f"{self.settings.max_queue_size} fit in the queue: split the call")
         if self._outstanding + count > self.settings.max_queue_size:
             self.metrics.rejected += count
             raise QueueFullError(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,18 @@ def test_help_and_version() -> None:
     assert result.returncode == 0 and "--date" in result.stdout and "--until" in result.stdout
     assert "--json" in run_cli("verify", "--help").stdout
     assert run_cli("--version").stdout.startswith("blobwriter ")
+
+
+def test_read_into_a_closed_pipe_stops_quietly(stored: tuple[Settings, dict[str, list[dict[str, Any]]]]) -> None:
+    settings, _ = stored
+    env = {**cli_env(settings), "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c",
+         f"{sys.executable} -m blobwriter read --date {DAYS[0]} --until {DAYS[2]} | head -n 1"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr == ""
 
 
 async def test_read_prints_json_lines(stored: tuple[Settings, dict[str, list[dict[str, Any]]]]) -> None:

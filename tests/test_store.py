@@ -164,6 +164,33 @@ async def test_rolls_to_next_part_at_max_blocks(make_settings: Callable[..., Set
     assert report.parts == 4 and report.ok
 
 
+async def test_an_append_whose_answer_is_lost_is_not_resent_as_is(make_settings: Callable[..., Settings],
+                                                                  azurite_upstream: str) -> None:
+    """The connection drops after the append landed: the store must fail (the writer retries with a
+    frame sealed anew), not let aiohttp resend the same bytes, which would read as a replayed frame."""
+    direct = make_settings()
+    make = frame_maker(direct)
+    first = AppendBlobStore(direct)
+    await first.open()
+    await first.append(DAY, make(1))
+    await first.close()
+    async with StorageProxy(azurite_upstream, FaultPlan(drop_share=1.0)) as proxy:
+        store = AppendBlobStore(make_settings(storage=proxied(proxy.url)))
+        try:
+            await store.check()  # leaves a kept-alive connection in the pool, which the append reuses
+            with pytest.raises(Exception):  # noqa: B017 - whichever error the transport raises
+                await store.append(DAY, make(2))
+        finally:
+            await store.close()
+        assert proxy.counts["drop"] == 1 and proxy.counts["appends"] == 1
+    reader = AppendBlobStore(direct)
+    try:
+        [name] = await reader.parts(DAY)
+        assert len(frames_in(await blob_bytes(reader, name))) == 2  # frame 2 landed once, not twice
+    finally:
+        await reader.close()
+
+
 async def test_block_count_exceeds_limit_answer_rolls(make_settings: Callable[..., Settings],
                                                      azurite_upstream: str) -> None:
     """Storage says part 0000 is full (409 BlockCountExceedsLimit): the frame goes to part 0001."""

@@ -449,6 +449,19 @@ async def test_back_pressure_when_storage_hangs(make_settings: Callable[..., Set
     assert refused["id"] not in {e["id"] for e in found}
 
 
+async def test_more_entries_than_the_queue_holds_is_an_entry_error(make_settings: Callable[..., Settings]) -> None:
+    """Back-pressure means 'try later'; a call that can never fit gets an EntryError instead."""
+    writer = LogWriter(make_settings(batch_size=5, max_queue_size=10))
+    await writer.start()
+    try:
+        with pytest.raises(EntryError, match="max_queue_size=10"):
+            await writer.write_many([day_entry() for _ in range(11)])
+        assert writer.metrics.accepted == 0 and writer.metrics.rejected == 11
+        assert await writer.write_many([day_entry() for _ in range(10)]) == 10
+    finally:
+        await writer.stop()
+
+
 async def test_back_pressure_during_outage(make_settings: Callable[..., Settings], azurite: str,
                                            azurite_upstream: str) -> None:
     async with StorageProxy(azurite_upstream) as proxy:

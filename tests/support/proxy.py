@@ -39,6 +39,7 @@ class FaultPlan:
     stall_share: float = 0.0  # forwarded (lands), then the answer is held for stall_seconds
     stall_seconds: float = 0.0
     block_limit_share: float = 0.0  # answered 409 BlockCountExceedsLimit
+    drop_share: float = 0.0  # forwarded (lands), then the connection is reset before any answer
     down: bool = False  # every request (not only appends) answered 503: an outage
     latency: float = 0.0  # added before forwarding every request
     only: Callable[[web.BaseRequest], bool] = is_append
@@ -55,7 +56,8 @@ class FaultPlan:
             return None
         roll = self.rng.random()
         for name, share in (("error", self.error_share), ("reset", self.reset_share),
-                            ("stall", self.stall_share), ("block_limit", self.block_limit_share)):
+                            ("stall", self.stall_share), ("block_limit", self.block_limit_share),
+                            ("drop", self.drop_share)):
             if roll < share:
                 return name
             roll -= share
@@ -157,6 +159,9 @@ class StorageProxy:
             payload = await upstream.read()
             status = upstream.status
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+        if fault == "drop" and request.transport is not None:
+            request.transport.abort()
+            return web.Response(status=500)
         if fault == "stall":
             await asyncio.sleep(self.plan.stall_seconds)
         return web.Response(status=status, body=payload, headers=out_headers)
