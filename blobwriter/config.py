@@ -78,36 +78,29 @@ def parse_key(text: str, setting: str = "encryption_key") -> SecretKey:
     return SecretKey(raw)
 
 
-def _int(low: int, high: int) -> Callable[[str, Any], int]:
-    def cast(name: str, value: Any) -> int:
-        if isinstance(value, bool):
-            value = str(value)
+def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -> Callable[[str, Any], Any]:
+    """A cast to a number in [low, high]; `parse` is int or float, `noun` names it in errors."""
+
+    def cast(name: str, value: Any) -> Any:
         try:
-            number = int(str(value).strip().replace("_", ""))
+            number = parse(str(value).strip().replace("_", ""))
         except ValueError:
             raise ConfigError(
-                f"Config '{name}' has value {value!r}: not an integer (allowed: {low} to {high})."
+                f"Config '{name}' has value {value!r}: not {noun} (allowed: {low} to {high})."
             ) from None
         if not low <= number <= high:
             raise ConfigError(f"Config '{name}' has value {number}: out of range (allowed: {low} to {high}).")
         return number
 
     return cast
+
+
+def _int(low: int, high: int) -> Callable[[str, Any], int]:
+    return _number(int, "an integer", low, high)
 
 
 def _float(low: float, high: float) -> Callable[[str, Any], float]:
-    def cast(name: str, value: Any) -> float:
-        try:
-            number = float(str(value).strip())
-        except ValueError:
-            raise ConfigError(
-                f"Config '{name}' has value {value!r}: not a number (allowed: {low} to {high})."
-            ) from None
-        if not low <= number <= high:
-            raise ConfigError(f"Config '{name}' has value {number}: out of range (allowed: {low} to {high}).")
-        return number
-
-    return cast
+    return _number(float, "a number", low, high)
 
 
 def _choice(*allowed: str) -> Callable[[str, Any], str]:
