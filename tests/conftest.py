@@ -24,6 +24,7 @@ import pytest
 
 from blobwriter.cli import keygen
 from blobwriter.config import Settings
+from tests.support.proxy import StorageProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = Path(__file__).resolve().parent / "data" / "api-calls-sample.jsonl.gz"
@@ -125,3 +126,13 @@ _ids = itertools.count()
 def entry(**fields: Any) -> dict[str, Any]:
     """A small entry with a unique id."""
     return {"id": f"t{next(_ids)}", "user": "alice@contoso.com", "tokens": 12, **fields}
+
+
+@pytest.fixture
+def proxy(azurite_upstream: str) -> Iterator[StorageProxy]:
+    """A fault-injecting proxy in front of Azurite, served from its own thread."""
+    proxy = StorageProxy(azurite_upstream).start_in_thread()
+    try:
+        yield proxy
+    finally:
+        proxy.stop_thread()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,20 +29,11 @@ from tests.support.reliability import (
 pytestmark = pytest.mark.reliability
 
 
-@pytest.fixture
-def slow_proxy(azurite_upstream: str) -> Iterator[StorageProxy]:
-    proxy = StorageProxy(azurite_upstream).start_in_thread()
-    try:
-        yield proxy
-    finally:
-        proxy.stop_thread()
-
-
-def test_sigterm_writes_every_accepted_entry_before_exit(slow_proxy: StorageProxy, azurite: str, key: str,
+def test_sigterm_writes_every_accepted_entry_before_exit(proxy: StorageProxy, azurite: str, key: str,
                                                          container: str, tmp_path: Path) -> None:
     """SIGTERM while ~5,000 entries are queued behind 1 s storage latency: all are on storage at exit."""
-    slow_proxy.plan = FaultPlan(latency=1.0)
-    env = azurite_env(f"{slow_proxy.url}/devstoreaccount1", key, container, BLOBWRITER_BATCH_SIZE="100",
+    proxy.plan = FaultPlan(latency=1.0)
+    env = azurite_env(f"{proxy.url}/devstoreaccount1", key, container, BLOBWRITER_BATCH_SIZE="100",
                       BLOBWRITER_BATCH_TIMEOUT="0.2", BLOBWRITER_MAX_CONCURRENT_WRITES="4",
                       BLOBWRITER_STORAGE_TIMEOUT="10")
     server = ServeProcess(env, tmp_path / "serve.log")
@@ -72,12 +62,12 @@ def test_sigterm_writes_every_accepted_entry_before_exit(slow_proxy: StorageProx
     assert not lost and back.duplicated == 0 and set(back.counts) == ledger.acked
 
 
-def test_sigkill_loses_no_durable_entry_and_at_most_the_queue(slow_proxy: StorageProxy, azurite: str, key: str,
+def test_sigkill_loses_no_durable_entry_and_at_most_the_queue(proxy: StorageProxy, azurite: str, key: str,
                                                               container: str, tmp_path: Path) -> None:
     """SIGKILL under mixed load: every 200 (wait=true) entry is stored; 202-only losses stay within the queue."""
     max_queue = 5000
-    slow_proxy.plan = FaultPlan(latency=0.3)
-    env = azurite_env(f"{slow_proxy.url}/devstoreaccount1", key, container, BLOBWRITER_BATCH_SIZE="100",
+    proxy.plan = FaultPlan(latency=0.3)
+    env = azurite_env(f"{proxy.url}/devstoreaccount1", key, container, BLOBWRITER_BATCH_SIZE="100",
                       BLOBWRITER_BATCH_TIMEOUT="0.2", BLOBWRITER_MAX_CONCURRENT_WRITES="4",
                       BLOBWRITER_MAX_QUEUE_SIZE=str(max_queue), BLOBWRITER_STORAGE_TIMEOUT="10")
     server = ServeProcess(env, tmp_path / "serve.log")

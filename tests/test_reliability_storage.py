@@ -10,7 +10,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -40,16 +39,6 @@ from tests.support.reliability import (
 )
 
 pytestmark = pytest.mark.reliability
-
-
-@pytest.fixture
-def proxy(azurite_upstream: str) -> Iterator[StorageProxy]:
-    """A fault-injecting proxy in front of Azurite, served from its own thread."""
-    proxy = StorageProxy(azurite_upstream).start_in_thread()
-    try:
-        yield proxy
-    finally:
-        proxy.stop_thread()
 
 
 def through(proxy: StorageProxy) -> str:
