@@ -159,7 +159,7 @@ async def test_cut_and_inserted_bytes_move_later_frames_and_are_reported(tmp_pat
     verify = run_cli(env, "verify", "--date", DATES[0], "--until", DATES[1])
     found = problems(verify.stdout)
     assert verify.returncode == 1
-    assert found[cut_blob.name][0] == (off, "authentication failed (frame altered)")
+    assert found[cut_blob.name][0][0] == off and found[cut_blob.name][0][1].startswith("authentication failed")
     assert found[insert_blob.name][0][0] == at and "bad magic" in found[insert_blob.name][0][1]
     # the frames after the damage sit at other offsets than their index says
     moved_cut = {o for o, _, _ in cut[3:-1]}  # not the index frame itself: no index claims it

@@ -164,4 +164,11 @@ class StorageProxy:
             return web.Response(status=500)
         if fault == "stall":
             await asyncio.sleep(self.plan.stall_seconds)
+        if request.method == "HEAD":
+            # A HEAD answer's Content-Length is the blob's size (get_blob_properties reads it), not
+            # the length of a body: pass it through and send no body.
+            response = web.StreamResponse(status=status, headers=out_headers)
+            response.content_length = int(upstream.headers.get("Content-Length", 0))
+            await response.prepare(request)  # type: ignore[arg-type]
+            return response
         return web.Response(status=status, body=payload, headers=out_headers)
