@@ -71,6 +71,34 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+class _Accepted:
+    """The 202 answer as two ASGI messages: the same bytes as _json(202, ...), without building a Response."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, count: int) -> None:
+        self.body = b'{"accepted":%d}' % count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 202,
+                    "headers": [(b"content-length", b"%d" % len(self.body)), (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+class _App(Starlette):
+    """Starlette, but POST /api/logs goes straight to its endpoint, past the middleware stack and router:
+    the endpoint answers every outcome itself, and this is the hot path."""
+
+    ingest: IngestEndpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/api/logs" and not scope.get("root_path"):
+            scope["app"] = self
+            await self.ingest(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 class IngestEndpoint:
     """POST /api/logs as a bare ASGI endpoint: the hot path, kept free of framework layers."""
 
@@ -128,7 +156,7 @@ class IngestEndpoint:
         except WriterStoppedError as exc:
             return _json(503, {"error": str(exc)}, {"Retry-After": "5"})
         if future is None:
-            return _json(202, {"accepted": len(prepared)})
+            return _Accepted(len(prepared))  # type: ignore[return-value]
         try:
             await asyncio.wait_for(asyncio.shield(future), DURABLE_WAIT_SECONDS)
         except TimeoutError:
@@ -213,15 +241,17 @@ def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm
         assert isinstance(exc, HTTPException)
         return _json(exc.status_code, {"error": exc.detail}, dict(exc.headers or {}))
 
-    app = Starlette(
+    ingest = IngestEndpoint(settings, holder.get, check_api_key)
+    app = _App(
         routes=[
-            Route("/api/logs", IngestEndpoint(settings, holder.get, check_api_key), methods=None),
+            Route("/api/logs", ingest, methods=None),
             Route("/api/health", health, methods=["GET"]),
             Route("/api/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )
+    app.ingest = ingest
     app.state.writer_holder = holder
     return app
 
