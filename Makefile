@@ -48,11 +48,20 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 
-## bench: the quick benchmark (~5 min); writes docs/BENCHMARKS.md, bench/results.json, docs/*.png
+## bench: the quick benchmark (~5 min); writes docs/BENCHMARKS.md, bench/results.json, docs/bench-*.png
 bench: install
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && apt-get install -y -qq wrk >/dev/null || true; fi; }
+	@command -v wrk >/dev/null 2>&1 || echo "bench: wrk not installed (not root?); using the slower Python load generator"
 	$(BIN)/python -m bench --quick
 
+## bench-full: 30-60 s windows, every peer at every store latency, a 60 s outage (~30 min)
 bench-full: install
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && apt-get install -y -qq wrk >/dev/null || true; fi; }
+	@command -v wrk >/dev/null 2>&1 || echo "bench: wrk not installed (not root?); using the slower Python load generator"
 	$(BIN)/python -m bench --full
 
 clean:

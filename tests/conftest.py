@@ -10,10 +10,6 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,35 +20,17 @@ import pytest
 
 from blobwriter.cli import keygen
 from blobwriter.config import Settings
+from tests.support.azurite import (  # noqa: F401 - re-exported for the tests
+    Azurite,
+    binary,
+    connection_string,
+    free_port,
+    wait_for_port,
+)
 from tests.support.proxy import StorageProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = Path(__file__).resolve().parent / "data" / "api-calls-sample.jsonl.gz"
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def connection_string(blob_endpoint: str) -> str:
-    """An Azurite connection string for a blob endpoint (Azurite itself or a proxy in front)."""
-    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={blob_endpoint.rstrip('/')};")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 @pytest.fixture(scope="session")
@@ -62,26 +40,14 @@ def azurite() -> Iterator[str]:
     if given:
         yield given.rstrip("/")
         return
-    binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.exists():
-        binary_path = shutil.which("azurite-blob")
-        if binary_path is None:
-            pytest.exit("Azurite is not installed: run `make test` (it runs `npm ci`), or set BLOBWRITER_TEST_AZURITE",
-                        returncode=2)
-        binary = Path(binary_path)
-    port = free_port()
-    process = subprocess.Popen(
-        [str(binary), "--inMemoryPersistence", "--blobHost", "127.0.0.1", "--blobPort", str(port),
-         # Without --disableTelemetry, Azurite takes ~10 s to exit once it has served a request.
-         "--skipApiVersionCheck", "--silent", "--disableTelemetry"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    if binary() is None:
+        pytest.exit("Azurite is not installed: run `make test` (it runs `npm ci`), or set BLOBWRITER_TEST_AZURITE",
+                    returncode=2)
+    emulator = Azurite().start()
     try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+        yield emulator.url
     finally:
-        process.terminate()
-        process.wait(10)
+        emulator.stop()
 
 
 @pytest.fixture(scope="session")

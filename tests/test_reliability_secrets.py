@@ -15,7 +15,8 @@ from blobwriter.cli import keygen
 from blobwriter.config import Settings, load_settings
 from blobwriter.errors import ConfigError
 from blobwriter.writer import LogWriter
-from tests.conftest import AZURITE_KEY, connection_string
+from tests.support.azurite import ACCOUNT_KEY as AZURITE_KEY
+from tests.support.azurite import connection_string
 from tests.support.proxy import FaultPlan, StorageProxy
 from tests.support.reliability import ServeProcess, azurite_env, make_entries, record_figures, run_cli
 

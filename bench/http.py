@@ -1,0 +1,191 @@
+"""HTTP runs: `blobwriter serve` and the bare ASGI app under load from wrk (or a Python fallback)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from bench.env import BENCH, PYTHON, ROOT, connection_string, free_port, wait_for_port
+
+LUA = BENCH / "wrk" / "post.lua"
+WRK = shutil.which("wrk")
+
+
+def body_file(lines: list[bytes]) -> Path:
+    """The entries as a JSON Lines file for the load generator."""
+    handle = tempfile.NamedTemporaryFile(prefix="bench-entries-", suffix=".jsonl", delete=False)
+    with handle:
+        handle.write(b"\n".join(lines) + b"\n")
+    return Path(handle.name)
+
+
+class Server:
+    """A server process (blobwriter serve or the bare app) on a free port; stopped by SIGTERM."""
+
+    def __init__(self, kind: str, env: dict[str, str] | None = None) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.TemporaryFile()
+
+    def start(self) -> Server:
+        if self.kind == "bare":
+            argv = [PYTHON, "-m", "bench.bare_app", str(self.port)]
+        else:
+            argv = [PYTHON, "-m", "blobwriter", "serve", "--port", str(self.port), "--log-level", "warning"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BLOBWRITER_")}
+        env.update(self.env)
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port)
+        self.ps = psutil.Process(self.process.pid)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss(self) -> int:
+        try:
+            return int(self.ps.memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def cpu(self) -> float:
+        try:
+            t = self.ps.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+
+def serve_env(storage_url: str, container: str, key: str, settings: dict[str, Any]) -> dict[str, str]:
+    env = {"BLOBWRITER_STORAGE": connection_string(storage_url), "BLOBWRITER_CONTAINER": container,
+           "BLOBWRITER_ENCRYPTION_KEY": key}
+    env.update({f"BLOBWRITER_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def metrics(server: Server) -> dict[str, float]:
+    """The writer's counters from GET /api/metrics."""
+    with urllib.request.urlopen(server.url + "/api/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r"^blobwriter_(entries_)?(\w+?)(_total)? ([0-9.eE+-]+)$", line)
+        if m:
+            values[m.group(2)] = float(m.group(4))
+    return values
+
+
+def load(url: str, data: Path, per_request: int, duration: float, connections: int = 32, threads: int = 2,
+         count: bool = False) -> dict[str, Any]:
+    """POST entries for `duration` seconds; requests/s, latency percentiles (ms), status counts."""
+    ctype = "application/x-ndjson" if per_request > 1 else "application/json"
+    if WRK:
+        argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "30s",
+                "-s", str(LUA), url + "/api/logs", "--", str(data), str(per_request), ctype]
+        if count:
+            argv.append("count")
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk failed: {out.stdout[-1000:]} {out.stderr[-1000:]}")
+        raw = orjson.loads(line[8:])
+        seconds = raw["duration_us"] / 1e6
+        errors = raw["err_connect"] + raw["err_read"] + raw["err_write"] + raw["err_timeout"]
+        result = {
+            "tool": "wrk", "connections": connections, "threads": threads, "seconds": seconds,
+            "requests": raw["requests"], "requests_per_s": raw["requests"] / seconds,
+            "non_2xx": raw["err_status"], "socket_errors": errors,
+            "ok_per_s": (raw["requests"] - raw["err_status"]) / seconds,
+            "latency_ms": {"mean": raw["lat_mean_us"] / 1e3, "p50": raw["p50_us"] / 1e3, "p90": raw["p90_us"] / 1e3,
+                           "p99": raw["p99_us"] / 1e3, "p99.9": raw["p999_us"] / 1e3, "max": raw["lat_max_us"] / 1e3},
+        }
+        if count:
+            result["status"] = {"202": raw["count_ok"], "503": raw["count_503"],
+                                "503_with_retry_after": raw["count_retry_after"], "other": raw["count_other"]}
+        return result
+    argv = [PYTHON, "-m", "bench.loadgen", url + "/api/logs", str(data), str(per_request), ctype, str(duration),
+            str(connections)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("LOADJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"loadgen failed: {out.stderr[-1000:]}")
+    return orjson.loads(line[9:])
+
+
+def wait_drained(server: Server, timeout: float) -> tuple[dict[str, float], float | None]:
+    """Poll the metrics until nothing is queued; the last metrics and how long it took."""
+    started = time.monotonic()
+    values = metrics(server)
+    while time.monotonic() - started < timeout:
+        values = metrics(server)
+        if values.get("queue_depth", 1) == 0 and values.get("appends_in_flight", 0) == 0:
+            return values, time.monotonic() - started
+        time.sleep(0.25)
+    return values, None
+
+
+def count_stored(azurite_url: str, container: str) -> dict[str, int]:
+    """Entries in the container's frames, each (writer, sequence) counted once (a retried append twice
+    stored is one frame), read straight from Azurite by walking the frame headers."""
+    from azure.storage.blob import ContainerClient
+
+    from blobwriter import codec
+    from blobwriter.codec import parse_header
+
+    FLAG_INDEX = getattr(codec, "FLAG_INDEX", 0)
+
+    client = ContainerClient.from_connection_string(connection_string(azurite_url), container)
+    seen: set[tuple[bytes, int]] = set()
+    entries = frames = duplicates = blobs = stored = index_frames = 0
+    for blob in client.list_blobs():
+        if not blob.name.endswith(".log"):
+            continue
+        data = client.get_blob_client(blob.name).download_blob().readall()
+        blobs += 1
+        stored += len(data)
+        offset = 0
+        while offset < len(data):
+            header = parse_header(data, offset)
+            key = (header.writer_id, header.sequence)
+            if header.flags & FLAG_INDEX:  # where frames landed, not entries
+                index_frames += 1
+            elif key in seen:
+                duplicates += 1
+            else:
+                seen.add(key)
+                entries += header.entries
+                frames += 1
+            offset += header.frame_length
+    client.close()
+    return {"blobs": blobs, "frames": frames, "entries": entries, "duplicate_frames": duplicates,
+            "index_frames": index_frames, "bytes_stored": stored}
