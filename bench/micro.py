@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import inspect
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -44,17 +44,15 @@ def encode_cost(entries: list[dict[str, Any]], batch: int, rounds: int) -> dict[
     """CPU per entry: the writer's path (prepare + Encoder.body + Encoder.seal) vs bare serialize+gzip+AES-GCM."""
     key = os.urandom(32)
     settings = Settings(storage=os.devnull, encryption_key=SecretKey(key))
-    writer = LogWriter(settings, store=DirectoryStore(__import__("pathlib").Path(os.devnull)))
+    writer = LogWriter(settings, store=DirectoryStore(Path(os.devnull)))
     encoder = Encoder(SecretKey(key))
     aead = AESGCM(key)
     batches = [entries[i:i + batch] for i in range(0, len(entries) - batch + 1, batch)]
     n = sum(len(b) for b in batches)
     dumps = orjson.dumps
 
-    takes_date = "date" in inspect.signature(encoder.body).parameters  # the codec's API as of this run
-
     def body(lines: list[bytes], sequence: int, date: str) -> Any:
-        return encoder.body(lines, sequence, date=date) if takes_date else encoder.body(lines, sequence)
+        return encoder.body(lines, sequence, date=date)
 
     def writer_path() -> None:
         for i, b in enumerate(batches):
