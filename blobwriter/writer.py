@@ -121,6 +121,7 @@ class LogWriter:
         self._index: dict[str, tuple[str, list[bytes]]] = {}  # part name -> (date, unindexed records)
         self._index_tasks: set[asyncio.Task[None]] = set()
         self._index_timer: asyncio.Task[None] | None = None
+        self._opener: asyncio.Task[None] | None = None
         self._state = "new"
         self._storage_error: str | None = None
         self._backoff = 0.0
@@ -144,9 +145,9 @@ class LogWriter:
             raise WriterStoppedError(f"writer cannot start from state {self._state!r}")
         try:
             await self.store.open()
-        except Exception as exc:  # storage may come back: appends retry and create what is missing
-            self._storage_error = f"{type(exc).__name__}: {exc}"
-            log.warning("Storage not ready at start (%s); appends will retry", self._storage_error)
+        except Exception as exc:  # storage may come back: keep opening (creating the container) meanwhile
+            log.warning("Storage not ready at start (%s: %s); retrying in the background", type(exc).__name__, exc)
+            self._opener = asyncio.create_task(self._open_until_ready(), name="blobwriter-open")
         self._state = "running"
         self._task = asyncio.create_task(self._run(), name="blobwriter-batches")
         self._task.add_done_callback(self._on_task_done)
@@ -171,8 +172,9 @@ class LogWriter:
             if self._pending:
                 log.debug("Flushing %d remaining log entries", len(self._pending))
             self._wakeup.set()
-        if self._index_timer is not None:
-            self._index_timer.cancel()
+        for helper in (self._index_timer, self._opener):
+            if helper is not None:
+                helper.cancel()
         try:
             async with asyncio.timeout(timeout):
                 if self._task is not None:
@@ -203,6 +205,18 @@ class LogWriter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    async def _open_until_ready(self) -> None:
+        delay = FIRST_BACKOFF
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.open()
+                log.info("Storage is ready")
+                return
+            except Exception as exc:
+                log.debug("Storage still not ready: %s: %s", type(exc).__name__, exc)
+                delay = min(self.settings.retry_backoff_max, delay * 2)
 
     # -- accepting entries -----------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,6 +16,7 @@ from blobwriter.config import Settings
 from blobwriter.reader import Reader
 from blobwriter.store import open_store
 from tests.conftest import connection_string, entry, free_port
+from tests.support.proxy import FaultPlan, StorageProxy
 
 TODAY = datetime.datetime.now(datetime.UTC).date().isoformat()
 
@@ -217,3 +219,22 @@ async def test_health_is_503_when_storage_is_unreachable(make_settings: Callable
     await stop(app)
     assert response.status_code == 503
     assert response.json()["storage_error"]
+
+
+async def test_health_recovers_with_storage_even_without_traffic(make_settings: Callable[..., Settings],
+                                                                 azurite_upstream: str) -> None:
+    """Storage down when the app starts, back later, no entry posted meanwhile: health follows storage."""
+    async with StorageProxy(azurite_upstream, FaultPlan(down=True)) as proxy:
+        app = create_app(make_settings(storage=connection_string(f"{proxy.url}/devstoreaccount1"),
+                                       storage_timeout=1.0, stop_timeout=0.0))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            assert (await client.get("/api/health")).status_code == 503
+            proxy.plan = FaultPlan()
+            statuses = []
+            for _ in range(100):  # the writer re-opens storage in the background, with backoff
+                statuses.append((await client.get("/api/health")).status_code)
+                if statuses[-1] == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert statuses[-1] == 200, statuses
+        await stop(app)
