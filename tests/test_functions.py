@@ -39,6 +39,9 @@ def function_module(make_settings: Callable[..., Settings], monkeypatch: pytest.
     sys.modules.pop("function_app", None)
     module = importlib.import_module("function_app")
     yield module, settings
+    # AsgiFunctionApp.__del__ runs asyncio.run(shutdown) if startup ran; the tests shut down themselves,
+    # and a __del__ that fires later inside another test's event loop would only raise there.
+    module.app.startup_task_done = False
     sys.modules.pop("function_app", None)
 
 
