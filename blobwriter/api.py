@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
 from .errors import EntryError, EntryTooLargeError, QueueFullError, WriteFailedError, WriterStoppedError
@@ -109,6 +109,7 @@ class IngestEndpoint:
         self._writer = writer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response: ASGIApp
         if scope["method"] != "POST":
             response = _json(405, {"error": "method not allowed; use POST"}, {"Allow": "POST"})
         else:
@@ -118,7 +119,7 @@ class IngestEndpoint:
                 response = _json(exc.status, exc.body)
         await response(scope, receive, send)
 
-    async def _ingest(self, scope: Scope, receive: Receive) -> Response:
+    async def _ingest(self, scope: Scope, receive: Receive) -> ASGIApp:
         headers = dict(scope["headers"])
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if self._api_key is not None:
@@ -156,7 +157,7 @@ class IngestEndpoint:
         except WriterStoppedError as exc:
             return _json(503, {"error": str(exc)}, {"Retry-After": "5"})
         if future is None:
-            return _Accepted(len(prepared))  # type: ignore[return-value]
+            return _Accepted(len(prepared))
         try:
             await asyncio.wait_for(asyncio.shield(future), DURABLE_WAIT_SECONDS)
         except TimeoutError:

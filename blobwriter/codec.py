@@ -14,6 +14,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .config import APPEND_BLOCK_LIMIT, SecretKey
 from .errors import FrameError, UnknownKeyError
 
+_fast_gzip: ModuleType | None
 try:  # ISA-L's gzip is standard RFC 1952 output, several times faster than zlib.
     from isal import igzip as _fast_gzip
 except ImportError:  # pragma: no cover - isal ships wheels for the supported platforms
@@ -144,7 +146,7 @@ def _pack_header(flags: int, attempt: int, kid: bytes, writer_id: bytes, sequenc
     return head + struct.pack(">I", zlib.crc32(head))
 
 
-def parse_header(buffer: bytes | memoryview, offset: int = 0) -> FrameHeader:
+def parse_header(buffer: bytes | bytearray | memoryview, offset: int = 0) -> FrameHeader:
     """Parse and check the header at `offset`; raise FrameError if it is not a valid header."""
     raw = bytes(buffer[offset:offset + HEADER_SIZE])
     if len(raw) < HEADER_SIZE:

@@ -173,12 +173,12 @@ class AppendBlobStore:
                 # the same bytes (a "replayed frame"); the writer retries with a frame sealed anew.
                 result = await blob.append_block(frame, length=len(frame), retry_total=0)
             except ResourceNotFoundError as exc:
-                if exc.error_code == "ContainerNotFound":
+                if getattr(exc, "error_code", None) == "ContainerNotFound":
                     await self.open()
                 await self._create(blob)
                 continue
             except HttpResponseError as exc:
-                if exc.error_code == "BlockCountExceedsLimit":
+                if getattr(exc, "error_code", None) == "BlockCountExceedsLimit":
                     # Full, perhaps filled by another instance first: move on to the next part.
                     part = self._roll(date, part)
                     continue
