@@ -39,6 +39,7 @@ run: install
 ## test: the whole suite against a real Azurite (started by the tests unless BLOBWRITER_TEST_AZURITE is set)
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-fast: the suite without the slow tests
@@ -47,6 +48,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ## bench: the quick benchmark (~5 min); writes docs/BENCHMARKS.md, bench/results.json, docs/bench-*.png
 bench: install
