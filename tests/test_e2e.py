@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,19 +12,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ROOT, connection_string, entry, free_port, wait_for_port
-
-
-def cli_env(azurite: str, key: str, container: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOBWRITER_")}
-    env.update(BLOBWRITER_STORAGE=connection_string(azurite), BLOBWRITER_ENCRYPTION_KEY=key,
-               BLOBWRITER_CONTAINER=container, **extra)
-    return env
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "blobwriter", *args], env=env, cwd=ROOT,
-                          capture_output=True, timeout=120)
+from tests.conftest import ROOT, entry, free_port, wait_for_port
+from tests.support.reliability import azurite_env, run_cli
 
 
 class Server:
@@ -53,7 +41,7 @@ def serve(azurite: str, key: str, container: str) -> Iterator[Any]:
     servers: list[Server] = []
 
     def start(**extra: str) -> tuple[Server, dict[str, str]]:
-        env = cli_env(azurite, key, container, **extra)
+        env = azurite_env(azurite, key, container, **extra)
         server = Server(env)
         servers.append(server)
         return server, env
@@ -80,14 +68,14 @@ def test_posted_entries_are_read_back_once_after_sigterm(serve: Any, sample_entr
     code, err = server.terminate()
     assert code == 0, err
     dates = sorted({e["timestamp"][:10] for e in entries})
-    result = run_cli(env, "read", "--date", "2026-11-23", "--until", "2026-12-02")
+    result = run_cli(env, "read", "--date", "2026-11-23", "--until", "2026-12-02", timeout=120)
     assert result.returncode == 0, result.stderr
     ids = [orjson.loads(line)["id"] for line in result.stdout.splitlines()]
     assert len(ids) == len(set(ids)) == 1000
     assert set(ids) == {e["id"] for e in entries}
     assert dates  # the sample spans several days, so several date blobs were read
 
-    verify = run_cli(env, "verify", "--date", "2026-11-23", "--until", "2026-12-02")
+    verify = run_cli(env, "verify", "--date", "2026-11-23", "--until", "2026-12-02", timeout=120)
     assert verify.returncode == 0, verify.stdout
     assert b"1000 entries" in verify.stdout and b"OK" in verify.stdout
 
@@ -105,8 +93,8 @@ def test_serve_checks_the_api_key_like_functions(serve: Any) -> None:
 
 
 def test_serve_refuses_to_start_without_a_key(azurite: str, container: str) -> None:
-    env = cli_env(azurite, "", container)
+    env = azurite_env(azurite, "", container)
     env.pop("BLOBWRITER_ENCRYPTION_KEY")
-    result = run_cli(env, "serve", "--port", str(free_port()))
+    result = run_cli(env, "serve", "--port", str(free_port()), timeout=120)
     assert result.returncode == 2
     assert b"encryption_key" in result.stderr and b"Traceback" not in result.stderr
