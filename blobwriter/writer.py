@@ -372,18 +372,20 @@ class LogWriter:
             groups.setdefault(item[_DATE], []).append(item)
         frames: list[_Frame] | None = None
         appended = 0
+
+        def unwritten() -> list[_Item]:
+            return batch if frames is None else [i for f in frames[appended:] for i in f.items]
+
         try:
             frames = await asyncio.to_thread(self._encode_groups, groups)
             for frame in frames:
                 await self._append(frame)
                 appended += 1
         except asyncio.CancelledError:
-            unwritten = batch if frames is None else [i for f in frames[appended:] for i in f.items]
-            self._fail_items(unwritten, "the writer stopped while storage was failing")
+            self._fail_items(unwritten(), "the writer stopped while storage was failing")
             raise
         except Exception as exc:  # encoding cannot fail for a prepared entry; if it does, say so
-            unwritten = batch if frames is None else [i for f in frames[appended:] for i in f.items]
-            self._fail_items(unwritten, f"encoding failed: {exc!r}")
+            self._fail_items(unwritten(), f"encoding failed: {exc!r}")
 
     def _encode_groups(self, groups: dict[str, list[_Item]]) -> list[_Frame]:
         """Encode each date's entries into frames no larger than max_chunk_bytes (in a thread)."""
