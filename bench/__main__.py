@@ -79,7 +79,7 @@ PEERS = {
 
 class Bench:
     def __init__(self, mode: str) -> None:
-        from blobwriter.cli import keygen
+        from blobwriter.keys import keygen
         from tests.support.proxy import FaultPlan, StorageProxy
 
         self.mode = mode

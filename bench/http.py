@@ -159,10 +159,7 @@ def count_stored(azurite_url: str, container: str) -> dict[str, int]:
     stored is one frame), read straight from Azurite by walking the frame headers."""
     from azure.storage.blob import ContainerClient
 
-    from blobwriter import codec
-    from blobwriter.codec import parse_header
-
-    FLAG_INDEX = getattr(codec, "FLAG_INDEX", 0)
+    from blobwriter.codec import walk_frames
 
     client = ContainerClient.from_connection_string(connection_string(azurite_url), container)
     seen: set[tuple[bytes, int]] = set()
@@ -173,11 +170,9 @@ def count_stored(azurite_url: str, container: str) -> dict[str, int]:
         data = client.get_blob_client(blob.name).download_blob().readall()
         blobs += 1
         stored += len(data)
-        offset = 0
-        while offset < len(data):
-            header = parse_header(data, offset)
+        for _, header in walk_frames(data):
             key = (header.writer_id, header.sequence)
-            if header.flags & FLAG_INDEX:  # where frames landed, not entries
+            if header.is_index:  # where frames landed, not entries
                 index_frames += 1
             elif key in seen:
                 duplicates += 1
@@ -185,7 +180,6 @@ def count_stored(azurite_url: str, container: str) -> dict[str, int]:
                 seen.add(key)
                 entries += header.entries
                 frames += 1
-            offset += header.frame_length
     client.close()
     return {"blobs": blobs, "frames": frames, "entries": entries, "duplicate_frames": duplicates,
             "index_frames": index_frames, "bytes_stored": stored}

@@ -5,16 +5,15 @@ from __future__ import annotations
 import gzip
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from blobwriter.codec import GZIP_LEVEL, Encoder, _fast_gzip
-from blobwriter.config import SecretKey, Settings
-from blobwriter.store import DirectoryStore
-from blobwriter.writer import LogWriter
+from blobwriter.config import Settings
+from blobwriter.entries import prepare
+from blobwriter.keys import SecretKey
 
 
 def _best(fn: Any, rounds: int) -> float:
@@ -41,10 +40,9 @@ def parse_rate(lines: list[bytes], seconds: float) -> dict[str, Any]:
 
 
 def encode_cost(entries: list[dict[str, Any]], batch: int, rounds: int) -> dict[str, Any]:
-    """CPU per entry: the writer's path (prepare + Encoder.body + Encoder.seal) vs bare serialize+gzip+AES-GCM."""
+    """CPU per entry: the writer's path (entries.prepare, Encoder.body, .seal) vs bare serialize+gzip+AES-GCM."""
     key = os.urandom(32)
-    settings = Settings(storage=os.devnull, encryption_key=SecretKey(key))
-    writer = LogWriter(settings, store=DirectoryStore(Path(os.devnull)))
+    max_entry_bytes = Settings().max_entry_bytes
     encoder = Encoder(SecretKey(key))
     aead = AESGCM(key)
     batches = [entries[i:i + batch] for i in range(0, len(entries) - batch + 1, batch)]
@@ -56,7 +54,7 @@ def encode_cost(entries: list[dict[str, Any]], batch: int, rounds: int) -> dict[
 
     def writer_path() -> None:
         for i, b in enumerate(batches):
-            prepared = [writer.prepare(e) for e in b]
+            prepared = [prepare(e, max_entry_bytes) for e in b]
             encoder.seal(body([p.line for p in prepared], i, prepared[0].date))
 
     def bare(compress: Any) -> Any:
@@ -88,7 +86,7 @@ def encode_cost(entries: list[dict[str, Any]], batch: int, rounds: int) -> dict[
     # Sizes: what one frame of `batch` entries stores.
     raw = stored = 0
     for i, b in enumerate(batches):
-        prepared = [writer.prepare(e) for e in b]
+        prepared = [prepare(e, max_entry_bytes) for e in b]
         frame = body([p.line for p in prepared], i, prepared[0].date)
         raw += frame.plaintext_length
         stored += len(encoder.seal(frame))

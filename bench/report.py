@@ -396,7 +396,7 @@ def write(r: dict[str, Any]) -> None:
     add("## Encode cost, compression, stored bytes")
     add("")
     add("CPU per entry (least `time.process_time` of several rounds over the 20,000 entries), the writer's encode "
-        "path (`LogWriter.prepare`: timestamp check + `orjson.dumps`; `Encoder.body`: JSON Lines + gzip; "
+        "path (`entries.prepare`: timestamp check + `orjson.dumps`; `Encoder.body`: JSON Lines + gzip; "
         "`Encoder.seal`: AES-256-GCM + header) against bare `orjson.dumps` + gzip + AES-GCM. The codec uses "
         "ISA-L igzip level 1 (standard gzip output); the target compares against stdlib gzip level 6 (Python's "
         "default); level 1 and the same isal call are shown too, which isolates the writer's own overhead.")
@@ -433,7 +433,7 @@ PEER_LABELS = {"sync": "1. synchronous append per entry", "batch10": "2. batch-1
                "tuned": "5. LogWriter, tuned"}
 
 CHANGES = [
-    "`LogWriter.prepare` (writer.py) copies `orjson.dumps` output into an exact-size bytes object. Cause, "
+    "`prepare` (entries.py) copies `orjson.dumps` output into an exact-size bytes object. Cause, "
     "found from the tuned run's RSS: orjson's result keeps the allocation of its larger working buffer, so a "
     "queued 1.2 KB entry held ~9 KB. Before/after: 9.0 -> 1.7 KB of RSS per queued entry; tuned in-process run "
     "at 1.5 s, RSS peak 2.4 GB -> 0.7-0.9 GB with a 200,000-entry queue; `dumps` in a loop that keeps its "

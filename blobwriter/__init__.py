@@ -1,5 +1,6 @@
 """blobwriter: batched, compressed, encrypted logging to Azure append blobs (or a directory)."""
 
+from .blob_store import AppendBlobStore
 from .config import Settings, load_settings
 from .errors import (
     BlobwriterError,
@@ -13,9 +14,10 @@ from .errors import (
     WriteFailedError,
     WriterStoppedError,
 )
-from .reader import Reader
-from .store import AppendBlobStore, DirectoryStore, Store, open_store
-from .writer import LogWriter
+from .keys import SecretKey, generate_key, keygen, parse_key
+from .reader import Reader, ReadReport, date_range
+from .store import DirectoryStore, Store, open_store
+from .writer import LogWriter, WriterState
 
 __version__ = "0.1.0"
 
@@ -29,14 +31,21 @@ __all__ = [
     "FrameError",
     "LogWriter",
     "QueueFullError",
+    "ReadReport",
     "Reader",
+    "SecretKey",
     "Settings",
     "Store",
     "StoreError",
     "UnknownKeyError",
     "WriteFailedError",
+    "WriterState",
     "WriterStoppedError",
     "__version__",
+    "date_range",
+    "generate_key",
+    "keygen",
     "load_settings",
     "open_store",
+    "parse_key",
 ]

@@ -5,7 +5,9 @@ POST /api/logs    one JSON object, a JSON array of objects, or NDJSON -> 202 {"a
 GET  /api/health  200 while the writer runs and storage answers, else 503
 GET  /api/metrics Prometheus text exposition of the writer's counters
 
-A request is all or nothing: every entry is parsed and validated before any is queued.
+A request is all or nothing: every entry is parsed and admitted before any is queued. Every
+failure becomes an answer in one place, `error_response`, which maps blobwriter's exceptions
+(and the router's) to status codes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,48 +30,86 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
-from .errors import EntryError, EntryTooLargeError, QueueFullError, WriteFailedError, WriterStoppedError
+from .errors import (
+    EntryError,
+    EntryTooLargeError,
+    QueueFullError,
+    StoreError,
+    WriteFailedError,
+    WriterStoppedError,
+)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .writer import LogWriter
+from .writer import LogWriter, WriterState
 
 log = logging.getLogger("blobwriter.api")
 
 JSON_TYPES = {"application/json", ""}
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/jsonlines", "application/x-jsonlines"}
 DURABLE_WAIT_SECONDS = 120.0  # below the 230 s limit Azure puts on an HTTP-triggered function
-HEALTH_PROBE_SECONDS = 5.0
 API_KEY_HEADER = b"x-functions-key"
 
 
-class BadRequest(Exception):
-    """A request answered with a 4xx and a JSON body saying what was wrong, and where."""
+class HTTPError(Exception):
+    """A failure that is only HTTP's business (auth, content type, body size): status and message."""
 
-    def __init__(self, status: int, message: str, **where: Any) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.body = {"error": message, **where}
+        self.headers = headers
 
 
-def parse_body(body: bytes, content_type: str) -> list[Any]:
-    """Decode a request body into a list of JSON values (not yet validated as entries)."""
-    if content_type in NDJSON_TYPES:
-        values = []
-        for number, line in enumerate(body.split(b"\n"), start=1):
-            if line.strip():
-                try:
-                    values.append(orjson.loads(line))
-                except orjson.JSONDecodeError as exc:
-                    raise BadRequest(400, f"malformed JSON on line {number}: {exc}", line=number) from None
-        return values
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(400, f"malformed JSON: {exc}") from None
-    return value if isinstance(value, list) else [value]
+class DurableWaitTimeout(Exception):
+    """?wait=true: the entries are queued but not yet written after DURABLE_WAIT_SECONDS."""
+
+    def __init__(self, accepted: int) -> None:
+        super().__init__(f"not yet written after {DURABLE_WAIT_SECONDS:.0f}s; the entries stay queued and are "
+                         "written when storage recovers")
+        self.accepted = accepted
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(exc: Exception, where: str = "index") -> Response:
+    """The one mapping from a failure to an HTTP answer (JSON `{"error": ...}`)."""
+    if isinstance(exc, HTTPError):
+        return _json(exc.status, {"error": str(exc)}, exc.headers)
+    if isinstance(exc, HTTPException):  # the router: 404, 405
+        return _json(exc.status_code, {"error": exc.detail}, dict(exc.headers or {}))
+    if isinstance(exc, EntryError):
+        body: dict[str, Any] = {"error": f"{exc}; nothing from this request was queued"}
+        if exc.position is not None:
+            body[where] = exc.position
+        return _json(413 if isinstance(exc, EntryTooLargeError) else 400, body)
+    if isinstance(exc, QueueFullError | WriterStoppedError):
+        retry_after = str(round(exc.retry_after))
+        body = {"error": str(exc), "retry_after": round(exc.retry_after)}
+        return _json(503, body, {"Retry-After": retry_after})
+    if isinstance(exc, WriteFailedError | StoreError):
+        return _json(503, {"error": str(exc)})
+    if isinstance(exc, DurableWaitTimeout):
+        return _json(504, {"error": str(exc), "accepted": exc.accepted})
+    raise exc
+
+
+def parse_body(body: bytes, content_type: str) -> Iterator[tuple[int, Any]]:
+    """The (position, value) pairs of a request body: index in a JSON array (or 0 for one object),
+    line number for NDJSON. A malformed document or line raises EntryError naming it."""
+    if content_type in NDJSON_TYPES:
+        for number, line in enumerate(body.split(b"\n"), start=1):
+            if line.strip():
+                try:
+                    value = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise EntryError(f"malformed JSON on line {number}: {exc}", number) from None
+                yield number, value
+        return
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EntryError(f"malformed JSON: {exc}") from None
+    yield from enumerate(value if isinstance(value, list) else [value])
 
 
 class _Accepted:
@@ -104,67 +145,45 @@ class IngestEndpoint:
 
     def __init__(self, settings: Settings, writer: Callable[[], Awaitable[LogWriter]], check_key: bool) -> None:
         self._max_body = settings.max_body_bytes
-        self._max_entries = settings.max_queue_size
         self._api_key = settings.api_key.encode() if check_key and settings.api_key else None
         self._writer = writer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response: ASGIApp
-        if scope["method"] != "POST":
-            response = _json(405, {"error": "method not allowed; use POST"}, {"Allow": "POST"})
-        else:
-            try:
-                response = await self._ingest(scope, receive)
-            except BadRequest as exc:
-                response = _json(exc.status, exc.body)
+        where = "index"
+        try:
+            if scope["method"] != "POST":
+                raise HTTPError(405, "method not allowed; use POST", {"Allow": "POST"})
+            headers = dict(scope["headers"])
+            content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+            where = "line" if content_type in NDJSON_TYPES else "index"
+            response = await self._ingest(scope, receive, headers, content_type)
+        except Exception as exc:
+            response = error_response(exc, where)
         await response(scope, receive, send)
 
-    async def _ingest(self, scope: Scope, receive: Receive) -> ASGIApp:
-        headers = dict(scope["headers"])
+    async def _ingest(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes],
+                      content_type: str) -> ASGIApp:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if self._api_key is not None:
             given = headers.get(API_KEY_HEADER) or query.get("code", [""])[0].encode()
             if not hmac.compare_digest(given, self._api_key):
-                raise BadRequest(401, "missing or wrong API key: send it as the x-functions-key header or ?code=")
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+                raise HTTPError(401, "missing or wrong API key: send it as the x-functions-key header or ?code=")
         if content_type not in JSON_TYPES and content_type not in NDJSON_TYPES:
-            raise BadRequest(415, f"unsupported Content-Type {content_type!r}; send application/json "
-                                  "(an object or an array of objects) or application/x-ndjson")
+            raise HTTPError(415, f"unsupported Content-Type {content_type!r}; send application/json "
+                                 "(an object or an array of objects) or application/x-ndjson")
         body = await self._read_body(headers, receive)
-        values = parse_body(body, content_type)
-        if len(values) > self._max_entries:
-            # More than the queue can ever hold: a 503 would have the client retry forever.
-            raise BadRequest(413, f"{len(values)} entries in one request; at most {self._max_entries} "
-                                  "(max_queue_size) fit; split the request")
         writer = await self._writer()
-        prepared = []
         where = "line" if content_type in NDJSON_TYPES else "index"
-        for index, value in enumerate(values):
-            try:
-                prepared.append(writer.prepare(value))
-            except EntryError as exc:
-                writer.metrics.rejected += len(values)
-                status = 413 if isinstance(exc, EntryTooLargeError) else 400
-                position = index + 1 if where == "line" else index
-                raise BadRequest(status, f"entry {where} {position}: {exc}; nothing from this request was queued",
-                                 **{where: position}) from None
+        prepared = writer.admit(parse_body(body, content_type), where=where)
         wait = query.get("wait", ["false"])[0].lower() in ("true", "1", "yes")
-        try:
-            future = writer.submit(prepared, durable=wait)
-        except QueueFullError as exc:
-            return _json(503, {"error": str(exc), "retry_after": exc.retry_after},
-                         {"Retry-After": str(exc.retry_after)})
-        except WriterStoppedError as exc:
-            return _json(503, {"error": str(exc)}, {"Retry-After": "5"})
+        future = writer.submit(prepared, durable=wait)
         if future is None:
             return _Accepted(len(prepared))
         try:
             await asyncio.wait_for(asyncio.shield(future), DURABLE_WAIT_SECONDS)
         except TimeoutError:
-            return _json(504, {"error": f"not yet written after {DURABLE_WAIT_SECONDS:.0f}s; the entries stay "
-                                        "queued and are written when storage recovers", "accepted": len(prepared)})
-        except WriteFailedError as exc:
-            return _json(503, {"error": str(exc)})
+            raise DurableWaitTimeout(len(prepared)) from None
         return _json(200, {"written": len(prepared)})
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
@@ -172,47 +191,79 @@ class IngestEndpoint:
         limit = self._max_body
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BadRequest(413, f"body of {int(declared)} bytes is over the limit of {limit} (max_body_bytes)")
+            raise HTTPError(413, f"body of {int(declared)} bytes is over the limit of {limit} (max_body_bytes)")
         chunks = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise BadRequest(400, "client disconnected before sending the whole body")
+                raise HTTPError(400, "client disconnected before sending the whole body")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise BadRequest(413, f"body is over the limit of {limit} bytes (max_body_bytes)")
+                raise HTTPError(413, f"body is over the limit of {limit} bytes (max_body_bytes)")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
 
 class WriterHolder:
-    """Starts the LogWriter once: at lifespan startup, or lazily on first use where startup never ran."""
+    """The host's side of the writer: starts it once (at lifespan startup, or lazily on first use where
+    startup never ran), stops it, and optionally flushes it on SIGTERM (for hosts that send one)."""
 
     def __init__(self, settings: Settings, handle_sigterm: bool) -> None:
         self.settings = settings
         self.writer: LogWriter | None = None
         self._handle_sigterm = handle_sigterm
+        self._sigterm_installed = False
+        self._previous_sigterm: Any = None
         self._lock = asyncio.Lock()
 
     async def get(self) -> LogWriter:
-        if self.writer is None or self.writer.state == "new":
+        if self.writer is None or self.writer.state == WriterState.NEW:
             async with self._lock:
                 if self.writer is None:
                     self.writer = LogWriter(self.settings)
-                if self.writer.state == "new":
-                    await self.writer.start(handle_sigterm=self._handle_sigterm)
+                if self.writer.state == WriterState.NEW:
+                    await self.writer.start()
+                    if self._handle_sigterm:
+                        self._install_sigterm()
         return self.writer
 
     async def stop(self) -> None:
         if self.writer is not None:
             await self.writer.stop()
+        self._remove_sigterm()
+
+    def _install_sigterm(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._previous_sigterm = signal.getsignal(signal.SIGTERM)
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+            self._sigterm_installed = True
+        except (ValueError, RuntimeError, NotImplementedError) as exc:  # not the main thread, or no support
+            log.debug("Not flushing on SIGTERM: cannot install a handler here (%s)", exc)
+
+    def _remove_sigterm(self) -> None:
+        if self._sigterm_installed:
+            self._sigterm_installed = False
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+
+    def _on_sigterm(self) -> None:
+        writer = self.writer
+        log.info("SIGTERM: flushing %d queued log entries before exit", writer.queue_depth if writer else 0)
+
+        async def flush_then_exit() -> None:
+            await self.stop()
+            signal.raise_signal(signal.SIGTERM)  # the handler in place before ours now runs
+
+        asyncio.get_running_loop().create_task(flush_then_exit())
 
 
 def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm: bool = False) -> Starlette:
-    """The ASGI app. `check_api_key` is off under Functions, whose host checks function keys."""
+    """The ASGI app. `check_api_key` is off under Functions, whose host checks function keys;
+    `handle_sigterm` flushes the queue on SIGTERM (Functions; uvicorn handles signals itself)."""
     settings.require("storage", "encryption_key")
     holder = WriterHolder(settings, handle_sigterm)
 
@@ -225,13 +276,7 @@ def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm
             await holder.stop()
 
     async def health(request: Request) -> Response:
-        writer = await holder.get()
-        status = writer.health()
-        if status["ok"]:
-            try:
-                await asyncio.wait_for(writer.store.check(), HEALTH_PROBE_SECONDS)
-            except Exception as exc:
-                status.update(ok=False, storage_error=f"{type(exc).__name__}: {exc}")
+        status = await (await holder.get()).health()
         return _json(200 if status["ok"] else 503, status)
 
     async def metrics(request: Request) -> Response:
@@ -239,8 +284,7 @@ def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm
         return Response(writer.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return _json(exc.status_code, {"error": exc.detail}, dict(exc.headers or {}))
+        return error_response(exc)
 
     ingest = IngestEndpoint(settings, holder.get, check_api_key)
     app = _App(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -13,17 +12,13 @@ from collections.abc import Sequence
 from datetime import date as Date
 
 from . import __version__
-from .config import KEY_BYTES, Settings, load_settings
+from .config import Settings, load_settings
 from .errors import BlobwriterError, ConfigError
+from .keys import keygen
 from .reader import Reader, ReadReport, date_range
 from .store import open_store
 
 EXIT_OK, EXIT_DAMAGED, EXIT_USAGE = 0, 1, 2
-
-
-def keygen() -> str:
-    """A new random AES-256 key, base64-encoded."""
-    return base64.b64encode(os.urandom(KEY_BYTES)).decode("ascii")
 
 
 def _iso_date(text: str) -> Date:
@@ -104,8 +99,6 @@ async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: 
     except BrokenPipeError:  # the consumer stopped reading (`| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except Exception as exc:  # storage errors: say what failed, no traceback
-        raise BlobwriterError(f"reading from {store.description} failed: {exc}") from exc
     finally:
         await store.close()
     report = reader.report

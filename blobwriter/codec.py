@@ -1,26 +1,28 @@
-"""One frame: entries as JSON Lines, gzip-compressed, AES-256-GCM-encrypted behind a small header.
+"""The frame format: entries as JSON Lines, gzip-compressed, AES-256-GCM-encrypted behind a header.
 
-The byte layout is specified in docs/FORMAT.md; the constants here are its single source.
-A frame is self-delimiting and carries (writer id, sequence) so that a reader can drop a frame
-that a retried append wrote twice.
+The byte layout is specified in docs/FORMAT.md; the constants here are its single source. A frame
+is self-delimiting and carries (writer id, sequence) so that a reader can drop a frame that a
+retried append wrote twice. This module also finds frames in a stream of stored bytes
+(`FrameScanner`, resynchronizing after damage) and walks undamaged ones (`walk_frames`).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .config import APPEND_BLOCK_LIMIT, SecretKey
 from .errors import FrameError, UnknownKeyError
+from .keys import SecretKey, key_id
+from .limits import APPEND_BLOCK_LIMIT
 
 _fast_gzip: ModuleType | None
 try:  # ISA-L's gzip is standard RFC 1952 output, several times faster than zlib.
@@ -38,18 +40,11 @@ HEADER = struct.Struct(">4sBBH8s16sQII12sII")
 HEADER_SIZE = HEADER.size  # 68
 MAX_ATTEMPT = 0xFFFF
 CRC_OFFSET = HEADER_SIZE - 4
-KEY_ID_SIZE = 8
 WRITER_ID_SIZE = 16
 NONCE_SIZE = 12
 TAG_SIZE = 16
-KEY_ID_CONTEXT = b"blobwriter key id v1\x00"
 MAX_FRAME_BYTES = APPEND_BLOCK_LIMIT  # version 1 frames fit one classic Append Block
 GZIP_LEVEL = 1  # isal level 1 (or zlib level 1): the cheap end; logs still compress ~4x.
-
-
-def key_id(key: SecretKey) -> bytes:
-    """The 8-byte fingerprint that names a key inside frames (no registry of names needed)."""
-    return hashlib.sha256(KEY_ID_CONTEXT + key.raw).digest()[:KEY_ID_SIZE]
 
 
 def new_writer_id() -> bytes:
@@ -194,6 +189,11 @@ class Decoder:
         return plaintext
 
 
+def frame_tag(frame: bytes | bytearray | memoryview) -> bytes:
+    """A sealed frame's GCM tag: its last TAG_SIZE bytes (what index records name a frame by)."""
+    return bytes(frame[-TAG_SIZE:])
+
+
 def iter_lines(plaintext: bytes) -> Iterator[bytes]:
     """The entries (JSON objects, without newline) of a decoded frame."""
     start = 0
@@ -202,3 +202,125 @@ def iter_lines(plaintext: bytes) -> Iterator[bytes]:
         stop = plaintext.index(b"\n", start)
         yield plaintext[start:stop]
         start = stop + 1
+
+
+# -- finding frames in stored bytes --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A frame with a valid header: where it starts in its blob, its header, and its bytes."""
+
+    offset: int
+    header: FrameHeader
+    data: bytes
+
+    @property
+    def tag(self) -> bytes:
+        return frame_tag(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A stretch of a blob that is not a frame (bad header, cut off): where it starts, and why."""
+
+    offset: int
+    message: str
+
+
+Scanned: TypeAlias = Found | Damage
+
+
+class FrameScanner:
+    """Finds frames in one blob's bytes as they arrive; after damage, resynchronizes on the next valid header.
+
+    feed() the blob's bytes in order, iterate for what they hold, then finish() and iterate once more.
+    A consumer that finds a Found frame bad (authentication failed) calls reject(): scanning goes on
+    from the byte after its start, looking for the next valid header. Memory: one frame plus one chunk.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._base = 0  # blob offset of buffer[0]
+        self._pos = 0  # next frame boundary in the buffer
+        self._damaged = False  # looking for the next valid header after a problem
+        self._eof = False
+        self._last_start: int | None = None  # buffer position of the frame last yielded
+
+    def feed(self, chunk: bytes) -> None:
+        if self._pos:
+            del self._buffer[:self._pos]
+            self._base += self._pos
+            self._pos = 0
+        self._buffer += chunk
+
+    def finish(self) -> None:
+        """No more bytes: what is left is reported as a truncated frame."""
+        self._eof = True
+
+    def reject(self) -> None:
+        """The frame last yielded is bad: report nothing more of it, and rescan from its second byte."""
+        if self._last_start is not None:
+            self._pos, self._damaged = self._last_start + 1, True
+            self._last_start = None
+
+    def __iter__(self) -> Iterator[Scanned]:
+        buffer = self._buffer
+        while True:
+            self._last_start = None
+            pos = self._pos
+            if self._damaged:
+                found = _find_header(buffer, pos)
+                if found is None:  # keep a possible partial header, drop the rest
+                    self._pos = max(pos, len(buffer) - (HEADER_SIZE - 1))
+                    if self._eof:
+                        self._pos = len(buffer)
+                    return
+                self._pos, self._damaged = found, False
+                continue
+            available = len(buffer) - pos
+            if available < HEADER_SIZE:
+                if self._eof and available:
+                    self._pos, self._damaged = len(buffer), False
+                    yield Damage(self._base + pos, f"truncated frame: {available} bytes, shorter than a header")
+                return
+            try:
+                header = parse_header(buffer, pos)
+            except FrameError as exc:
+                self._pos, self._damaged = pos + 1, True
+                yield Damage(self._base + pos, str(exc))
+                continue
+            end = pos + header.frame_length
+            if len(buffer) < end:
+                if self._eof:
+                    self._pos, self._damaged = pos + 1, True
+                    yield Damage(self._base + pos, f"truncated frame: {available} of {header.frame_length} "
+                                                   "bytes present")
+                    continue
+                return
+            self._pos, self._last_start = end, pos
+            yield Found(self._base + pos, header, bytes(buffer[pos:end]))
+
+
+def _find_header(buffer: bytearray, start: int) -> int | None:
+    """The offset of the next valid header at or after start, or None if none in the buffer yet."""
+    while True:
+        at = buffer.find(MAGIC, start)
+        if at < 0 or len(buffer) - at < HEADER_SIZE:
+            return None
+        try:
+            parse_header(buffer, at)
+            return at
+        except FrameError:
+            start = at + 1
+
+
+def walk_frames(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, FrameHeader]]:
+    """(offset, header) of each frame of an undamaged blob; FrameError at the first damage."""
+    offset = 0
+    while offset < len(data):
+        header = parse_header(data, offset)
+        if offset + header.frame_length > len(data):
+            raise FrameError(f"truncated frame at offset {offset}")
+        yield offset, header
+        offset += header.frame_length

@@ -5,12 +5,14 @@ app settings are environment variables) or under the `logging:` key of a YAML fi
 `--config PATH` or `BLOBWRITER_CONFIG`. The environment wins over the file. A bad value fails
 at start-up with one line naming the setting and what is allowed; secret values never appear
 in any message.
+
+The `Settings` dataclass is the one source of each setting's default, cast and help text;
+`FIELDS` is derived from it for the docs, the Bicep template and the tests.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -21,64 +23,25 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .keys import SecretKey, parse_key
+from .limits import APPEND_BLOCK_LIMIT, BLOCKS_PER_BLOB_LIMIT, FRAME_OVERHEAD_BYTES, KiB, MiB
+
+log = logging.getLogger("blobwriter.config")
 
 ENV_PREFIX = "BLOBWRITER_"
 CONFIG_ENV = "BLOBWRITER_CONFIG"
 FILE_SECTION = "logging"
 
-KEY_BYTES = 32
-KiB = 1024
-MiB = 1024 * KiB
-# The classic Append Block limit and the committed-block limit of one append blob.
-APPEND_BLOCK_LIMIT = 4 * MiB
-BLOCKS_PER_BLOB_LIMIT = 50_000
-# Room a frame needs beyond its entries: header, GCM tag, gzip's worst-case expansion.
-FRAME_OVERHEAD_BYTES = 4 * KiB
-
 StorageKind = Literal["connection_string", "account_url", "directory"]
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 
-
-class SecretKey:
-    """A 32-byte AES key whose repr and str never show the key."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-    def __repr__(self) -> str:
-        return "SecretKey(***)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SecretKey) and other.raw == self.raw
-
-    def __hash__(self) -> int:
-        return hash(self.raw)
+Cast = Callable[[str, Any], Any]
 
 
-def parse_key(text: str, setting: str = "encryption_key") -> SecretKey:
-    """Decode a base64 (standard or URL-safe) 32-byte key; errors never echo the value."""
-    cleaned = text.strip()
-    cleaned += "=" * (-len(cleaned) % 4)  # URL-safe base64 usually comes without its padding
-    try:
-        raw = base64.b64decode(cleaned.replace("-", "+").replace("_", "/"), validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(
-            f"Config '{setting}' is not valid base64; expected base64 of {KEY_BYTES} random bytes "
-            "(make one with `blobwriter keygen`)."
-        ) from None
-    if len(raw) != KEY_BYTES:
-        raise ConfigError(
-            f"Config '{setting}' decodes to {len(raw)} bytes; expected exactly {KEY_BYTES} "
-            "(make one with `blobwriter keygen`)."
-        )
-    return SecretKey(raw)
+# -- casts: each takes the setting's name (for messages) and the raw value ---------------------
 
 
-def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -> Callable[[str, Any], Any]:
+def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -> Cast:
     """A cast to a number in [low, high]; `parse` is int or float, `noun` names it in errors."""
 
     def cast(name: str, value: Any) -> Any:
@@ -95,15 +58,15 @@ def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -
     return cast
 
 
-def _int(low: int, high: int) -> Callable[[str, Any], int]:
+def _int(low: int, high: int) -> Cast:
     return _number(int, "an integer", low, high)
 
 
-def _float(low: float, high: float) -> Callable[[str, Any], float]:
+def _float(low: float, high: float) -> Cast:
     return _number(float, "a number", low, high)
 
 
-def _choice(*allowed: str) -> Callable[[str, Any], str]:
+def _choice(*allowed: str) -> Cast:
     def cast(name: str, value: Any) -> str:
         text = str(value).strip().lower()
         if text not in allowed:
@@ -158,80 +121,57 @@ def _optional_secret(name: str, value: Any) -> str | None:
     return text or None
 
 
-@dataclass(frozen=True)
-class Field:
-    """One setting: its cast/validator, default, whether it is secret, and a one-line help text."""
-
-    name: str
-    cast: Callable[[str, Any], Any]
-    default: Any
-    help: str
-    secret: bool = False
-    required: bool = False
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-
-FIELDS: tuple[Field, ...] = (
-    Field("storage", _text, None, "connection string, 'UseDevelopmentStorage=true', "
-          "https://<account>.blob.core.windows.net (Entra ID auth), or a local directory path", required=True),
-    Field("container", _container, "logs", "blob container that holds the log blobs"),
-    Field("directory", _prefix, "", "blob-name prefix inside the container (e.g. 'gateway/')"),
-    Field("encryption_key", _key, None, "base64 of 32 random bytes (AES-256-GCM)", secret=True, required=True),
-    Field("previous_keys", _keys, (), "comma-separated older keys, for reading after a key rotation", secret=True),
-    Field("compression", _choice("gzip", "none"), "gzip", "gzip or none"),
-    Field("batch_size", _int(1, 1000), 10, "most entries in one batch"),
-    Field("batch_timeout", _float(0.1, 60.0), 1.0, "seconds a partial batch waits before it is written"),
-    Field("max_queue_size", _int(1, 10_000_000), 100_000,
-          "most accepted-but-unwritten entries; past it writes get back-pressure (HTTP 503)"),
-    Field("max_concurrent_writes", _int(1, 1024), 16, "most appends in flight at once"),
-    Field("max_chunk_bytes", _int(64 * KiB, APPEND_BLOCK_LIMIT), APPEND_BLOCK_LIMIT,
-          "largest frame (one Append Block call); bigger batches are split"),
-    Field("max_blocks_per_blob", _int(1, BLOCKS_PER_BLOB_LIMIT), BLOCKS_PER_BLOB_LIMIT,
-          "frames per blob before rolling to the next part"),
-    Field("max_entry_bytes", _int(KiB, APPEND_BLOCK_LIMIT - FRAME_OVERHEAD_BYTES), MiB,
-          "largest serialized entry accepted"),
-    Field("max_body_bytes", _int(KiB, 1024 * MiB), 10 * MiB, "largest HTTP request body accepted"),
-    Field("storage_timeout", _float(1.0, 600.0), 30.0, "seconds one storage request may take before it is retried"),
-    Field("retry_backoff_max", _float(0.1, 300.0), 30.0, "longest pause between retries of a failed append"),
-    Field("stop_timeout", _float(0.0, 3600.0), 60.0,
-          "seconds stop() keeps retrying unwritten entries before reporting them as failed"),
-    Field("api_key", _optional_secret, None,
-          "when set, `blobwriter serve` requires it as x-functions-key header or ?code=", secret=True),
-)
-FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+def _setting(default: Any, cast: Cast, help: str, *, secret: bool = False, required: bool = False,
+             hidden: bool = False, alias: str | None = None) -> Any:
+    """A Settings attribute with what load_settings needs to read it. `hidden` keeps a value that holds
+    credentials (a connection string) out of repr without calling it a secret; `alias` is an older name
+    still accepted, with a deprecation warning."""
+    return field(default=default, repr=not (secret or hidden),
+                 metadata={"cast": cast, "help": help, "secret": secret, "required": required, "alias": alias})
 
 
 @dataclass(frozen=True)
 class Settings:
     """Validated settings for one writer, reader or server."""
 
-    storage: str | None = field(default=None, repr=False)  # a connection string holds the account key
-    container: str = "logs"
-    directory: str = ""
-    encryption_key: SecretKey | None = field(default=None, repr=False)
-    previous_keys: tuple[SecretKey, ...] = field(default=(), repr=False)
-    compression: str = "gzip"
-    batch_size: int = 10
-    batch_timeout: float = 1.0
-    max_queue_size: int = 100_000
-    max_concurrent_writes: int = 16
-    max_chunk_bytes: int = APPEND_BLOCK_LIMIT
-    max_blocks_per_blob: int = BLOCKS_PER_BLOB_LIMIT
-    max_entry_bytes: int = MiB
-    max_body_bytes: int = 10 * MiB
-    storage_timeout: float = 30.0
-    retry_backoff_max: float = 30.0
-    stop_timeout: float = 60.0
-    api_key: str | None = field(default=None, repr=False)
+    storage: str | None = _setting(
+        None, _text, "connection string, 'UseDevelopmentStorage=true', https://<account>.blob.core.windows.net "
+        "(Entra ID auth), or a local directory path", required=True, hidden=True)
+    container: str = _setting("logs", _container, "blob container that holds the log blobs")
+    blob_prefix: str = _setting("", _prefix, "blob-name prefix inside the container (e.g. 'gateway/')",
+                                alias="directory")
+    encryption_key: SecretKey | None = _setting(None, _key, "base64 of 32 random bytes (AES-256-GCM)",
+                                                secret=True, required=True)
+    previous_keys: tuple[SecretKey, ...] = _setting(
+        (), _keys, "comma-separated older keys, for reading after a key rotation", secret=True)
+    compression: str = _setting("gzip", _choice("gzip", "none"), "gzip or none")
+    batch_size: int = _setting(10, _int(1, 1000), "most entries in one batch")
+    batch_timeout: float = _setting(1.0, _float(0.1, 60.0), "seconds a partial batch waits before it is written")
+    max_queue_size: int = _setting(100_000, _int(1, 10_000_000),
+                                   "most accepted-but-unwritten entries; past it writes get back-pressure (HTTP 503)")
+    max_concurrent_writes: int = _setting(16, _int(1, 1024), "most appends in flight at once")
+    max_append_bytes: int = _setting(
+        APPEND_BLOCK_LIMIT, _int(64 * KiB, APPEND_BLOCK_LIMIT),
+        "largest Append Block call, and so the largest frame; bigger batches are split", alias="max_chunk_bytes")
+    max_blocks_per_blob: int = _setting(BLOCKS_PER_BLOB_LIMIT, _int(1, BLOCKS_PER_BLOB_LIMIT),
+                                        "appends per blob before rolling to the next part")
+    max_entry_bytes: int = _setting(MiB, _int(KiB, APPEND_BLOCK_LIMIT - FRAME_OVERHEAD_BYTES),
+                                    "largest serialized entry accepted")
+    max_body_bytes: int = _setting(10 * MiB, _int(KiB, 1024 * MiB), "largest HTTP request body accepted")
+    storage_timeout: float = _setting(30.0, _float(1.0, 600.0),
+                                      "seconds one storage request may take before it is retried")
+    retry_backoff_max: float = _setting(30.0, _float(0.1, 300.0), "longest pause between retries of a failed append")
+    stop_timeout: float = _setting(60.0, _float(0.0, 3600.0),
+                                   "seconds stop() keeps retrying unwritten entries before reporting them as failed")
+    api_key: str | None = _setting(
+        None, _optional_secret, "when set, `blobwriter serve` requires it as x-functions-key header or ?code=",
+        secret=True)
 
     def __post_init__(self) -> None:
-        if self.max_entry_bytes > self.max_chunk_bytes - FRAME_OVERHEAD_BYTES:
+        if self.max_entry_bytes > self.max_append_bytes - FRAME_OVERHEAD_BYTES:
             raise ConfigError(
-                f"Config 'max_entry_bytes' ({self.max_entry_bytes}) must be at most max_chunk_bytes "
-                f"({self.max_chunk_bytes}) minus {FRAME_OVERHEAD_BYTES} bytes of frame overhead."
+                f"Config 'max_entry_bytes' ({self.max_entry_bytes}) must be at most max_append_bytes "
+                f"({self.max_append_bytes}) minus {FRAME_OVERHEAD_BYTES} bytes of frame overhead."
             )
         if self.max_queue_size < self.batch_size:
             raise ConfigError(
@@ -241,6 +181,7 @@ class Settings:
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:
         """Cast and validate raw values (strings or YAML scalars), e.g. for tests and embedding."""
+        values = _resolve_aliases(values)
         unknown = sorted(set(values) - set(FIELDS_BY_NAME))
         if unknown:
             raise ConfigError(
@@ -275,6 +216,43 @@ class Settings:
         return Settings(**current)
 
 
+@dataclass(frozen=True)
+class Field:
+    """One setting as the docs and tests see it: name, cast, default, help, secrecy, older name."""
+
+    name: str
+    cast: Cast
+    default: Any
+    help: str
+    secret: bool = False
+    required: bool = False
+    alias: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def alias_env(self) -> str | None:
+        return ENV_PREFIX + self.alias.upper() if self.alias else None
+
+
+FIELDS: tuple[Field, ...] = tuple(Field(f.name, default=f.default, **f.metadata) for f in fields(Settings))
+FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+_ALIASES = {f.alias: f for f in FIELDS if f.alias}
+
+
+def _resolve_aliases(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Map deprecated setting names to their new names, warning once per call; the new name wins."""
+    resolved = dict(values)
+    for old, f in _ALIASES.items():
+        if old in resolved:
+            value = resolved.pop(old)
+            log.warning("Config '%s' is deprecated: use '%s' (%s) instead.", old, f.name, f.env)
+            resolved.setdefault(f.name, value)
+    return resolved
+
+
 def storage_kind(storage: str) -> StorageKind:
     """Tell which store a `storage` value selects."""
     lowered = storage.lower()
@@ -294,10 +272,14 @@ def load_settings(
     values: dict[str, Any] = {}
     path = path or env.get(CONFIG_ENV) or None
     if path:
-        values.update(_read_file(Path(path)))
+        values.update(_resolve_aliases(_read_file(Path(path))))
+    from_env: dict[str, Any] = {}
     for f in FIELDS:
+        if f.alias_env and f.alias_env in env:
+            from_env[f.alias] = env[f.alias_env]  # type: ignore[index]
         if f.env in env:
-            values[f.name] = env[f.env]
+            from_env[f.name] = env[f.env]
+    values.update(_resolve_aliases(from_env))
     return Settings.from_values(values)
 
 

@@ -12,15 +12,23 @@ class ConfigError(BlobwriterError):
 
 
 class EntryError(BlobwriterError, ValueError):
-    """An entry was rejected before it was queued: not a JSON object, bad timestamp, too large."""
+    """Entries were rejected before anything was queued: not a JSON object, bad timestamp, malformed.
+
+    `position` is the entry's place in the call (0-based index, or 1-based line for NDJSON) when
+    one entry is to blame; `None` when the call as a whole is.
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class EntryTooLargeError(EntryError):
-    """An entry is larger than `max_entry_bytes` once serialized."""
+    """An entry, or a whole call, is larger than can ever be accepted (`max_entry_bytes`, the queue)."""
 
 
 class QueueFullError(BlobwriterError):
-    """Back-pressure: the writer already holds `max_queue_size` unwritten entries."""
+    """Back-pressure: the writer already holds as much unwritten data as it may; retry later."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
@@ -30,13 +38,27 @@ class QueueFullError(BlobwriterError):
 class WriterStoppedError(BlobwriterError):
     """The writer is not running (never started, stopping, or its task died)."""
 
+    def __init__(self, message: str, retry_after: float = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class WriteFailedError(BlobwriterError):
     """Entries could not be appended before the writer gave up (reported, never silent)."""
 
 
 class StoreError(BlobwriterError):
-    """Storage could not be reached or refused an operation."""
+    """Storage could not be reached or refused an operation.
+
+    The store raises only this for storage failures (see store.py's error boundary). `code` is the
+    service's error code (`ServerBusy`, `BlockCountExceedsLimit`, ...) or None; `status` the HTTP
+    status, None when no answer came (timeout, connection reset). Messages never hold credentials.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
 
 
 class FrameError(BlobwriterError):

@@ -7,17 +7,17 @@ one frame plus one download chunk, whatever the size of the day.
 
 from __future__ import annotations
 
+import enum
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
 
-import orjson
-
-from .codec import HEADER_SIZE, MAGIC, TAG_SIZE, Decoder, FrameHeader, iter_lines, parse_header
-from .config import SecretKey
+from .codec import Damage, Decoder, FrameHeader, FrameScanner, iter_lines
 from .errors import FrameError, UnknownKeyError
+from .index import read_records
+from .keys import SecretKey
 from .store import Store
 
 
@@ -57,6 +57,14 @@ class ReadReport:
         return bool(self.problems) and self.frames == 0 and all(p.unknown_key for p in self.problems)
 
 
+class Seen(enum.StrEnum):
+    """What a frame is, given the frames read before it."""
+
+    NEW = "new"  # its entries are read
+    RETRY = "retry"  # another attempt of a frame already read: a retried append that landed twice; dropped
+    REPLAY = "replay"  # these very bytes were read before: not something a writer does; reported
+
+
 class SeenFrames:
     """The frames seen, by (writer id, sequence, attempt); small however many frames.
 
@@ -64,13 +72,13 @@ class SeenFrames:
     few retried frames are kept one by one.
     """
 
-    NEW, RETRY, REPLAY = "new", "retry", "replay"
+    NEW, RETRY, REPLAY = Seen.NEW, Seen.RETRY, Seen.REPLAY
 
     def __init__(self) -> None:
         self._first: dict[bytes, tuple[list[int], list[int]]] = {}
         self._retried: dict[tuple[bytes, int], set[int]] = {}
 
-    def add(self, writer_id: bytes, sequence: int, attempt: int = 0) -> str:
+    def add(self, writer_id: bytes, sequence: int, attempt: int = 0) -> Seen:
         """Record a frame: NEW the first time its entries are seen; RETRY if another attempt of
         the same frame was seen (a retried append that landed twice: drop it); REPLAY if this very
         attempt was seen before (identical bytes appended twice: not something a writer does)."""
@@ -148,11 +156,11 @@ class Reader:
                     if self._check_index and not header.is_index:
                         landed[(name, offset)] = (header.writer_id, header.sequence, header.attempt, tag)
                     seen_as = seen.add(header.writer_id, header.sequence, header.attempt)
-                    if seen_as == SeenFrames.REPLAY:
+                    if seen_as == Seen.REPLAY:
                         self._problem(name, offset, f"replayed frame: writer {header.writer_id.hex()} sequence "
                                                     f"{header.sequence} attempt {header.attempt} appears twice")
                         continue
-                    if seen_as == SeenFrames.RETRY:
+                    if seen_as == Seen.RETRY:
                         self.report.duplicates += 1
                         continue
                     if header.is_index:
@@ -187,68 +195,31 @@ class Reader:
                                      if place not in claims and (writer, sequence) not in claimed)
 
     async def _frames(self, name: str, date: str) -> AsyncIterator[tuple[int, FrameHeader, bytes, str]]:
-        buffer = bytearray()
-        base = 0  # blob offset of buffer[0]
-        pos = 0  # next frame boundary in buffer
-        damaged = False  # scanning for the next valid header after a problem
+        """Each readable frame of one part: offset, header, plaintext, tag (hex); damage is reported."""
+        scanner = FrameScanner()
         chunks = self.store.read(name)
         eof = False
-
-        while True:
-            if damaged:
-                found = _find_header(buffer, pos)
-                if found is None:  # keep a possible partial magic, drop the rest
-                    keep = max(pos, len(buffer) - (HEADER_SIZE - 1))
-                    del buffer[:keep]
-                    base += keep
-                    pos = 0
-                    if eof:
-                        return
-                else:
-                    pos, damaged = found, False
-                    continue
-            elif len(buffer) - pos >= HEADER_SIZE:
-                try:
-                    header = parse_header(buffer, pos)
-                except FrameError as exc:
-                    self._problem(name, base + pos, str(exc))
-                    pos, damaged = pos + 1, True
-                    continue
-                end = pos + header.frame_length
-                if len(buffer) >= end:
-                    try:
-                        plaintext = self._decoder.decode(header, memoryview(buffer)[pos:end], date)
-                    except UnknownKeyError as exc:
-                        self._problem(name, base + pos, str(exc), header.key_id)
-                        pos = end  # intact but unreadable: skip exactly this frame
-                        continue
-                    except FrameError as exc:
-                        self._problem(name, base + pos, str(exc))
-                        pos, damaged = pos + 1, True
-                        continue
-                    self.report.bytes += header.frame_length
-                    yield base + pos, header, plaintext, bytes(buffer[end - TAG_SIZE:end]).hex()
-                    pos = end
-                    continue
-                if eof:
-                    self._problem(name, base + pos, f"truncated frame: {len(buffer) - pos} of "
-                                                    f"{header.frame_length} bytes present")
-                    pos, damaged = pos + 1, True
-                    continue
-            elif eof:
-                if len(buffer) > pos:
-                    self._problem(name, base + pos, f"truncated frame: {len(buffer) - pos} bytes, "
-                                                    "shorter than a header")
-                return
-            # need more bytes
-            if pos:
-                del buffer[:pos]
-                base += pos
-                pos = 0
+        while not eof:
             try:
-                buffer += await anext(chunks)
+                scanner.feed(await anext(chunks))
             except StopAsyncIteration:
+                scanner.finish()
                 eof = True
+            for found in scanner:
+                if isinstance(found, Damage):
+                    self._problem(name, found.offset, found.message)
+                    continue
+                try:
+                    plaintext = self._decoder.decode(found.header, found.data, date)
+                except UnknownKeyError as exc:  # intact but unreadable: skip exactly this frame
+                    self._problem(name, found.offset, str(exc), found.header.key_id)
+                    continue
+                except FrameError as exc:
+                    self._problem(name, found.offset, str(exc))
+                    scanner.reject()
+                    continue
+                self.report.bytes += found.header.frame_length
+                yield found.offset, found.header, plaintext, found.tag.hex()
 
     def _problem(self, name: str, offset: int, message: str, unknown_key: bytes | None = None) -> None:
         self.report.problems.append(Problem(name, offset, message, unknown_key))
@@ -256,19 +227,5 @@ class Reader:
 
 def _index_claims(writer_id: bytes, plaintext: bytes) -> Iterator[tuple[tuple[str, int], _Landed]]:
     """What an index frame says: at (part, offset) its writer appended (sequence, attempt, tag)."""
-    for line in iter_lines(plaintext):
-        r = orjson.loads(line)
-        yield (r["blob"], r["offset"]), (writer_id, r["sequence"], r["attempt"], r["tag"])
-
-
-def _find_header(buffer: bytearray, start: int) -> int | None:
-    """The offset of the next valid header at or after start, or None if none in the buffer yet."""
-    while True:
-        at = buffer.find(MAGIC, start)
-        if at < 0 or len(buffer) - at < HEADER_SIZE:
-            return None
-        try:
-            parse_header(buffer, at)
-            return at
-        except FrameError:
-            start = at + 1
+    for r in read_records(plaintext):
+        yield (r.blob, r.offset), (writer_id, r.sequence, r.attempt, r.tag)

@@ -1,49 +1,45 @@
 """LogWriter: accept entries at once, write them in batches in the background, lose none.
 
-`write()` validates and serializes an entry, puts it on a bounded in-memory queue and returns;
-a background task takes up to `batch_size` entries (or what arrived within `batch_timeout`),
-groups them by the UTC date of their timestamp, encodes each group into frames off the event
-loop and appends them, up to `max_concurrent_writes` at a time. A failed append is retried with
-backoff, the same frame bytes each time (the reader drops a frame that lands twice).
+`write()` admits an entry (entries.py), puts it on a bounded in-memory queue and returns; a
+background task takes up to `batch_size` entries (or what arrived within `batch_timeout`),
+groups them by the UTC date of their timestamp and hands each batch to the Appender
+(appender.py), which encodes it into frames off the event loop and appends them, up to
+`max_concurrent_writes` batches at a time. This module keeps the queue, the batch loop and the
+lifecycle; it resolves `wait=True` callers, counts, and keeps the index of where frames landed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import enum
 import logging
-import os
-import random
-import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple
+from collections.abc import Iterable
+from typing import Any, Final
 
-import orjson
-
-from .codec import TAG_SIZE, Body, Encoder
+from .appender import Appender, Frame
+from .codec import Encoder, frame_tag
 from .config import Settings
-from .errors import EntryError, EntryTooLargeError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
+from .entries import Prepared, admit
+from .errors import EntryError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
+from .index import INDEX_INTERVAL, IndexBook, IndexRecord
 from .metrics import WriterMetrics
 from .store import Appended, Store, open_store
 
 log = logging.getLogger("blobwriter.writer")
 
-FIRST_BACKOFF = 0.5  # seconds before the first batch-level retry; doubles up to retry_backoff_max
-# An index frame records where this writer's frames landed (blob, offset, tag), so `verify` can
-# tell a swapped, moved or removed frame. One is appended per part every INDEX_INTERVAL seconds
-# or INDEX_MAX_RECORDS frames, and at stop().
-INDEX_INTERVAL = 30.0
-INDEX_MAX_RECORDS = 1000
+HEALTH_PROBE_SECONDS = 5.0
 
 
-class Prepared(NamedTuple):
-    """A validated entry: the UTC date it belongs to and its JSON serialization."""
+class WriterState(enum.StrEnum):
+    """Where a LogWriter is in its life."""
 
-    date: str
-    line: bytes
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"  # the batch task died; nothing more is accepted
 
 
 class _Waiter:
@@ -75,44 +71,19 @@ _WAITER: Final = 2
 _ENQUEUED: Final = 3
 
 
-class _Frame(NamedTuple):
-    date: str
-    body: Body
-    data: bytes  # the sealed frame of the current attempt
-    items: list[_Item]
-
-
-def utc_date(timestamp: Any) -> str:
-    """The UTC date (YYYY-MM-DD) of an ISO-8601 timestamp; naive timestamps mean UTC."""
-    if not isinstance(timestamp, str):
-        raise EntryError(f"'timestamp' must be an ISO-8601 string, got {type(timestamp).__name__}")
-    try:
-        moment = datetime.fromisoformat(timestamp)
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC)
-        return moment.date().isoformat()
-    except (ValueError, OverflowError):
-        shown = timestamp if len(timestamp) <= 64 else timestamp[:64] + "..."
-        raise EntryError(f"'timestamp' is not an ISO-8601 date-time: {shown!r}") from None
-
-
-def now_timestamp() -> tuple[str, str]:
-    """The current UTC time as an ISO-8601 string with `Z`, and its date."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", now.date().isoformat()
-
-
 class LogWriter:
     """Batching, encrypting writer of log entries to a Store (append blobs or a directory)."""
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
-        settings.require("encryption_key")
+        key = settings.require("encryption_key")
         self.settings = settings
         self.store = store if store is not None else open_store(settings)
-        self._encoder = Encoder(settings.encryption_key, compression=settings.compression)  # type: ignore[arg-type]
-        self._sequence = itertools.count(1)
+        self.metrics = WriterMetrics(queue_depth=lambda: self._queue_depth, in_flight=lambda: len(self._in_flight))
+        self._appender = Appender(self.store, Encoder(key, compression=settings.compression), self.metrics,
+                                  max_append_bytes=settings.max_append_bytes,
+                                  retry_backoff_max=settings.retry_backoff_max)
         self._pending: deque[_Item] = deque()
-        self._outstanding = 0  # accepted and neither written nor reported failed
+        self._queue_depth = 0  # entries accepted and neither written nor reported failed
         self._urgent = 0  # durable entries queued: write them without waiting for batch_timeout
         self._flushing = 0  # flush() calls waiting: likewise
         self._wakeup = asyncio.Event()
@@ -121,42 +92,40 @@ class LogWriter:
         self._slots = asyncio.Semaphore(settings.max_concurrent_writes)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._index: dict[str, tuple[str, list[bytes]]] = {}  # part name -> (date, unindexed records)
+        self._index = IndexBook()
         self._index_tasks: set[asyncio.Task[None]] = set()
         self._index_timer: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[None] | None = None
-        self._state = "new"
-        self._storage_error: str | None = None
-        self._backoff = 0.0
-        self._sigterm_installed = False
-        self.metrics = WriterMetrics(queue_depth=lambda: self._outstanding, in_flight=lambda: len(self._in_flight))
+        self._state = WriterState.NEW
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
-    def state(self) -> str:
-        """new, running, stopping, stopped, or failed (the batch task died)."""
+    def state(self) -> WriterState:
         return self._state
 
     @property
     def writer_id(self) -> str:
-        return self._encoder.writer_id.hex()
+        return self._appender.encoder.writer_id.hex()
 
-    async def start(self, *, handle_sigterm: bool = False) -> None:
-        """Open the store and start the batch task; optionally flush on SIGTERM before exiting."""
-        if self._state != "new":
-            raise WriterStoppedError(f"writer cannot start from state {self._state!r}")
+    @property
+    def queue_depth(self) -> int:
+        """Entries accepted and neither written nor reported failed."""
+        return self._queue_depth
+
+    async def start(self) -> None:
+        """Open the store and start the batch task."""
+        if self._state != WriterState.NEW:
+            raise WriterStoppedError(f"writer cannot start from state {self._state.value!r}")
         try:
             await self.store.open()
-        except Exception as exc:  # storage may come back: keep opening (creating the container) meanwhile
-            log.warning("Storage not ready at start (%s: %s); retrying in the background", type(exc).__name__, exc)
+        except StoreError as exc:  # storage may come back: keep opening (creating the container) meanwhile
+            log.warning("Storage not ready at start (%s); retrying in the background", exc)
             self._opener = asyncio.create_task(self._open_until_ready(), name="blobwriter-open")
-        self._state = "running"
+        self._state = WriterState.RUNNING
         self._task = asyncio.create_task(self._run(), name="blobwriter-batches")
         self._task.add_done_callback(self._on_task_done)
         self._index_timer = asyncio.create_task(self._index_periodically(), name="blobwriter-index")
-        if handle_sigterm:
-            self._install_sigterm()
         log.debug("Log writer started (batch_size=%d, timeout=%ss)", self.settings.batch_size,
                   self.settings.batch_timeout)
 
@@ -166,12 +135,12 @@ class LogWriter:
         Gives up after `timeout` seconds (default: the `stop_timeout` setting) if storage keeps
         failing; entries still unwritten then are counted as failed and logged as an error.
         """
-        if self._state in ("new", "stopped"):
-            self._state = "stopped"
+        if self._state in (WriterState.NEW, WriterState.STOPPED):
+            self._state = WriterState.STOPPED
             return
         timeout = self.settings.stop_timeout if timeout is None else timeout
-        if self._state == "running":
-            self._state = "stopping"
+        if self._state == WriterState.RUNNING:
+            self._state = WriterState.STOPPING
             if self._pending:
                 log.debug("Flushing %d remaining log entries", len(self._pending))
             self._wakeup.set()
@@ -198,8 +167,7 @@ class LogWriter:
             await asyncio.gather(*self._in_flight, *self._index_tasks, return_exceptions=True)
         self._fail_items(list(self._pending), "the writer stopped before storage accepted them")
         self._pending.clear()
-        self._state = "stopped"
-        self._remove_sigterm()
+        self._state = WriterState.STOPPED
         await self.store.close()
 
     async def __aenter__(self) -> LogWriter:
@@ -210,58 +178,49 @@ class LogWriter:
         await self.stop()
 
     async def _open_until_ready(self) -> None:
-        delay = FIRST_BACKOFF
+        delay = 0.5
         while True:
             await asyncio.sleep(delay)
             try:
                 await self.store.open()
                 log.info("Storage is ready")
                 return
-            except Exception as exc:
-                log.debug("Storage still not ready: %s: %s", type(exc).__name__, exc)
+            except StoreError as exc:
+                log.debug("Storage still not ready: %s", exc)
                 delay = min(self.settings.retry_backoff_max, delay * 2)
 
     # -- accepting entries -----------------------------------------------------------------
 
-    def prepare(self, entry: Any) -> Prepared:
-        """Validate and serialize one entry (adding a UTC timestamp if it has none)."""
-        if not isinstance(entry, Mapping):
-            raise EntryError(f"an entry must be a JSON object, not {_json_type(entry)}")
-        timestamp = entry.get("timestamp")
-        if timestamp is None:
-            timestamp, date = now_timestamp()
-            entry = {**entry, "timestamp": timestamp}
-        else:
-            date = utc_date(timestamp)
+    def admit(self, values: Iterable[tuple[int, Any]], *, where: str = "index") -> list[Prepared]:
+        """Validate and serialize one call's (position, value) pairs, all or nothing (entries.admit);
+        a refused call's entries are counted as rejected, once."""
+        seen = 0
+
+        def counted() -> Iterable[tuple[int, Any]]:
+            nonlocal seen
+            for pair in values:
+                seen += 1
+                yield pair
+
         try:
-            # Copied to an exact-size object: orjson's output keeps its larger working buffer's
-            # allocation alive, ~9 KB of memory per queued 1.2 KB entry instead of ~1.7 KB.
-            line = bytes(memoryview(orjson.dumps(entry)))
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise EntryError(f"entry is not JSON-serializable: {exc}") from None
-        if len(line) > self.settings.max_entry_bytes:
-            raise EntryTooLargeError(
-                f"entry is {len(line)} bytes serialized; the limit (max_entry_bytes) is {self.settings.max_entry_bytes}"
-            )
-        return Prepared(date, line)
+            return admit(counted(), max_entry_bytes=self.settings.max_entry_bytes,
+                         max_entries=self.settings.max_queue_size, where=where)
+        except EntryError:
+            self.metrics.rejected += seen
+            raise
 
-    def submit(self, prepared: Sequence[Prepared], *, durable: bool = False) -> asyncio.Future[None] | None:
-        """Queue validated entries, all or none; return a future for durable writes.
+    def submit(self, prepared: list[Prepared], *, durable: bool = False) -> asyncio.Future[None] | None:
+        """Queue admitted entries, all or none; return a future for durable writes.
 
-        Raises QueueFullError (back-pressure) when they would exceed `max_queue_size`, and
-        EntryError when they are more than the queue can ever hold (retrying would not help).
+        Raises QueueFullError (back-pressure) when they would exceed `max_queue_size`.
         """
-        if self._state != "running":
-            raise WriterStoppedError(f"writer is {self._state}; entries are not accepted")
+        if self._state != WriterState.RUNNING:
+            raise WriterStoppedError(f"writer is {self._state.value}; entries are not accepted")
         count = len(prepared)
-        if count > self.settings.max_queue_size:
-            self.metrics.rejected += count
-            raise EntryError(f"{count} entries in one call; at most max_queue_size="
-                             f"{self.settings.max_queue_size} fit in the queue: split the call")
-        if self._outstanding + count > self.settings.max_queue_size:
+        if self._queue_depth + count > self.settings.max_queue_size:
             self.metrics.rejected += count
             raise QueueFullError(
-                f"queue full: {self._outstanding} entries waiting for storage (max_queue_size="
+                f"queue full: {self._queue_depth} entries waiting for storage (max_queue_size="
                 f"{self.settings.max_queue_size})", retry_after=self.retry_after(),
             )
         if count == 0:
@@ -270,7 +229,7 @@ class LogWriter:
         now = time.monotonic()
         was_empty = not self._pending
         self._pending.extend((p.date, p.line, waiter, now) for p in prepared)
-        self._outstanding += count
+        self._queue_depth += count
         self.metrics.accepted += count
         self._drained.clear()
         if waiter is not None:
@@ -285,11 +244,7 @@ class LogWriter:
 
     async def write_many(self, entries: Iterable[Any], *, wait: bool = False) -> int:
         """Queue several entries, all or none (one bad entry rejects the call)."""
-        try:
-            prepared = [self.prepare(e) for e in entries]
-        except EntryError:
-            self.metrics.rejected += 1
-            raise
+        prepared = self.admit(enumerate(entries))
         future = self.submit(prepared, durable=wait)
         if future is not None:
             await future
@@ -297,7 +252,7 @@ class LogWriter:
 
     async def flush(self) -> None:
         """Wait until every entry accepted so far is written (or reported failed)."""
-        if self._outstanding:
+        if self._queue_depth:
             self._flushing += 1
             self._wakeup.set()
             try:
@@ -307,18 +262,29 @@ class LogWriter:
 
     def retry_after(self) -> int:
         """Seconds a caller turned away by back-pressure should wait before trying again."""
-        return max(1, round(max(self._backoff, self.settings.batch_timeout)))
+        if self._state != WriterState.RUNNING:
+            return 5
+        return max(1, round(max(self._appender.backoff, self.settings.batch_timeout)))
 
-    def health(self) -> dict[str, Any]:
-        """State for health checks: ok is False if the batch task died or appends are failing."""
-        ok = self._state == "running" and self._storage_error is None
+    async def health(self, *, probe: bool = True) -> dict[str, Any]:
+        """State for health checks: ok is False if the batch task died, appends are failing, or
+        (with `probe`) storage does not answer a probe within 5 seconds."""
+        storage_error = self._appender.storage_error
+        if probe and self._state == WriterState.RUNNING and storage_error is None:
+            try:
+                async with asyncio.timeout(HEALTH_PROBE_SECONDS):
+                    await self.store.check()
+            except StoreError as exc:
+                storage_error = str(exc)
+            except TimeoutError:
+                storage_error = f"storage did not answer a probe within {HEALTH_PROBE_SECONDS:.0f}s"
         return {
-            "ok": ok,
-            "state": self._state,
-            "queue_depth": self._outstanding,
+            "ok": self._state == WriterState.RUNNING and storage_error is None,
+            "state": self._state.value,
+            "queue_depth": self._queue_depth,
             "max_queue_size": self.settings.max_queue_size,
             "appends_in_flight": len(self._in_flight),
-            "storage_error": self._storage_error,
+            "storage_error": storage_error,
             "writer_id": self.writer_id,
         }
 
@@ -330,12 +296,13 @@ class LogWriter:
         pending = self._pending
         while True:
             if not pending:
-                if self._state != "running":
+                if self._state != WriterState.RUNNING:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if len(pending) < batch_size and not (self._urgent or self._flushing) and self._state == "running":
+            if (len(pending) < batch_size and not (self._urgent or self._flushing)
+                    and self._state == WriterState.RUNNING):
                 delay = pending[0][_ENQUEUED] + timeout - time.monotonic()
                 if delay > 0:
                     self._wakeup.clear()
@@ -361,7 +328,7 @@ class LogWriter:
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
-        self._state = "failed"
+        self._state = WriterState.FAILED
         log.error("Log writer batch task died; entries are no longer accepted", exc_info=task.exception())
         self._fail_items(list(self._pending), "the writer's batch task died")
         self._pending.clear()
@@ -370,75 +337,40 @@ class LogWriter:
         groups: dict[str, list[_Item]] = {}
         for item in batch:
             groups.setdefault(item[_DATE], []).append(item)
-        frames: list[_Frame] | None = None
+        frames: list[Frame] | None = None
         appended = 0
 
         def unwritten() -> list[_Item]:
             return batch if frames is None else [i for f in frames[appended:] for i in f.items]
 
         try:
-            frames = await asyncio.to_thread(self._encode_groups, groups)
+            frames = await asyncio.to_thread(self._encode, groups)
             for frame in frames:
-                await self._append(frame)
+                self._landed(frame, await self._appender.append(frame))
                 appended += 1
         except asyncio.CancelledError:
             self._fail_items(unwritten(), "the writer stopped while storage was failing")
             raise
-        except Exception as exc:  # encoding cannot fail for a prepared entry; if it does, say so
+        except Exception as exc:  # encoding cannot fail for an admitted entry; if it does, say so
             self._fail_items(unwritten(), f"encoding failed: {exc!r}")
 
-    def _encode_groups(self, groups: dict[str, list[_Item]]) -> list[_Frame]:
-        """Encode each date's entries into frames no larger than max_chunk_bytes (in a thread)."""
-        frames: list[_Frame] = []
-        limit = self.settings.max_chunk_bytes
-        for date, items in groups.items():
-            work = [items]
-            while work:
-                part = work.pop()
-                body = self._encoder.body([i[_LINE] for i in part], next(self._sequence), date=date)
-                data = self._encoder.seal(body)
-                if len(data) > limit and len(part) > 1:
-                    half = len(part) // 2
-                    work.extend((part[half:], part[:half]))  # first half is encoded next
-                    continue
-                if len(data) > limit:  # cannot happen: max_entry_bytes leaves room for the overhead
-                    raise StoreError(f"one entry encodes to {len(data)} bytes, over max_chunk_bytes={limit}")
-                frames.append(_Frame(date, body, data, part))
-        return frames
+    def _encode(self, groups: dict[str, list[_Item]]) -> list[Frame]:
+        """Frames for each date's entries (in a worker thread)."""
+        return [frame for date, items in groups.items()
+                for frame in self._appender.encode(date, [i[_LINE] for i in items], items)]
 
-    async def _append(self, frame: _Frame) -> None:
-        data, items, attempt = frame.data, frame.items, 0
-        while True:
-            started = time.monotonic()
-            try:
-                landed = await self.store.append(frame.date, data)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                self.metrics.retries += 1
-                self._storage_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                self._backoff = min(self.settings.retry_backoff_max, FIRST_BACKOFF * 2 ** (attempt - 1))
-                delay = self._backoff * random.uniform(0.5, 1.0)
-                log.warning("Append of %d entries for %s failed (attempt %d); retrying in %.1fs: %s",
-                            len(items), frame.date, attempt, delay, self._storage_error)
-                await asyncio.sleep(delay)
-                # The failed attempt may still have landed; the retry is sealed with its own attempt
-                # number so that readers drop it as a retry, not flag it as a replay.
-                data = self._encoder.seal(frame.body, attempt)
-        self.metrics.append_seconds.observe(time.monotonic() - started)
-        self._storage_error = None
-        self._backoff = 0.0
-        if frame.body.index:
-            log.debug("Wrote an index of %d frames to %s", frame.body.entries, landed.name)
-            return
-        self._record(frame.date, landed, data, frame.body.sequence, attempt)
+    def _landed(self, frame: Frame, landed: Appended) -> None:
+        """A data frame is stored: index it, count it, resolve its waiters."""
+        items = frame.items
+        record = IndexRecord(landed.name, landed.offset, len(frame.data), frame.body.sequence, frame.attempt,
+                             frame_tag(frame.data).hex())
+        if self._index.record(frame.date, record):
+            self._write_indexes(landed.name)
         self.metrics.batch_entries.observe(len(items))
-        self.metrics.chunks += 1
+        self.metrics.frames += 1
         self.metrics.written += len(items)
         self.metrics.bytes_raw += frame.body.plaintext_length
-        self.metrics.bytes_stored += len(data)
+        self.metrics.bytes_stored += len(frame.data)
         for item in items:
             if item[_WAITER] is not None:
                 item[_WAITER].done_one()
@@ -447,22 +379,17 @@ class LogWriter:
 
     # -- index frames ----------------------------------------------------------------------
 
-    def _record(self, date: str, landed: Appended, data: bytes, sequence: int, attempt: int) -> None:
-        """Note where a frame landed, for the part's next index frame."""
-        _, records = self._index.setdefault(landed.name, (date, []))
-        records.append(orjson.dumps({"blob": landed.name, "offset": landed.offset, "length": len(data),
-                                     "sequence": sequence, "attempt": attempt, "tag": data[-TAG_SIZE:].hex()}))
-        if len(records) >= INDEX_MAX_RECORDS:
-            self._write_indexes(landed.name)
-
-    def _write_indexes(self, *names: str) -> None:
-        """Start appending index frames for the given parts (default: every part with records)."""
-        for name in names or list(self._index):
-            date, records = self._index.pop(name)
-            body = self._encoder.body(records, next(self._sequence), date=date, index=True)
-            task = asyncio.create_task(self._append(_Frame(date, body, self._encoder.seal(body), [])))
+    def _write_indexes(self, part: str | None = None) -> None:
+        """Start appending index frames for one part (default: every part with records waiting)."""
+        for pending in self._index.take(part):
+            frame = self._appender.encode_index(pending.date, pending.lines)
+            task = asyncio.create_task(self._append_index(frame))
             self._index_tasks.add(task)
             task.add_done_callback(self._index_tasks.discard)
+
+    async def _append_index(self, frame: Frame) -> None:
+        landed = await self._appender.append(frame)
+        log.debug("Wrote an index of %d frames to %s", frame.body.entries, landed.name)
 
     async def _index_periodically(self) -> None:
         while True:
@@ -470,8 +397,8 @@ class LogWriter:
             self._write_indexes()
 
     def _settle(self, count: int) -> None:
-        self._outstanding -= count
-        if self._outstanding == 0:
+        self._queue_depth -= count
+        if self._queue_depth == 0:
             self._drained.set()
 
     def _fail_items(self, items: list[_Item], reason: str) -> None:
@@ -484,44 +411,5 @@ class LogWriter:
         self.metrics.failed += len(items)
         self._settle(len(items))
         log.error("%d accepted log entries were NOT written: %s (last storage error: %s)",
-                  len(items), reason, self._storage_error)
+                  len(items), reason, self._appender.storage_error)
 
-    # -- SIGTERM ---------------------------------------------------------------------------
-
-    def _install_sigterm(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self._previous_sigterm = signal.getsignal(signal.SIGTERM)
-            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
-            self._sigterm_installed = True
-        except (ValueError, RuntimeError, NotImplementedError) as exc:  # not the main thread, or no support
-            log.debug("Not flushing on SIGTERM: cannot install a handler here (%s)", exc)
-
-    def _remove_sigterm(self) -> None:
-        if self._sigterm_installed:
-            self._sigterm_installed = False
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-
-    def _on_sigterm(self) -> None:
-        log.info("SIGTERM: flushing %d queued log entries before exit", self._outstanding)
-
-        async def flush_then_exit() -> None:
-            await self.stop()
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler in place before ours now runs
-
-        asyncio.get_running_loop().create_task(flush_then_exit())
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if value is None:
-        return "null"
-    return type(value).__name__

@@ -12,9 +12,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from blobwriter import LogWriter, Reader, Settings, open_store
-from blobwriter.cli import keygen
-from blobwriter.reader import date_range
+from blobwriter import LogWriter, Reader, Settings, date_range, keygen, open_store
 
 
 async def main(count: int = 10_000) -> None:

@@ -96,8 +96,8 @@ param logAnalyticsRetentionDays int = 30
 @maxLength(63)
 param container string = 'logs'
 
-@description('BLOBWRITER_DIRECTORY: blob-name prefix inside the container (e.g. \'gateway/\').')
-param directory string = ''
+@description('BLOBWRITER_BLOB_PREFIX: blob-name prefix inside the container (e.g. \'gateway/\').')
+param blobPrefix string = ''
 
 @description('BLOBWRITER_COMPRESSION: gzip or none.')
 @allowed([
@@ -118,8 +118,8 @@ param maxQueueSize int = 100000
 @description('BLOBWRITER_MAX_CONCURRENT_WRITES: most appends in flight at once per instance.')
 param maxConcurrentWrites int = 16
 
-@description('BLOBWRITER_MAX_CHUNK_BYTES: largest frame, i.e. one Append Block call (64 KiB - 4 MiB).')
-param maxChunkBytes int = 4194304
+@description('BLOBWRITER_MAX_APPEND_BYTES: largest Append Block call, and so the largest frame (64 KiB - 4 MiB).')
+param maxAppendBytes int = 4194304
 
 @description('BLOBWRITER_MAX_BLOCKS_PER_BLOB: frames per blob before rolling to the next part (max 50000).')
 param maxBlocksPerBlob int = 50000
@@ -200,7 +200,7 @@ module logsStorage 'modules/logs-storage.bicep' = {
     tags: tags
     skuName: logsStorageSku
     containerName: container
-    directory: directory
+    blobPrefix: blobPrefix
     daysToCool: daysToCool
     daysToDelete: daysToDelete
     immutabilityDays: immutabilityDays
@@ -269,8 +269,8 @@ var appSettings = [
     value: logsStorage.outputs.containerName
   }
   {
-    name: 'BLOBWRITER_DIRECTORY'
-    value: directory
+    name: 'BLOBWRITER_BLOB_PREFIX'
+    value: blobPrefix
   }
   {
     name: 'BLOBWRITER_ENCRYPTION_KEY'
@@ -301,8 +301,8 @@ var appSettings = [
     value: string(maxConcurrentWrites)
   }
   {
-    name: 'BLOBWRITER_MAX_CHUNK_BYTES'
-    value: string(maxChunkBytes)
+    name: 'BLOBWRITER_MAX_APPEND_BYTES'
+    value: string(maxAppendBytes)
   }
   {
     name: 'BLOBWRITER_MAX_BLOCKS_PER_BLOB'

@@ -39,7 +39,7 @@ def dev_key(env: dict[str, str]) -> str | None:
     if KEY_FILE.exists():
         return KEY_FILE.read_text().strip()
     sys.path.insert(0, str(ROOT))
-    from blobwriter.cli import keygen
+    from blobwriter.keys import keygen
 
     key = keygen()
     KEY_FILE.write_text(key + "\n")

@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from blobwriter.cli import keygen
 from blobwriter.config import Settings
+from blobwriter.keys import keygen
 from tests.support.azurite import (  # noqa: F401 - re-exported for the tests
     Azurite,
     binary,

@@ -203,7 +203,7 @@ async def test_health_and_metrics(api: Callable[..., Any]) -> None:
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     for line in ("blobwriter_entries_accepted_total 2.0", "blobwriter_entries_written_total 2.0",
-                 "blobwriter_entries_rejected_total 1.0", "blobwriter_chunks_total 1.0",
+                 "blobwriter_entries_rejected_total 1.0", "blobwriter_frames_total 1.0",
                  "blobwriter_queue_depth 0.0", "blobwriter_append_seconds_count 1.0",
                  "blobwriter_batch_entries_bucket{le=\"2.0\"} 1.0"):
         assert line in text, line

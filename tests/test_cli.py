@@ -12,9 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from blobwriter.cli import keygen
-from blobwriter.codec import key_id
-from blobwriter.config import Settings, parse_key
+from blobwriter.config import Settings
+from blobwriter.keys import key_id, keygen, parse_key
 from blobwriter.writer import LogWriter
 from tests.conftest import entry
 from tests.support.readback import cli_env, run_cli
@@ -31,7 +30,7 @@ async def write_days(settings: Settings, per_day: int = 5) -> dict[str, list[dic
 
 @pytest.fixture
 async def stored(make_settings: Callable[..., Settings]) -> tuple[Settings, dict[str, list[dict[str, Any]]]]:
-    settings = make_settings(directory="gw/")
+    settings = make_settings(blob_prefix="gw/")
     return settings, await write_days(settings)
 
 
@@ -114,7 +113,7 @@ async def test_read_with_config_file(stored: tuple[Settings, dict[str, list[dict
     config = tmp_path / "blobwriter.yaml"
     config.write_text(f"logging:\n  storage: '{env.pop('BLOBWRITER_STORAGE')}'\n  container: {settings.container}\n"
                       f"  directory: gw/\n")
-    del env["BLOBWRITER_CONTAINER"], env["BLOBWRITER_DIRECTORY"]
+    del env["BLOBWRITER_CONTAINER"], env["BLOBWRITER_BLOB_PREFIX"]
     result = run_cli("--config", str(config), "read", "--date", DAYS[3], env=env)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == len(written[DAYS[3]])
@@ -168,7 +167,7 @@ async def test_wrong_key_names_key_ids(stored: tuple[Settings, dict[str, list[di
 async def test_unreadable_container_is_a_clean_error(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()  # its container was never created
     result = run_cli("read", "--date", DAYS[0], env=cli_env(settings))
-    assert_clean_error(result, "reading from", settings.container)
+    assert_clean_error(result, "ContainerNotFound", settings.container)  # the store's one error message
 
 
 async def test_empty_range_is_ok(make_settings: Callable[..., Settings], tmp_path: Path) -> None:

@@ -15,16 +15,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from blobwriter import codec
 from blobwriter.codec import (
     HEADER_SIZE,
-    KEY_ID_CONTEXT,
     MAGIC,
     Decoder,
     Encoder,
     iter_lines,
-    key_id,
     parse_header,
 )
-from blobwriter.config import SecretKey
 from blobwriter.errors import FrameError, UnknownKeyError
+from blobwriter.keys import KEY_ID_CONTEXT, SecretKey, key_id
 
 KEY = SecretKey(bytes(range(32)))
 OTHER = SecretKey(bytes(range(1, 33)))

@@ -50,8 +50,8 @@ def base(**values: object) -> dict[str, object]:
         ("max_queue_size", 0, "1 to 10000000"),
         ("max_concurrent_writes", 0, "1 to 1024"),
         ("max_concurrent_writes", 1025, "1 to 1024"),
-        ("max_chunk_bytes", 65535, "65536 to 4194304"),
-        ("max_chunk_bytes", 4 * 1024 * 1024 + 1, "65536 to 4194304"),
+        ("max_append_bytes", 65535, "65536 to 4194304"),
+        ("max_append_bytes", 4 * 1024 * 1024 + 1, "65536 to 4194304"),
         ("max_blocks_per_blob", 0, f"1 to {BLOCKS_PER_BLOB_LIMIT}"),
         ("max_blocks_per_blob", BLOCKS_PER_BLOB_LIMIT + 1, f"1 to {BLOCKS_PER_BLOB_LIMIT}"),
         ("max_entry_bytes", 1023, "1024 to"),
@@ -63,8 +63,8 @@ def base(**values: object) -> dict[str, object]:
         ("container", "Bad_Name", "3-63 lowercase"),
         ("container", "ab", "3-63 lowercase"),
         ("container", "a--b", "single hyphens"),
-        ("directory", "../escape", "must not contain '..'"),
-        ("directory", "/absolute", "must be relative"),
+        ("blob_prefix", "../escape", "must not contain '..'"),
+        ("blob_prefix", "/absolute", "must be relative"),
     ],
 )
 def test_bad_value_names_setting_and_allowed_range(name: str, value: object, allowed: str) -> None:
@@ -77,27 +77,27 @@ def test_bad_value_names_setting_and_allowed_range(name: str, value: object, all
 
 def test_values_are_cast_from_strings() -> None:
     settings = Settings.from_values(base(batch_size="25", batch_timeout="0.5", max_queue_size="1_000",
-                                         compression=" NONE ", directory="gateway", container=" logs-2 "))
+                                         compression=" NONE ", blob_prefix="gateway", container=" logs-2 "))
     assert settings.batch_size == 25
     assert settings.batch_timeout == 0.5
     assert settings.max_queue_size == 1000
     assert settings.compression == "none"
-    assert settings.directory == "gateway/"
+    assert settings.blob_prefix == "gateway/"
     assert settings.container == "logs-2"
 
 
 def test_defaults() -> None:
     settings = Settings.from_values(base())
-    assert (settings.container, settings.directory, settings.compression) == ("logs", "", "gzip")
+    assert (settings.container, settings.blob_prefix, settings.compression) == ("logs", "", "gzip")
     assert (settings.batch_size, settings.batch_timeout) == (10, 1.0)
-    assert settings.max_chunk_bytes == 4 * 1024 * 1024
+    assert settings.max_append_bytes == 4 * 1024 * 1024
     assert settings.max_blocks_per_blob == 50_000
 
 
 def test_cross_field_rules() -> None:
-    with pytest.raises(ConfigError, match="'max_entry_bytes'.*max_chunk_bytes"):
-        Settings.from_values(base(max_chunk_bytes=64 * 1024))  # default max_entry_bytes (1 MiB) does not fit
-    fits = Settings.from_values(base(max_chunk_bytes=64 * 1024, max_entry_bytes=64 * 1024 - FRAME_OVERHEAD_BYTES))
+    with pytest.raises(ConfigError, match="'max_entry_bytes'.*max_append_bytes"):
+        Settings.from_values(base(max_append_bytes=64 * 1024))  # default max_entry_bytes (1 MiB) does not fit
+    fits = Settings.from_values(base(max_append_bytes=64 * 1024, max_entry_bytes=64 * 1024 - FRAME_OVERHEAD_BYTES))
     assert fits.max_entry_bytes == 64 * 1024 - FRAME_OVERHEAD_BYTES
     with pytest.raises(ConfigError, match="'max_queue_size'.*batch_size"):
         Settings.from_values(base(batch_size=100, max_queue_size=10))
@@ -214,11 +214,11 @@ logging:
   batch_timeout: 2.5
   container: from-file
 """)
-    settings = load_settings(path, env={"BLOBWRITER_BATCH_SIZE": "7", "BLOBWRITER_DIRECTORY": "env/"})
+    settings = load_settings(path, env={"BLOBWRITER_BATCH_SIZE": "7", "BLOBWRITER_BLOB_PREFIX": "env/"})
     assert settings.batch_size == 7  # the environment wins
     assert settings.batch_timeout == 2.5  # the file fills in the rest
     assert settings.container == "from-file"
-    assert settings.directory == "env/"
+    assert settings.blob_prefix == "env/"
     assert settings.storage == "/var/log/gateway"
     assert [k.raw for k in settings.previous_keys] == [base64.b64decode(KEY_B)]
 

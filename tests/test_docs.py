@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from blobwriter import codec
+from blobwriter import codec, keys
 from blobwriter.config import FIELDS
 from tests.conftest import ROOT
 
@@ -29,5 +29,5 @@ def test_format_doc_matches_the_header_layout() -> None:
     assert sum(sizes) == codec.HEADER_SIZE
     offsets = [int(offset) for offset, _, _ in rows]
     assert offsets == sorted(offsets) and offsets[-1] == codec.HEADER_SIZE
-    assert codec.KEY_ID_CONTEXT.rstrip(b"\0").decode() in FORMAT
+    assert keys.KEY_ID_CONTEXT.rstrip(b"\0").decode() in FORMAT
     assert f"`0x{codec.FLAG_GZIP:02x}`" in FORMAT and f"`0x{codec.FLAG_INDEX:02x}`" in FORMAT

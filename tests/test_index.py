@@ -16,6 +16,7 @@ import orjson
 
 from blobwriter.codec import parse_header
 from blobwriter.config import Settings
+from blobwriter.errors import StoreError
 from blobwriter.reader import Reader
 from blobwriter.store import DirectoryStore
 from blobwriter.writer import LogWriter
@@ -115,7 +116,7 @@ class LandsThenTimesOut(DirectoryStore):
         landed = await super().append(date, frame)
         if not self.failed:
             self.failed = True
-            raise TimeoutError("answer lost after the append landed")
+            raise StoreError("answer lost after the append landed")  # a store raises only StoreError
         return landed
 
 

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from blobwriter import store as store_module
-from blobwriter.cli import keygen
-from blobwriter.codec import HEADER_SIZE, Encoder, key_id
-from blobwriter.config import Settings, parse_key
+from blobwriter.codec import HEADER_SIZE, Encoder
+from blobwriter.config import Settings
+from blobwriter.keys import key_id, keygen, parse_key
 from blobwriter.reader import Reader, SeenFrames, date_range
 from blobwriter.store import DirectoryStore, open_store
 from blobwriter.writer import LogWriter
@@ -134,7 +134,7 @@ async def test_reads_across_tiny_chunks(dir_settings: Settings, monkeypatch: pyt
         await store.append(DAY, encoder.encode(lines(group), sequence, date=DAY)[0])
     expected = [e["id"] for group in groups for e in group]
     for chunk in chunks:
-        monkeypatch.setattr(store_module, "READ_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(store_module, "READ_RANGE_BYTES", chunk)
         found, report = await read_back(dir_settings, [DAY])
         assert [e["id"] for e in found] == expected, chunk
         assert report.ok and report.frames == len(groups)

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blobwriter.api import create_app
-from blobwriter.cli import keygen
 from blobwriter.config import Settings
+from blobwriter.keys import keygen
 from tests.support.reliability import (
     Ledger,
     RssSampler,

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from blobwriter.cli import keygen
 from blobwriter.config import Settings, load_settings
 from blobwriter.errors import ConfigError
+from blobwriter.keys import keygen
 from blobwriter.writer import LogWriter
 from tests.support.azurite import ACCOUNT_KEY as AZURITE_KEY
 from tests.support.azurite import connection_string
@@ -135,7 +135,7 @@ async def test_in_process_writer_at_debug_never_logs_a_key(flaky_proxy: StorageP
                                      "batch_size": 10, "batch_timeout": 0.1, "retry_backoff_max": 0.2})
     async with LogWriter(settings) as writer:
         await writer.write_many(make_entries(200, "inproc", day="2026-04-11"), wait=True)
-        snapshot = str(writer.health()) + str(writer.metrics.snapshot()) + writer.metrics.render().decode()
+        snapshot = str(await writer.health()) + str(writer.metrics.snapshot()) + writer.metrics.render().decode()
     text = caplog.text + snapshot + repr(settings) + str(settings)
     assert "Append of" in caplog.text  # the retries were logged
     assert_clean(text, *forms(key), API_KEY, AZURITE_KEY)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from azure.core.exceptions import AzureError
 
+from blobwriter.blob_store import AppendBlobStore
 from blobwriter.config import Settings
-from blobwriter.store import AppendBlobStore
+from blobwriter.errors import StoreError
 from blobwriter.writer import LogWriter
 from tests.conftest import connection_string
 from tests.support.proxy import FaultPlan, StorageProxy
@@ -99,7 +99,7 @@ async def test_a_stalled_append_times_out_and_is_not_resent_as_is(proxy: Storage
         await store.append("2026-03-20", b"first")
         proxy.plan = FaultPlan(stall_share=1.0, stall_seconds=4.0)
         appends_before = proxy.counts["appends"]
-        with pytest.raises(AzureError):
+        with pytest.raises(StoreError):  # the store's one error type
             await store.append("2026-03-20", b"stalled")
         assert proxy.counts["appends"] - appends_before == 1  # sent once, not resent by the SDK
         proxy.plan = FaultPlan()

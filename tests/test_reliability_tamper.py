@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from blobwriter.cli import keygen
 from blobwriter.codec import HEADER_SIZE, MAGIC, Decoder, iter_lines
-from blobwriter.config import Settings, parse_key
+from blobwriter.config import Settings
+from blobwriter.keys import keygen, parse_key
 from blobwriter.writer import LogWriter
 from tests.support.readback import frames_in
 from tests.support.reliability import (

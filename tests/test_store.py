@@ -14,10 +14,11 @@ import orjson
 import pytest
 from aiohttp import web
 
+from blobwriter.blob_store import AppendBlobStore
 from blobwriter.codec import Encoder
 from blobwriter.config import Settings
 from blobwriter.errors import StoreError
-from blobwriter.store import AppendBlobStore, DirectoryStore, blob_name, open_store, sort_parts
+from blobwriter.store import DirectoryStore, blob_name, open_store, sort_parts
 from tests.conftest import connection_string
 from tests.support.proxy import FaultPlan, StorageProxy, is_append
 from tests.support.readback import (
@@ -63,7 +64,7 @@ def test_open_store_selects_kind(make_settings: Callable[..., Settings], tmp_pat
 
 
 async def test_append_creates_container_blob_and_reads_back(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(directory="gw")
+    settings = make_settings(blob_prefix="gw")
     make = frame_maker(settings)
     store = AppendBlobStore(settings)
     try:
@@ -270,7 +271,7 @@ async def test_racing_stores_never_erase_each_other(make_settings: Callable[...,
 
 
 async def test_directory_store(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(storage=str(tmp_path / "logs"), directory="gw/")
+    settings = make_settings(storage=str(tmp_path / "logs"), blob_prefix="gw/")
     make = frame_maker(settings)
     store = open_store(settings)
     assert isinstance(store, DirectoryStore)

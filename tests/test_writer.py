@@ -18,14 +18,14 @@ import pytest
 from aiohttp import web
 
 from blobwriter.codec import FrameHeader
-from blobwriter.config import FRAME_OVERHEAD_BYTES, Settings
+from blobwriter.config import Settings
 from blobwriter.errors import (
     EntryError,
-    EntryTooLargeError,
     QueueFullError,
     WriteFailedError,
     WriterStoppedError,
 )
+from blobwriter.limits import FRAME_OVERHEAD_BYTES
 from blobwriter.store import Appended, Store, open_store
 from blobwriter.writer import LogWriter
 from tests.conftest import connection_string, entry
@@ -109,86 +109,6 @@ class GatedStore:
         await self.inner.check()
 
 
-# -- validation ------------------------------------------------------------------------------
-
-@pytest.fixture
-def idle_writer(make_settings: Callable[..., Settings]) -> LogWriter:
-    """A writer that is never started (prepare() needs no storage)."""
-    return LogWriter(make_settings(max_entry_bytes=2048))
-
-
-@pytest.mark.parametrize("value", [[1, 2], "text", 42, 1.5, True, None])
-def test_non_object_rejected(idle_writer: LogWriter, value: Any) -> None:
-    with pytest.raises(EntryError, match="must be a JSON object"):
-        idle_writer.prepare(value)
-
-
-@pytest.mark.parametrize("timestamp", ["yesterday", "2026-13-01T00:00:00Z", "2026-02-30T10:00:00Z", "", 1716000000,
-                                       ["2026-05-17"], "T" * 500, "0001-01-01T00:30:00+01:00",
-                                       "9999-12-31T23:30:00-01:00"])
-def test_bad_timestamp_rejected(idle_writer: LogWriter, timestamp: Any) -> None:
-    with pytest.raises(EntryError, match="'timestamp'") as caught:
-        idle_writer.prepare({"id": "x", "timestamp": timestamp})
-    assert len(str(caught.value)) < 200  # a long bad value is shortened, not echoed whole
-
-
-@pytest.mark.parametrize("value", [{1, 2}, object(), b"bytes", 2**70])
-def test_non_serializable_rejected(idle_writer: LogWriter, value: Any) -> None:
-    with pytest.raises(EntryError, match="not JSON-serializable"):
-        idle_writer.prepare({"id": "x", "timestamp": TS, "value": value})
-
-
-def test_non_string_keys_rejected(idle_writer: LogWriter) -> None:
-    with pytest.raises(EntryError):
-        idle_writer.prepare({"id": "x", "timestamp": TS, 7: "int key"})
-
-
-def test_too_large_rejected(idle_writer: LogWriter) -> None:
-    fits = idle_writer.prepare({"timestamp": TS, "pad": "x" * 1900})
-    assert len(fits.line) <= 2048
-    with pytest.raises(EntryTooLargeError, match="max_entry_bytes") as caught:
-        idle_writer.prepare({"timestamp": TS, "pad": "x" * 2100})
-    assert isinstance(caught.value, EntryError)
-    assert "2048" in str(caught.value)
-
-
-@pytest.mark.parametrize("given", [{}, {"timestamp": None}])
-def test_missing_timestamp_added_as_utc_z(idle_writer: LogWriter, given: dict[str, Any]) -> None:
-    original = {"id": "x", **given}
-    prepared = idle_writer.prepare(original)
-    stored = orjson.loads(prepared.line)
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stored["timestamp"])
-    assert prepared.date == stored["timestamp"][:10]
-    assert abs((datetime.fromisoformat(stored["timestamp"]) - datetime.now(UTC)).total_seconds()) < 3600
-    assert original == {"id": "x", **given}  # the caller's dict is not modified
-
-
-def test_entry_serialized_faithfully(idle_writer: LogWriter) -> None:
-    value = {"id": "x", "timestamp": TS, "nested": {"list": [1, 2.5, None, True], "text": "héllo ✓ \"q\"\n"}}
-    assert orjson.loads(idle_writer.prepare(value).line) == value
-
-
-@pytest.mark.parametrize(
-    ("timestamp", "date"),
-    [
-        ("2026-03-01T23:59:59.999Z", "2026-03-01"),
-        ("2026-03-02T00:00:00Z", "2026-03-02"),
-        ("2026-03-02T08:59:59+09:00", "2026-03-01"),
-        ("2026-03-02T09:00:00+09:00", "2026-03-02"),
-        ("2026-03-01T19:00:00-05:00", "2026-03-02"),
-        ("2026-03-01T23:59:59.999999", "2026-03-01"),  # naive means UTC
-        ("2026-03-02T00:00:00", "2026-03-02"),
-        ("2026-02-28T23:30:00-01:00", "2026-03-01"),
-        ("2024-02-29T23:00:00-02:00", "2024-03-01"),
-        ("2026-12-31T23:59:59.999Z", "2026-12-31"),
-        ("2027-01-01T00:30:00+01:00", "2026-12-31"),
-        ("2026-03-01", "2026-03-01"),
-    ],
-)
-def test_utc_date_of_timestamp(idle_writer: LogWriter, timestamp: str, date: str) -> None:
-    assert idle_writer.prepare({"timestamp": timestamp}).date == date
-
-
 async def test_write_many_is_all_or_none(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(batch_timeout=60)
     writer = LogWriter(settings)
@@ -199,8 +119,8 @@ async def test_write_many_is_all_or_none(make_settings: Callable[..., Settings])
         good = [day_entry() for _ in range(3)]
         with pytest.raises(EntryError):
             await writer.write_many([*good, ["not", "an", "object"]])
-        assert writer.metrics.accepted == 0 and writer.health()["queue_depth"] == 0
-        assert writer.metrics.rejected == 1
+        assert writer.metrics.accepted == 0 and writer.queue_depth == 0
+        assert writer.metrics.rejected == 4  # every entry of the refused call, as the metric says
         assert await writer.write_many(good) == 3
     finally:
         await writer.stop()
@@ -225,7 +145,7 @@ async def test_frames_hold_at_most_batch_size(make_settings: Callable[..., Setti
     assert registry.get_sample_value("blobwriter_batch_entries_count") == len(frames)
     assert registry.get_sample_value("blobwriter_batch_entries_sum") == 100
     assert registry.get_sample_value("blobwriter_batch_entries_bucket", {"le": "5.0"}) == 1  # only the partial
-    assert writer.metrics.chunks == len(frames)
+    assert writer.metrics.frames == len(frames)
     read, report = await read_back(settings, [DAY])
     assert_each_once(read, [e["id"] for e in entries])
     assert [e for e in read if e["id"] == entries[0]["id"]] == [entries[0]]
@@ -246,7 +166,7 @@ async def test_partial_batch_written_after_timeout_without_stop(make_settings: C
         await eventually(readable, "a partial batch is written once batch_timeout passes")
         found, _ = await read_back(settings, [DAY])
         assert_each_once(found, [e["id"] for e in entries])
-        assert writer.metrics.chunks == 1 and writer.metrics.written == 3
+        assert writer.metrics.frames == 1 and writer.metrics.written == 3
         assert writer.state == "running"
     finally:
         await writer.stop()
@@ -260,12 +180,12 @@ async def test_partial_batch_waits_for_timeout(make_settings: Callable[..., Sett
     try:
         await writer.write_many([day_entry() for _ in range(5)])
         await asyncio.sleep(0.3)
-        assert writer.metrics.written == 0 and writer.health()["queue_depth"] == 5
+        assert writer.metrics.written == 0 and writer.queue_depth == 5
         await writer.write_many([day_entry() for _ in range(95)])  # a full batch goes at once
         await eventually(lambda: writer.metrics.written == 100, "a full batch is written without waiting")
         await writer.write_many([day_entry() for _ in range(4)])
         await asyncio.wait_for(writer.flush(), LIVENESS)
-        assert writer.metrics.written == 104 and writer.health()["queue_depth"] == 0
+        assert writer.metrics.written == 104 and writer.queue_depth == 0
     finally:
         await writer.stop()
 
@@ -316,7 +236,7 @@ async def test_stop_flushes_queue(make_settings: Callable[..., Settings], caplog
 
 async def test_writer_logs_at_debug(make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="blobwriter.writer")
-    settings = make_settings(batch_size=4, batch_timeout=0.1, directory="gw/")
+    settings = make_settings(batch_size=4, batch_timeout=0.1, blob_prefix="gw/")
     async with LogWriter(settings) as writer:
         await writer.write_many([day_entry() for _ in range(6)])
         await writer.flush()
@@ -330,7 +250,7 @@ async def test_writer_logs_at_debug(make_settings: Callable[..., Settings], capl
 # -- dates -----------------------------------------------------------------------------------
 
 async def test_date_grouping_and_midnight(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(directory="gw/", batch_size=100)
+    settings = make_settings(blob_prefix="gw/", batch_size=100)
     cases = {
         "2026-03-01": ["2026-03-01T23:59:59.999Z", "2026-03-02T08:59:59+09:00", "2026-03-01T23:59:59.999999",
                        "2026-02-28T23:30:00-01:00"],
@@ -343,7 +263,7 @@ async def test_date_grouping_and_midnight(make_settings: Callable[..., Settings]
     everything = [e for group in expected.values() for e in group]
     async with LogWriter(settings) as writer:
         await writer.write_many(everything)  # one batch spanning four dates
-    assert writer.metrics.chunks == 4  # one frame per date
+    assert writer.metrics.frames == 4  # one frame per date
     assert await list_blobs(settings) == sorted(f"gw/{day}.0000.log" for day in cases)
     for day, group in expected.items():
         found, report = await read_back(settings, [day])
@@ -383,7 +303,7 @@ async def test_durable_write_readable_on_return(make_settings: Callable[..., Set
             written.append(e["id"])
             found, _ = await read_back(settings, [DAY])
             assert_each_once(found, written)
-        assert writer.metrics.chunks == 3
+        assert writer.metrics.frames == 3
 
 
 async def test_concurrent_durable_writers_share_frames(make_settings: Callable[..., Settings]) -> None:
@@ -393,8 +313,8 @@ async def test_concurrent_durable_writers_share_frames(make_settings: Callable[.
         await asyncio.wait_for(asyncio.gather(*(writer.write(e, wait=True) for e in entries)), LIVENESS)
         found, _ = await read_back(settings, [DAY])
         assert_each_once(found, [e["id"] for e in entries])  # all readable as soon as they returned
-        assert writer.metrics.chunks < len(entries)
-        assert writer.metrics.chunks == 4  # 200 writers, 4 frames of batch_size
+        assert writer.metrics.frames < len(entries)
+        assert writer.metrics.frames == 4  # 200 writers, 4 frames of batch_size
 
 
 async def test_durable_write_fails_loudly_when_storage_never_returns(make_settings: Callable[..., Settings],
@@ -434,7 +354,7 @@ async def test_back_pressure_when_storage_hangs(make_settings: Callable[..., Set
         with pytest.raises(QueueFullError):
             await writer.write_many([day_entry(), day_entry()])
         assert writer.metrics.rejected == 3
-        assert writer.health()["queue_depth"] == 50
+        assert writer.queue_depth == 50
         store.gate.set()  # storage answers again
         await asyncio.wait_for(writer.flush(), LIVENESS)
         later = day_entry()
@@ -484,7 +404,7 @@ async def test_back_pressure_during_outage(make_settings: Callable[..., Settings
             await eventually(lambda: proxy.counts["down"] >= 1, "appends meet the outage")
             proxy.plan = FaultPlan()  # storage is back
             await asyncio.wait_for(writer.flush(), LIVENESS)
-            assert writer.health()["queue_depth"] == 0
+            assert writer.queue_depth == 0
         finally:
             await writer.stop()
     assert writer.metrics.failed == 0 and writer.metrics.written == 41
@@ -496,10 +416,10 @@ async def test_back_pressure_during_outage(make_settings: Callable[..., Settings
 # -- frame size and rollover -----------------------------------------------------------------
 
 @pytest.mark.parametrize("compression", ["gzip", "none"])
-async def test_batches_split_at_max_chunk_bytes(make_settings: Callable[..., Settings], compression: str,
+async def test_batches_split_at_max_append_bytes(make_settings: Callable[..., Settings], compression: str,
                                                 sample_entries: list[dict[str, Any]]) -> None:
     limit = 64 * 1024
-    settings = make_settings(batch_size=1000, max_chunk_bytes=limit, max_entry_bytes=limit - FRAME_OVERHEAD_BYTES,
+    settings = make_settings(batch_size=1000, max_append_bytes=limit, max_entry_bytes=limit - FRAME_OVERHEAD_BYTES,
                              compression=compression, max_concurrent_writes=8)
     # Entries as large as allowed, incompressible: the frame overhead must still fit.
     big = [entry(timestamp=TS) for _ in range(6)]
@@ -647,7 +567,7 @@ async def test_storage_faults_lose_and_duplicate_nothing(make_settings: Callable
 
 async def test_directory_store_write_and_read(tmp_path: Path, make_settings: Callable[..., Settings],
                                               sample_entries: list[dict[str, Any]]) -> None:
-    settings = make_settings(storage=str(tmp_path / "logs"), directory="gw/", batch_size=100)
+    settings = make_settings(storage=str(tmp_path / "logs"), blob_prefix="gw/", batch_size=100)
     days = sorted({utc_day(e["timestamp"]) for e in sample_entries})
     async with LogWriter(settings) as writer:
         await writer.write_many(sample_entries)

@@ -25,8 +25,8 @@ param skuName string = 'Standard_GRS'
 @description('Blob container that holds the log blobs (BLOBWRITER_CONTAINER).')
 param containerName string
 
-@description('Blob-name prefix inside the container (BLOBWRITER_DIRECTORY); lifecycle rules match it.')
-param directory string = ''
+@description('Blob-name prefix inside the container (BLOBWRITER_BLOB_PREFIX); lifecycle rules match it.')
+param blobPrefix string = ''
 
 @description('Days after the last append before block blobs in the logs container move to the cool tier; 0 = never. Append blobs (what blobwriter writes) cannot change tier, so this only affects block blobs.')
 @minValue(0)
@@ -52,7 +52,7 @@ param appPrincipalId string
 // Built-in role: Storage Blob Data Contributor.
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 
-var prefix = '${containerName}/${directory}'
+var prefix = '${containerName}/${blobPrefix}'
 var deleteRule = {
   name: 'delete-old-logs'
   enabled: true

@@ -12,8 +12,9 @@ from typing import Any
 
 import orjson
 
-from blobwriter.codec import FrameHeader, parse_header
-from blobwriter.config import SecretKey, Settings
+from blobwriter.codec import FrameHeader, walk_frames
+from blobwriter.config import Settings
+from blobwriter.keys import SecretKey
 from blobwriter.reader import Reader, ReadReport
 from blobwriter.store import Store, open_store
 
@@ -54,14 +55,7 @@ async def blob_bytes(store: Store, name: str) -> bytes:
 
 def frames_in(data: bytes) -> list[tuple[int, FrameHeader]]:
     """(offset, header) of each frame of an undamaged blob, walking the headers."""
-    frames = []
-    offset = 0
-    while offset < len(data):
-        header = parse_header(data, offset)
-        frames.append((offset, header))
-        offset += header.frame_length
-    assert offset == len(data), "the last frame runs past the end of the blob"
-    return frames
+    return list(walk_frames(data))
 
 
 def container_client(settings: Settings) -> Any:
@@ -98,7 +92,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update({
         "BLOBWRITER_STORAGE": settings.require("storage"),
         "BLOBWRITER_CONTAINER": settings.container,
-        "BLOBWRITER_DIRECTORY": settings.directory,
+        "BLOBWRITER_BLOB_PREFIX": settings.blob_prefix,
     })
     if settings.encryption_key is not None:
         env["BLOBWRITER_ENCRYPTION_KEY"] = base64.b64encode(settings.encryption_key.raw).decode()

@@ -1,0 +1,217 @@
+"""Date-named Azure append blobs (the azure-storage-blob aio SDK), rolled to a new part before the
+committed-block limit.
+
+`_storage_errors` is the one place where azure-core's exceptions become `StoreError`, keeping the
+service's error code and HTTP status; it is used around every SDK call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from .config import Settings
+from .errors import StoreError
+from .store import READ_RANGE_BYTES, Appended, blob_name, date_listing_prefix, part_number, sort_parts
+
+log = logging.getLogger("blobwriter.store")
+
+SDK_RETRIES = 3  # quick in-request retries of transient errors; the writer retries appends above this
+DATES_REMEMBERED = 64  # current part per date; older dates are forgotten (found again by listing)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text
+
+
+@contextmanager
+def _storage_errors(what: str, where: str) -> Iterator[None]:
+    """Raise StoreError for any failure of the SDK calls inside: `what` failed at `where`."""
+    from aiohttp import ClientError
+    from azure.core.exceptions import AzureError, HttpResponseError
+
+    try:
+        yield
+    except HttpResponseError as exc:
+        code = getattr(exc, "error_code", None)
+        code = str(code) if code is not None else None
+        status = exc.status_code
+        detail = f"{status} {code}" if code else f"{status}"
+        raise StoreError(f"{what} at {where} failed: {detail}: {_reason(exc)}", code=code, status=status) from exc
+    except AzureError as exc:  # no answer: connection refused or reset, timeout
+        raise StoreError(f"{what} at {where} failed: {type(exc).__name__}: {_reason(exc)}") from exc
+    except (TimeoutError, ClientError, OSError) as exc:  # transport errors azure-core did not wrap
+        raise StoreError(f"{what} at {where} failed: {type(exc).__name__}: {_reason(exc)}") from exc
+
+
+def _public_url(url: str) -> str:
+    """An endpoint URL without its query string (a SAS token is a credential) or user info."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}".rstrip("/")
+
+
+class AppendBlobStore:
+    """Date-named Azure append blobs, rolled to a new part before the committed-block limit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._prefix = settings.blob_prefix
+        self._max_blocks = settings.max_blocks_per_blob
+        self._current: dict[str, int] = {}
+        self._discovering: dict[str, asyncio.Lock] = {}
+        self._service: Any = None
+        self._container: Any = None
+        self._credential: Any = None
+        self._session: Any = None
+        self.description = f"container {settings.container!r}"
+
+    def _client(self) -> Any:
+        if self._container is not None:
+            return self._container
+        import aiohttp
+        from azure.core.pipeline.transport import AioHttpTransport
+        from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
+
+        s = self._settings
+        # A pool as wide as the writer's concurrency; aiohttp's default of 100 would cap it.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_concurrent_writes + 16),
+            auto_decompress=False,
+        )
+        # aiohttp resends an idempotent request (PUT) once when a kept-alive connection drops before
+        # the answer. Append Block is not idempotent: the resend could land the same bytes twice,
+        # which readers must report as a replay. The writer retries appends itself, sealed anew.
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
+        # The timeouts go to the transport: given a transport, the client ignores its own timeout options.
+        timeouts = {"connection_timeout": min(10.0, s.storage_timeout), "read_timeout": s.storage_timeout}
+        options: dict[str, Any] = {
+            "transport": AioHttpTransport(session=self._session, session_owner=False, **timeouts),
+            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=SDK_RETRIES,
+                                             random_jitter_range=1),
+            **timeouts,
+        }
+        storage = s.require("storage")
+        if s.storage_kind == "connection_string":
+            self._service = BlobServiceClient.from_connection_string(storage, **options)
+        else:
+            from azure.identity.aio import DefaultAzureCredential
+
+            self._credential = DefaultAzureCredential()
+            self._service = BlobServiceClient(storage, credential=self._credential, **options)
+        self.description = f"{_public_url(self._service.url)}/{s.container}"
+        self._container = self._service.get_container_client(s.container)
+        return self._container
+
+    async def open(self) -> None:
+        container = self._client()
+        try:
+            with _storage_errors("creating the container", self.description):
+                await container.create_container(retry_total=0)  # start-up must not hang on a dead store
+            log.info("Created container %s", self.description)
+        except StoreError as exc:
+            # Exists already: fine. An identity scoped to one existing container may not create
+            # containers (403): fine too, if it exists.
+            if exc.code != "ContainerAlreadyExists" and exc.status not in (403, 409):
+                raise
+
+    async def close(self) -> None:
+        if self._service is not None:
+            await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
+        if self._session is not None:
+            await self._session.close()
+        self._service = self._container = self._credential = self._session = None
+
+    async def append(self, date: str, frame: bytes) -> Appended:
+        container = self._client()
+        part = self._current.get(date)
+        if part is None:
+            part = await self._discover(date)
+        while True:
+            name = blob_name(self._prefix, date, part)
+            blob = container.get_blob_client(name)
+            try:
+                with _storage_errors(f"appending to {name}", self.description):
+                    # No SDK retries: an append that timed out may have landed, and the SDK would resend
+                    # the same bytes (a "replayed frame"); the writer retries with a frame sealed anew.
+                    result = await blob.append_block(frame, length=len(frame), retry_total=0)
+            except StoreError as exc:
+                if exc.status == 404:  # the part (or the container) does not exist yet
+                    if exc.code == "ContainerNotFound":
+                        await self.open()
+                    await self._create(blob, name)
+                    continue
+                if exc.code == "BlockCountExceedsLimit":
+                    # Full, perhaps filled by another instance first: move on to the next part.
+                    part = self._roll(date, part)
+                    continue
+                raise
+            if int(result.get("blob_committed_block_count") or 0) >= self._max_blocks:
+                self._roll(date, part)
+            return Appended(name, int(result["blob_append_offset"]))
+
+    def _roll(self, date: str, full_part: int) -> int:
+        nxt = max(self._current.get(date, 0), full_part + 1)
+        if nxt != self._current.get(date):
+            log.info("Rolling %s%s to part %d", self._prefix, date, nxt)
+        self._current[date] = nxt
+        return nxt
+
+    async def _discover(self, date: str) -> int:
+        """Find the newest existing part of `date` (once per date and process)."""
+        lock = self._discovering.setdefault(date, asyncio.Lock())
+        async with lock:
+            if date not in self._current:
+                names = await self.parts(date)
+                self._current[date] = part_number(names[-1]) if names else 0
+                # Forget dates long past so a long-running process does not collect them (not the
+                # date just found, even if it is older than the rest: a backfill).
+                if len(self._current) > DATES_REMEMBERED:
+                    for old in sorted(self._current)[:-DATES_REMEMBERED // 2]:
+                        if old != date:
+                            self._current.pop(old, None)
+                            self._discovering.pop(old, None)
+        return self._current[date]
+
+    async def _create(self, blob: Any, name: str) -> None:
+        try:
+            with _storage_errors(f"creating {name}", self.description):
+                # If-None-Match: * so that a racing instance's blob is never replaced (that would erase it).
+                await blob.create_append_blob(if_none_match="*")
+        except StoreError as exc:
+            if exc.status not in (409, 412):  # created meanwhile by someone else: fine
+                raise
+
+    async def parts(self, date: str) -> list[str]:
+        container = self._client()
+        with _storage_errors(f"listing the blobs of {date}", self.description):
+            names = [b.name async for b in container.list_blobs(
+                name_starts_with=date_listing_prefix(self._prefix, date))]
+        return sort_parts(names, self._prefix, date)
+
+    async def read(self, name: str) -> AsyncIterator[bytes]:
+        # The bytes present now, range by range. One download of a blob past 32 MiB pins its later
+        # ranges to the first one's ETag and fails once anyone appends; an append blob only grows,
+        # so these ranges never change.
+        blob = self._client().get_blob_client(name)
+        with _storage_errors(f"reading {name}", self.description):
+            size = (await blob.get_blob_properties()).size
+        for offset in range(0, size, READ_RANGE_BYTES):
+            with _storage_errors(f"reading {name}", self.description):
+                downloader = await blob.download_blob(offset=offset, length=min(READ_RANGE_BYTES, size - offset))
+                data = await downloader.readall()
+            yield data
+
+    async def check(self) -> None:
+        with _storage_errors("storage unreachable: probe", self.description):
+            await self._client().get_container_properties(retry_total=0)
