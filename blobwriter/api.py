@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
+import math
+import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -47,6 +50,7 @@ JSON_TYPES = {"application/json", ""}
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/jsonlines", "application/x-jsonlines"}
 DURABLE_WAIT_SECONDS = 120.0  # below the 230 s limit Azure puts on an HTTP-triggered function
 API_KEY_HEADER = b"x-functions-key"
+PARSE_IN_THREAD_BYTES = 256 * 1024  # bodies larger than this are parsed and admitted in a worker thread
 
 
 class HTTPError(Exception):
@@ -94,22 +98,98 @@ def error_response(exc: Exception, where: str = "index") -> Response:
 
 
 def parse_body(body: bytes, content_type: str) -> Iterator[tuple[int, Any]]:
-    """The (position, value) pairs of a request body: index in a JSON array (or 0 for one object),
-    line number for NDJSON. A malformed document or line raises EntryError naming it."""
+    """The (position, value) pairs of a request body, one at a time: index in a JSON array (0 for a
+    lone object), line number for NDJSON. A malformed document or line raises EntryError naming it.
+
+    Values are parsed as they are consumed, so admission can refuse a huge call (more entries or
+    bytes than the queue can ever hold) before the whole body is turned into objects.
+    """
     if content_type in NDJSON_TYPES:
-        for number, line in enumerate(body.split(b"\n"), start=1):
-            if line.strip():
-                try:
-                    value = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise EntryError(f"malformed JSON on line {number}: {exc}", number) from None
-                yield number, value
-        return
+        return _ndjson_values(body)
+    start = len(body) - len(body.lstrip())
+    if body[start:start + 1] == b"[":
+        return _array_values(body)
+    return _single_value(body)
+
+
+def _single_value(body: bytes) -> Iterator[tuple[int, Any]]:
+    yield 0, _loads(body, "malformed JSON")
+
+
+def _ndjson_values(body: bytes) -> Iterator[tuple[int, Any]]:
+    number, start, end = 0, 0, len(body)
+    while start < end:
+        stop = body.find(b"\n", start)
+        stop = end if stop < 0 else stop
+        number += 1
+        line = body[start:stop]
+        start = stop + 1
+        if line.strip():
+            yield number, _loads(line, f"malformed JSON on line {number}", number)
+
+
+def _loads(text: bytes, what: str, position: int | None = None) -> Any:
+    """orjson, except where it would turn an integer wider than 64 bits into a float: then the exact
+    parser, so the entry is refused (it cannot be stored exactly) instead of silently changed."""
     try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise EntryError(f"malformed JSON: {exc}") from None
-    yield from enumerate(value if isinstance(value, list) else [value])
+        if _LONG_NUMBER.search(text) is None:
+            return orjson.loads(text)
+        return _EXACT.decode(text.decode("utf-8"))
+    except (orjson.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise EntryError(f"{what}: {_json_problem(exc)}", position) from None
+
+
+def _array_values(body: bytes) -> Iterator[tuple[int, Any]]:
+    """The elements of a top-level JSON array, parsed one by one (json's C scanner, exact integers)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EntryError(f"malformed JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    index, i, end = 0, _skip(text, text.index("[") + 1), len(text)
+    if i < end and text[i] == "]":
+        i = _skip(text, i + 1)
+    else:
+        while True:
+            try:
+                value, i = _EXACT.raw_decode(text, i)
+            except (ValueError, RecursionError) as exc:
+                raise EntryError(f"malformed JSON in array element {index}: {_json_problem(exc)}", index) from None
+            yield index, value
+            index += 1
+            i = _skip(text, i)
+            if i < end and text[i] == ",":
+                i = _skip(text, i + 1)
+                continue
+            if i < end and text[i] == "]":
+                i = _skip(text, i + 1)
+                break
+            raise EntryError(f"malformed JSON: expected ',' or ']' after array element {index - 1} (char {i})")
+    if i != end:
+        raise EntryError(f"malformed JSON: unexpected data after the array (char {i})")
+
+
+def _skip(text: str, i: int) -> int:
+    return _WHITESPACE.match(text, i).end()  # type: ignore[union-attr]
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise ValueError(f"number {literal[:40]} is infinity when parsed as double")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_problem(exc: BaseException) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
+_EXACT = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+_LONG_NUMBER = re.compile(rb"\d{20}")  # 2**64 has 20 digits: shorter integers fit orjson exactly
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
 class _Accepted:
@@ -175,7 +255,11 @@ class IngestEndpoint:
         body = await self._read_body(headers, receive)
         writer = await self._writer()
         where = "line" if content_type in NDJSON_TYPES else "index"
-        prepared = writer.admit(parse_body(body, content_type), where=where)
+        values = parse_body(body, content_type)
+        if len(body) > PARSE_IN_THREAD_BYTES:  # keep the event loop answering other requests meanwhile
+            prepared = await asyncio.to_thread(writer.admit, values, where=where)
+        else:
+            prepared = writer.admit(values, where=where)
         wait = query.get("wait", ["false"])[0].lower() in ("true", "1", "yes")
         future = writer.submit(prepared, durable=wait)
         if future is None:

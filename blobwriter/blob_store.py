@@ -1,27 +1,27 @@
-"""Date-named Azure append blobs (the azure-storage-blob aio SDK), rolled to a new part before the
-committed-block limit.
+"""Azure append blobs through the azure-storage-blob aio SDK.
 
 `_storage_errors` is the one place where azure-core's exceptions become `StoreError`, keeping the
-service's error code and HTTP status; it is used around every SDK call.
+service's error code and HTTP status; it is used around every SDK call. An append is never sent
+twice by the layers below: the SDK's retries are off for it, and `_never_resend_appends` stops
+aiohttp from resending it on a dropped kept-alive connection (the writer retries, sealed anew).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import layout
 from .config import Settings
 from .errors import StoreError
-from .store import READ_RANGE_BYTES, Appended, blob_name, date_listing_prefix, part_number, sort_parts
+from .store import READ_RANGE_BYTES, Appended
 
 log = logging.getLogger("blobwriter.store")
 
-SDK_RETRIES = 3  # quick in-request retries of transient errors; the writer retries appends above this
-DATES_REMEMBERED = 64  # current part per date; older dates are forgotten (found again by listing)
+SDK_RETRIES = 3  # quick in-request retries of transient errors (not appends: the writer retries those)
 
 
 def _reason(exc: BaseException) -> str:
@@ -49,6 +49,36 @@ def _storage_errors(what: str, where: str) -> Iterator[None]:
         raise StoreError(f"{what} at {where} failed: {type(exc).__name__}: {_reason(exc)}") from exc
 
 
+class AppendNotResent(Exception):
+    """Raised (as an aiohttp ClientError) instead of letting aiohttp resend an Append Block."""
+
+
+def _never_resend_appends() -> Any:
+    """An aiohttp client middleware (public API since aiohttp 3.12) that turns a dropped connection
+    during an Append Block into an error aiohttp does not retry.
+
+    aiohttp resends an idempotent request (PUT) once when a kept-alive connection drops before the
+    answer. Append Block is not idempotent: the first copy may have landed, and the resend would land
+    the same bytes again, which readers must report as a replay. The writer retries appends itself,
+    sealed anew, so that a reader can drop the extra copy as a retry.
+    """
+    from aiohttp import ClientError, ClientOSError, ServerDisconnectedError
+
+    class DroppedAppend(AppendNotResent, ClientError):
+        pass
+
+    async def middleware(request: Any, handler: Any) -> Any:
+        try:
+            return await handler(request)
+        except (ClientOSError, ServerDisconnectedError) as exc:
+            if request.method == "PUT" and request.url.query.get("comp") == "appendblock":
+                raise DroppedAppend(f"connection dropped during an append ({type(exc).__name__}); "
+                                    "not resent, the outcome is unknown") from exc
+            raise
+
+    return middleware
+
+
 def _public_url(url: str) -> str:
     """An endpoint URL without its query string (a SAS token is a credential) or user info."""
     parts = urlsplit(url)
@@ -63,10 +93,7 @@ class AppendBlobStore:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._prefix = settings.blob_prefix
-        self._max_blocks = settings.max_blocks_per_blob
-        self._current: dict[str, int] = {}
-        self._discovering: dict[str, asyncio.Lock] = {}
+        self.prefix = settings.blob_prefix
         self._service: Any = None
         self._container: Any = None
         self._credential: Any = None
@@ -85,12 +112,8 @@ class AppendBlobStore:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=s.max_concurrent_writes + 16),
             auto_decompress=False,
+            middlewares=(_never_resend_appends(),),
         )
-        # aiohttp resends an idempotent request (PUT) once when a kept-alive connection drops before
-        # the answer. Append Block is not idempotent: the resend could land the same bytes twice,
-        # which readers must report as a replay. The writer retries appends itself, sealed anew.
-        if hasattr(self._session, "_retry_connection"):
-            self._session._retry_connection = False
         # The timeouts go to the transport: given a transport, the client ignores its own timeout options.
         timeouts = {"connection_timeout": min(10.0, s.storage_timeout), "read_timeout": s.storage_timeout}
         options: dict[str, Any] = {
@@ -132,72 +155,39 @@ class AppendBlobStore:
             await self._session.close()
         self._service = self._container = self._credential = self._session = None
 
-    async def append(self, date: str, frame: bytes) -> Appended:
-        container = self._client()
-        part = self._current.get(date)
-        if part is None:
-            part = await self._discover(date)
-        while True:
-            name = blob_name(self._prefix, date, part)
-            blob = container.get_blob_client(name)
+    async def append(self, name: str, data: bytes) -> Appended:
+        blob = self._client().get_blob_client(name)
+        for _ in range(3):  # append; if the blob (or the container) is missing, create it and append again
             try:
                 with _storage_errors(f"appending to {name}", self.description):
                     # No SDK retries: an append that timed out may have landed, and the SDK would resend
-                    # the same bytes (a "replayed frame"); the writer retries with a frame sealed anew.
-                    result = await blob.append_block(frame, length=len(frame), retry_total=0)
+                    # the same bytes (a "replayed frame"); the writer retries with frames sealed anew.
+                    result = await blob.append_block(data, length=len(data), retry_total=0)
+                return Appended(int(result["blob_append_offset"]), int(result.get("blob_committed_block_count") or 0))
             except StoreError as exc:
-                if exc.status == 404:  # the part (or the container) does not exist yet
-                    if exc.code == "ContainerNotFound":
-                        await self.open()
-                    await self._create(blob, name)
-                    continue
-                if exc.code == "BlockCountExceedsLimit":
-                    # Full, perhaps filled by another instance first: move on to the next part.
-                    part = self._roll(date, part)
-                    continue
-                raise
-            if int(result.get("blob_committed_block_count") or 0) >= self._max_blocks:
-                self._roll(date, part)
-            return Appended(name, int(result["blob_append_offset"]))
-
-    def _roll(self, date: str, full_part: int) -> int:
-        nxt = max(self._current.get(date, 0), full_part + 1)
-        if nxt != self._current.get(date):
-            log.info("Rolling %s%s to part %d", self._prefix, date, nxt)
-        self._current[date] = nxt
-        return nxt
-
-    async def _discover(self, date: str) -> int:
-        """Find the newest existing part of `date` (once per date and process)."""
-        lock = self._discovering.setdefault(date, asyncio.Lock())
-        async with lock:
-            if date not in self._current:
-                names = await self.parts(date)
-                self._current[date] = part_number(names[-1]) if names else 0
-                # Forget dates long past so a long-running process does not collect them (not the
-                # date just found, even if it is older than the rest: a backfill).
-                if len(self._current) > DATES_REMEMBERED:
-                    for old in sorted(self._current)[:-DATES_REMEMBERED // 2]:
-                        if old != date:
-                            self._current.pop(old, None)
-                            self._discovering.pop(old, None)
-        return self._current[date]
+                if exc.status != 404:
+                    raise
+                if exc.code == "ContainerNotFound":
+                    await self.open()
+                await self._create(blob, name)
+        raise StoreError(f"appending to {name} at {self.description} failed: the blob keeps disappearing",
+                         code="BlobNotFound", status=404)
 
     async def _create(self, blob: Any, name: str) -> None:
         try:
             with _storage_errors(f"creating {name}", self.description):
-                # If-None-Match: * so that a racing instance's blob is never replaced (that would erase it).
+                # If-None-Match: * so that a blob made meanwhile is never replaced (that would erase it).
                 await blob.create_append_blob(if_none_match="*")
         except StoreError as exc:
-            if exc.status not in (409, 412):  # created meanwhile by someone else: fine
+            if exc.status not in (409, 412):  # created meanwhile: fine
                 raise
 
     async def parts(self, date: str) -> list[str]:
         container = self._client()
         with _storage_errors(f"listing the blobs of {date}", self.description):
             names = [b.name async for b in container.list_blobs(
-                name_starts_with=date_listing_prefix(self._prefix, date))]
-        return sort_parts(names, self._prefix, date)
+                name_starts_with=layout.listing_prefix(self.prefix, date))]
+        return layout.sort_parts(names, self.prefix, date)
 
     async def read(self, name: str) -> AsyncIterator[bytes]:
         # The bytes present now, range by range. One download of a blob past 32 MiB pins its later

@@ -149,6 +149,9 @@ class Settings:
     batch_timeout: float = _setting(1.0, _float(0.1, 60.0), "seconds a partial batch waits before it is written")
     max_queue_size: int = _setting(100_000, _int(1, 10_000_000),
                                    "most accepted-but-unwritten entries; past it writes get back-pressure (HTTP 503)")
+    max_queue_bytes: int = _setting(
+        256 * MiB, _int(MiB, 64 * 1024 * MiB),
+        "most serialized bytes of accepted-but-unwritten entries; past it writes get back-pressure (HTTP 503)")
     max_concurrent_writes: int = _setting(16, _int(1, 1024), "most appends in flight at once")
     max_append_bytes: int = _setting(
         APPEND_BLOCK_LIMIT, _int(64 * KiB, APPEND_BLOCK_LIMIT),
@@ -161,6 +164,9 @@ class Settings:
     storage_timeout: float = _setting(30.0, _float(1.0, 600.0),
                                       "seconds one storage request may take before it is retried")
     retry_backoff_max: float = _setting(30.0, _float(0.1, 300.0), "longest pause between retries of a failed append")
+    give_up_after: float = _setting(
+        300.0, _float(1.0, 86400.0), "seconds an append error that retrying cannot heal (403, a leased or sealed "
+        "blob, ...) is retried before its entries are reported failed")
     stop_timeout: float = _setting(60.0, _float(0.0, 3600.0),
                                    "seconds stop() keeps retrying unwritten entries before reporting them as failed")
     api_key: str | None = _setting(
@@ -172,6 +178,11 @@ class Settings:
             raise ConfigError(
                 f"Config 'max_entry_bytes' ({self.max_entry_bytes}) must be at most max_append_bytes "
                 f"({self.max_append_bytes}) minus {FRAME_OVERHEAD_BYTES} bytes of frame overhead."
+            )
+        if self.max_queue_bytes < self.max_entry_bytes:
+            raise ConfigError(
+                f"Config 'max_queue_bytes' ({self.max_queue_bytes}) must be at least max_entry_bytes "
+                f"({self.max_entry_bytes})."
             )
         if self.max_queue_size < self.batch_size:
             raise ConfigError(

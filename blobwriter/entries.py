@@ -67,23 +67,31 @@ def prepare(entry: Any, max_entry_bytes: int) -> Prepared:
     return Prepared(date, line)
 
 
-def admit(values: Iterable[tuple[int, Any]], *, max_entry_bytes: int, max_entries: int,
+def admit(values: Iterable[tuple[int, Any]], *, max_entry_bytes: int, max_entries: int, max_bytes: int,
           where: str = "index") -> list[Prepared]:
     """Prepare every (position, value) of one call, all or nothing.
 
     Raises EntryError at the first bad value, naming it as `entry {where} {position}`, and
-    EntryTooLargeError once the call holds more than `max_entries` (more than the queue can ever
-    hold: retrying would not help). The iterable itself may raise EntryError (a malformed line).
+    EntryTooLargeError as soon as the call holds more than `max_entries` entries or `max_bytes`
+    serialized bytes: more than the queue can ever hold, so retrying would not help. The values
+    are consumed one by one, so a huge call is refused without being read whole. The iterable
+    itself may raise EntryError (a malformed line).
     """
     prepared: list[Prepared] = []
+    size = 0
     for position, value in values:
         if len(prepared) >= max_entries:
             raise EntryTooLargeError(f"more than {max_entries} entries in one call; at most max_queue_size="
                                      f"{max_entries} fit in the queue: split the call")
         try:
-            prepared.append(prepare(value, max_entry_bytes))
+            entry = prepare(value, max_entry_bytes)
         except EntryError as exc:
             raise type(exc)(f"entry {where} {position}: {exc}", position) from None
+        size += len(entry.line)
+        if size > max_bytes:
+            raise EntryTooLargeError(f"more than {max_bytes} bytes of entries in one call; at most max_queue_bytes="
+                                     f"{max_bytes} fit in the queue: split the call")
+        prepared.append(entry)
     return prepared
 
 

@@ -38,11 +38,16 @@ class WriterMetrics:
     failed: int = _counter("blobwriter_entries_failed",
                            "Accepted entries given up on and reported (never silently dropped)")
     frames: int = _counter("blobwriter_frames", "Data frames appended to storage")
+    appends: int = _counter("blobwriter_appends", "Append calls that succeeded (each carries one or more frames)")
     bytes_raw: int = _counter("blobwriter_bytes_raw", "Bytes of JSON Lines before compression")
     bytes_stored: int = _counter("blobwriter_bytes_stored",
                                  "Bytes appended to storage (frames, after compression and encryption)")
-    retries: int = _counter("blobwriter_retries", "Append attempts that failed and were retried")
+    retries: int = _counter("blobwriter_retries", "Append calls that failed (their frames are retried or given up)")
+    throttled: int = _counter("blobwriter_throttled",
+                              "Append calls refused as throttled (503 ServerBusy, 500 OperationTimedOut) or unanswered")
     queue_depth: Callable[[], int] = _gauge("blobwriter_queue_depth", "Entries accepted and not yet written")
+    queue_bytes: Callable[[], int] = _gauge("blobwriter_queue_bytes",
+                                            "Serialized bytes of the entries accepted and not yet written")
     in_flight: Callable[[], int] = _gauge("blobwriter_appends_in_flight", "Append calls in progress")
     registry: CollectorRegistry = field(default_factory=CollectorRegistry, repr=False)
 

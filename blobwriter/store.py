@@ -1,8 +1,9 @@
 """Where frames go: one `Store` interface, two implementations (Azure append blobs, a directory).
 
-Blobs and files are named `{blob_prefix}{YYYY-MM-DD}.{part:04d}.log` inside the container (or
-under the root directory). One frame is one Append Block call (or one locked `write`), so
-frames from several writers and several processes interleave whole and never tear.
+A store appends bytes to a named blob (creating it, and its container, when missing), lists a
+date's blobs, and streams a blob back; which blob a frame goes to is the writer's choice (see
+layout.py for the names). One append is one Append Block call (or one locked `write`), so what
+one append carries is never torn or interleaved with another's.
 
 Every storage failure leaves a store as a `StoreError` (with the service's error code and HTTP
 status where there is one); nothing above this layer sees an SDK or OS exception, and no one
@@ -15,50 +16,24 @@ import asyncio
 import errno
 import fcntl
 import os
-import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from . import layout
 from .config import Settings
 from .errors import StoreError
 
-PART_DIGITS = 4
 READ_RANGE_BYTES = 4 * 1024 * 1024  # one download request of a blob being read
 
 
-def blob_name(prefix: str, date: str, part: int) -> str:
-    """The name of one part of one date's log: `{prefix}{YYYY-MM-DD}.{part:04d}.log`."""
-    return f"{prefix}{date}.{part:0{PART_DIGITS}d}.log"
-
-
-def part_number(name: str) -> int:
-    """The part number in a blob name made by blob_name()."""
-    return int(name.rsplit(".", 2)[-2])
-
-
-def _part_pattern(prefix: str, date: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(prefix)}{re.escape(date)}\.(\d{{{PART_DIGITS},}})\.log$")
-
-
-def date_listing_prefix(prefix: str, date: str) -> str:
-    """The name prefix one listing uses to find every part of `date`."""
-    return f"{prefix}{date}."
-
-
-def sort_parts(names: list[str], prefix: str, date: str) -> list[str]:
-    """Keep the names that are parts of `date` and order them by part number."""
-    pattern = _part_pattern(prefix, date)
-    numbered = [(int(m.group(1)), n) for n in names if (m := pattern.match(n))]
-    return [n for _, n in sorted(numbered)]
-
-
 class Appended(NamedTuple):
-    """Where an append landed: the part's name and the frame's offset in it."""
+    """What an append reported: where its bytes start in the blob, and the blob's committed
+    block count after it (0 where storage keeps no such count, as in a directory)."""
 
-    name: str
     offset: int
+    blocks: int = 0
 
 
 @runtime_checkable
@@ -66,6 +41,7 @@ class Store(Protocol):
     """The few operations the writer and reader need from storage; each raises only StoreError."""
 
     description: str  # where the store is, for messages (never a credential)
+    prefix: str  # the blob-name prefix (blob_prefix) every name of this store starts with
 
     async def open(self) -> None:
         """Prepare for writing (create the container or directory if missing)."""
@@ -73,14 +49,14 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections."""
 
-    async def append(self, date: str, frame: bytes) -> Appended:
-        """Append one whole frame to the current part of `date`; say where it landed."""
+    async def append(self, name: str, data: bytes) -> Appended:
+        """Append `data` to blob `name` in one call, creating the blob first if it does not exist."""
 
     async def parts(self, date: str) -> list[str]:
-        """The names of `date`'s parts, in order."""
+        """The names of `date`'s blobs, in reading order (layout.sort_parts)."""
 
     def read(self, name: str) -> AsyncIterator[bytes]:
-        """Stream one part's bytes in pieces of bounded size."""
+        """Stream one blob's bytes in pieces of bounded size."""
 
     async def check(self) -> None:
         """Raise StoreError if storage cannot be reached."""
@@ -107,54 +83,60 @@ def _os_errors(what: str) -> Iterator[None]:
 
 
 class DirectoryStore:
-    """The same date-named parts as files under a local or network directory."""
+    """The same blob names as files under a local or network directory."""
 
     def __init__(self, root: Path, prefix: str = "") -> None:
         self._root = root
-        self._prefix = prefix
+        self.prefix = prefix
         self.description = str(root)
 
     def _path(self, name: str) -> Path:
         return self._root / name
 
     async def open(self) -> None:
-        with _os_errors(f"creating directory {self._root / self._prefix}"):
-            await asyncio.to_thread((self._root / self._prefix).mkdir, parents=True, exist_ok=True)
+        with _os_errors(f"creating directory {self._root / self.prefix}"):
+            await asyncio.to_thread((self._root / self.prefix).mkdir, parents=True, exist_ok=True)
 
     async def close(self) -> None:
         return None
 
-    async def append(self, date: str, frame: bytes) -> Appended:
-        name = blob_name(self._prefix, date, 0)
+    async def append(self, name: str, data: bytes) -> Appended:
         with _os_errors(f"appending to {self._path(name)}"):
-            return Appended(name, await asyncio.to_thread(self._append_sync, self._path(name), frame))
+            return Appended(await asyncio.to_thread(self._append_sync, self._path(name), data))
 
     @staticmethod
-    def _append_sync(path: Path, frame: bytes) -> int:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _append_sync(path: Path, data: bytes) -> int:
+        created = not path.exists()
+        if created:
+            path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            # The lock keeps frames of several processes whole on filesystems where
+            # The lock keeps appends of several processes whole on filesystems where
             # O_APPEND alone does not (network drives).
             fcntl.flock(fd, fcntl.LOCK_EX)
             offset = os.lseek(fd, 0, os.SEEK_END)  # where O_APPEND writes, fixed while we hold the lock
-            view = memoryview(frame)
+            view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)  # closing releases the lock
+        if created:  # a new file's name is durable only once its directory is synced
+            _fsync_dir(path.parent)
         return offset
 
     async def parts(self, date: str) -> list[str]:
         def scan() -> list[str]:
-            folder = self._root / self._prefix
-            if not folder.is_dir():
-                return []
-            return [self._prefix + p.name for p in folder.iterdir() if p.is_file()]
+            names = []
+            shared, own = self._root / self.prefix, self._root / self.prefix / date
+            if shared.is_dir():  # version 0.1's shared files: {prefix}{date}.{part}.log
+                names += [self.prefix + p.name for p in shared.iterdir() if p.is_file()]
+            if own.is_dir():  # each writer's: {prefix}{date}/{writer}.{part}.log
+                names += [f"{self.prefix}{date}/{p.name}" for p in own.iterdir() if p.is_file()]
+            return names
 
-        with _os_errors(f"listing {self._root / self._prefix}"):
-            return sort_parts(await asyncio.to_thread(scan), self._prefix, date)
+        with _os_errors(f"listing {self._root / self.prefix}"):
+            return layout.sort_parts(await asyncio.to_thread(scan), self.prefix, date)
 
     async def read(self, name: str) -> AsyncIterator[bytes]:
         with _os_errors(f"reading {self._path(name)}"):
@@ -172,3 +154,11 @@ class DirectoryStore:
     async def check(self) -> None:
         if not await asyncio.to_thread(os.access, self._root, os.W_OK):
             raise StoreError(f"directory {self._root} is missing or not writable")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

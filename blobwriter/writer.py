@@ -1,11 +1,12 @@
 """LogWriter: accept entries at once, write them in batches in the background, lose none.
 
-`write()` admits an entry (entries.py), puts it on a bounded in-memory queue and returns; a
-background task takes up to `batch_size` entries (or what arrived within `batch_timeout`),
-groups them by the UTC date of their timestamp and hands each batch to the Appender
-(appender.py), which encodes it into frames off the event loop and appends them, up to
-`max_concurrent_writes` batches at a time. This module keeps the queue, the batch loop and the
-lifecycle; it resolves `wait=True` callers, counts, and keeps the index of where frames landed.
+`write()` admits an entry (entries.py) and puts it on a queue bounded in entries
+(`max_queue_size`) and bytes (`max_queue_bytes`), then returns. A background task takes up to
+`batch_size` entries (or what arrived within `batch_timeout`), groups each batch by the UTC
+date of its entries and has the Appender (appender.py) encode the groups into frames off the
+event loop and append them. This module keeps the queue, the batch loop and the lifecycle; it
+resolves `wait=True` callers and `flush()`, counts, and keeps the index of where frames landed.
+Every accepted entry ends written or reported failed.
 """
 
 from __future__ import annotations
@@ -14,22 +15,24 @@ import asyncio
 import enum
 import logging
 import time
-from collections import deque
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from .appender import Appender, Frame
+from .appender import Appender, Frame, Landed
 from .codec import Encoder, frame_tag
 from .config import Settings
 from .entries import Prepared, admit
+from .entry_queue import DATE, ENQUEUED, LINE, EntryQueue, Item, Settled
 from .errors import EntryError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
 from .index import INDEX_INTERVAL, IndexBook, IndexRecord
 from .metrics import WriterMetrics
-from .store import Appended, Store, open_store
+from .store import Store, open_store
 
 log = logging.getLogger("blobwriter.writer")
 
 HEALTH_PROBE_SECONDS = 5.0
+ENCODE_JOBS = 2  # encoding jobs (worker threads) at once
+ENCODE_ENTRIES = 4096  # entries one encoding job takes at most
 
 
 class WriterState(enum.StrEnum):
@@ -42,33 +45,9 @@ class WriterState(enum.StrEnum):
     FAILED = "failed"  # the batch task died; nothing more is accepted
 
 
-class _Waiter:
-    """Resolves when all entries of one durable write call are appended (or fail)."""
-
-    __slots__ = ("future", "remaining")
-
-    def __init__(self, count: int) -> None:
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.remaining = count
-
-    def done_one(self) -> None:
-        self.remaining -= 1
-        if self.remaining == 0 and not self.future.done():
-            self.future.set_result(None)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
-# One queued entry: (date, line, waiter, enqueued). A plain tuple, not a NamedTuple: the garbage
-# collector stops tracking plain tuples of atoms, so 400,000 queued entries add ~3 ms to a full
-# collection instead of ~21 ms, a pause every request would otherwise feel while storage is slow.
-_Item = tuple[str, bytes, _Waiter | None, float]
-_DATE: Final = 0
-_LINE: Final = 1
-_WAITER: Final = 2
-_ENQUEUED: Final = 3
+def _carry_of(group: list[Item]) -> Callable[[int, int], Settled]:
+    """What a frame of group[start:end] carries back to the queue."""
+    return lambda start, end: Settled(group[start:end])
 
 
 class LogWriter:
@@ -78,22 +57,19 @@ class LogWriter:
         key = settings.require("encryption_key")
         self.settings = settings
         self.store = store if store is not None else open_store(settings)
-        self.metrics = WriterMetrics(queue_depth=lambda: self._queue_depth, in_flight=lambda: len(self._in_flight))
-        self._appender = Appender(self.store, Encoder(key, compression=settings.compression), self.metrics,
-                                  max_append_bytes=settings.max_append_bytes,
-                                  retry_backoff_max=settings.retry_backoff_max)
-        self._pending: deque[_Item] = deque()
-        self._queue_depth = 0  # entries accepted and neither written nor reported failed
-        self._urgent = 0  # durable entries queued: write them without waiting for batch_timeout
-        self._flushing = 0  # flush() calls waiting: likewise
+        self._queue = EntryQueue(settings.max_queue_size, settings.max_queue_bytes)
+        self.metrics = WriterMetrics(queue_depth=lambda: self._queue.depth, queue_bytes=lambda: self._queue.bytes,
+                                     in_flight=lambda: self._appender.in_flight)
+        self._appender = Appender(
+            self.store, Encoder(key, compression=settings.compression), self.metrics,
+            max_append_bytes=settings.max_append_bytes, max_in_flight=settings.max_concurrent_writes,
+            max_blocks=settings.max_blocks_per_blob, retry_backoff_max=settings.retry_backoff_max,
+            give_up_after=settings.give_up_after)
         self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._slots = asyncio.Semaphore(settings.max_concurrent_writes)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._encoders = asyncio.Semaphore(ENCODE_JOBS)
+        self._encoding: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._index = IndexBook()
-        self._index_tasks: set[asyncio.Task[None]] = set()
         self._index_timer: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[None] | None = None
         self._state = WriterState.NEW
@@ -111,7 +87,7 @@ class LogWriter:
     @property
     def queue_depth(self) -> int:
         """Entries accepted and neither written nor reported failed."""
-        return self._queue_depth
+        return self._queue.depth
 
     async def start(self) -> None:
         """Open the store and start the batch task."""
@@ -130,7 +106,7 @@ class LogWriter:
                   self.settings.batch_timeout)
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Write everything queued and wait for appends in flight; report what could not be written.
+        """Write everything queued, in full-size appends; report what could not be written.
 
         Gives up after `timeout` seconds (default: the `stop_timeout` setting) if storage keeps
         failing; entries still unwritten then are counted as failed and logged as an error.
@@ -141,8 +117,8 @@ class LogWriter:
         timeout = self.settings.stop_timeout if timeout is None else timeout
         if self._state == WriterState.RUNNING:
             self._state = WriterState.STOPPING
-            if self._pending:
-                log.debug("Flushing %d remaining log entries", len(self._pending))
+            if self._queue.pending:
+                log.debug("Flushing %d remaining log entries", len(self._queue.pending))
             self._wakeup.set()
         for helper in (self._index_timer, self._opener):
             if helper is not None:
@@ -151,22 +127,19 @@ class LogWriter:
             async with asyncio.timeout(timeout):
                 if self._task is not None:
                     await asyncio.shield(self._task)
-                while self._in_flight:
-                    await asyncio.gather(*self._in_flight, return_exceptions=True)
-                self._write_indexes()
-                await asyncio.gather(*self._index_tasks, return_exceptions=True)
-        except TimeoutError:
-            pass
-        except Exception:  # the batch task died; what it held is reported below
+                await asyncio.gather(*self._encoding)
+                await self._appender.drain()
+                self._write_indexes()  # now that every data frame has landed and is recorded
+                await self._appender.drain()
+        except (TimeoutError, Exception):  # storage kept failing, or the batch task died: reported below
             pass
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        for task in [*self._in_flight, *self._index_tasks]:
-            task.cancel()
-        if self._in_flight or self._index_tasks:
-            await asyncio.gather(*self._in_flight, *self._index_tasks, return_exceptions=True)
-        self._fail_items(list(self._pending), "the writer stopped before storage accepted them")
-        self._pending.clear()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._encoding, return_exceptions=True)  # never cancelled: each settles its entries
+        reason = "the writer stopped before storage accepted them"
+        await self._appender.abort(reason)
+        self._fail_items(self._queue.take(len(self._queue.pending)), reason)
         self._state = WriterState.STOPPED
         await self.store.close()
 
@@ -202,9 +175,10 @@ class LogWriter:
                 seen += 1
                 yield pair
 
+        s = self.settings
         try:
-            return admit(counted(), max_entry_bytes=self.settings.max_entry_bytes,
-                         max_entries=self.settings.max_queue_size, where=where)
+            return admit(counted(), max_entry_bytes=s.max_entry_bytes, max_entries=s.max_queue_size,
+                         max_bytes=s.max_queue_bytes, where=where)
         except EntryError:
             self.metrics.rejected += seen
             raise
@@ -212,29 +186,20 @@ class LogWriter:
     def submit(self, prepared: list[Prepared], *, durable: bool = False) -> asyncio.Future[None] | None:
         """Queue admitted entries, all or none; return a future for durable writes.
 
-        Raises QueueFullError (back-pressure) when they would exceed `max_queue_size`.
+        Raises QueueFullError (back-pressure) when they would pass `max_queue_size` or `max_queue_bytes`.
         """
         if self._state != WriterState.RUNNING:
             raise WriterStoppedError(f"writer is {self._state.value}; entries are not accepted")
-        count = len(prepared)
-        if self._queue_depth + count > self.settings.max_queue_size:
-            self.metrics.rejected += count
-            raise QueueFullError(
-                f"queue full: {self._queue_depth} entries waiting for storage (max_queue_size="
-                f"{self.settings.max_queue_size})", retry_after=self.retry_after(),
-            )
-        if count == 0:
+        if not prepared:
             return None
-        waiter = _Waiter(count) if durable else None
-        now = time.monotonic()
-        was_empty = not self._pending
-        self._pending.extend((p.date, p.line, waiter, now) for p in prepared)
-        self._queue_depth += count
-        self.metrics.accepted += count
-        self._drained.clear()
-        if waiter is not None:
-            self._urgent += count
-        if was_empty or waiter is not None or len(self._pending) >= self.settings.batch_size:
+        was_empty = not self._queue.pending
+        try:
+            waiter = self._queue.put(prepared, durable=durable, retry_after=self.retry_after)
+        except QueueFullError:
+            self.metrics.rejected += len(prepared)
+            raise
+        self.metrics.accepted += len(prepared)
+        if was_empty or waiter is not None or len(self._queue.pending) >= self.settings.batch_size:
             self._wakeup.set()
         return waiter.future if waiter is not None else None
 
@@ -251,14 +216,12 @@ class LogWriter:
         return len(prepared)
 
     async def flush(self) -> None:
-        """Wait until every entry accepted so far is written (or reported failed)."""
-        if self._queue_depth:
-            self._flushing += 1
+        """Wait until every entry accepted before this call is written (or reported failed); entries
+        accepted meanwhile are not waited for."""
+        done = self._queue.flush()
+        if done is not None:
             self._wakeup.set()
-            try:
-                await self._drained.wait()
-            finally:
-                self._flushing -= 1
+            await done
 
     def retry_after(self) -> int:
         """Seconds a caller turned away by back-pressure should wait before trying again."""
@@ -281,9 +244,11 @@ class LogWriter:
         return {
             "ok": self._state == WriterState.RUNNING and storage_error is None,
             "state": self._state.value,
-            "queue_depth": self._queue_depth,
+            "queue_depth": self._queue.depth,
+            "queue_bytes": self._queue.bytes,
             "max_queue_size": self.settings.max_queue_size,
-            "appends_in_flight": len(self._in_flight),
+            "max_queue_bytes": self.settings.max_queue_bytes,
+            "appends_in_flight": self._appender.in_flight,
             "storage_error": storage_error,
             "writer_id": self.writer_id,
         }
@@ -293,7 +258,7 @@ class LogWriter:
     async def _run(self) -> None:
         batch_size = self.settings.batch_size
         timeout = self.settings.batch_timeout
-        pending = self._pending
+        pending = self._queue.pending
         while True:
             if not pending:
                 if self._state != WriterState.RUNNING:
@@ -301,9 +266,8 @@ class LogWriter:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if (len(pending) < batch_size and not (self._urgent or self._flushing)
-                    and self._state == WriterState.RUNNING):
-                delay = pending[0][_ENQUEUED] + timeout - time.monotonic()
+            if len(pending) < batch_size and not self._rush():
+                delay = pending[0][ENQUEUED] + timeout - time.monotonic()
                 if delay > 0:
                     self._wakeup.clear()
                     try:
@@ -312,104 +276,102 @@ class LogWriter:
                     except TimeoutError:
                         pass
                     continue
-            await self._slots.acquire()
-            batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-            self._urgent -= sum(1 for i in batch if i[_WAITER] is not None)
-            task = asyncio.create_task(self._write_batch(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._batch_done)
+            await self._encoders.acquire()
+            # Whole batches, and the partial one at the end only when it is due: timed out, or wanted now.
+            count = min(len(pending), max(batch_size, ENCODE_ENTRIES - ENCODE_ENTRIES % batch_size))
+            due = self._rush() or pending[0][ENQUEUED] + timeout <= time.monotonic()
+            if count >= batch_size and (count < len(pending) or not due):
+                count -= count % batch_size
+            items = self._queue.take(count)
+            job = asyncio.create_task(self._encode_job(items))
+            self._encoding.add(job)
+            job.add_done_callback(self._encoding.discard)
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Batch task failed unexpectedly", exc_info=task.exception())
+    def _rush(self) -> bool:
+        """Write what is queued without waiting for batch_timeout: a durable write, a flush, or stopping."""
+        return bool(self._queue.urgent or self._queue.flushing or self._state != WriterState.RUNNING)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
         self._state = WriterState.FAILED
         log.error("Log writer batch task died; entries are no longer accepted", exc_info=task.exception())
-        self._fail_items(list(self._pending), "the writer's batch task died")
-        self._pending.clear()
+        self._fail_items(self._queue.take(len(self._queue.pending)), "the writer's batch task died")
 
-    async def _write_batch(self, batch: list[_Item]) -> None:
-        groups: dict[str, list[_Item]] = {}
-        for item in batch:
-            groups.setdefault(item[_DATE], []).append(item)
-        frames: list[Frame] | None = None
-        appended = 0
-
-        def unwritten() -> list[_Item]:
-            return batch if frames is None else [i for f in frames[appended:] for i in f.items]
-
+    async def _encode_job(self, items: list[Item]) -> None:
+        """Encode taken entries into frames (in a worker thread) and hand them to the appender."""
         try:
-            frames = await asyncio.to_thread(self._encode, groups)
-            for frame in frames:
-                self._landed(frame, await self._appender.append(frame))
-                appended += 1
-        except asyncio.CancelledError:
-            self._fail_items(unwritten(), "the writer stopped while storage was failing")
+            frames = await asyncio.to_thread(self._encode, items)
+        except asyncio.CancelledError:  # not done by the writer itself (it waits for these jobs)
+            self._fail_items(items, "the writer stopped before storage accepted them")
             raise
         except Exception as exc:  # encoding cannot fail for an admitted entry; if it does, say so
-            self._fail_items(unwritten(), f"encoding failed: {exc!r}")
+            log.error("Encoding failed", exc_info=exc)
+            self._fail_items(items, f"encoding failed: {exc!r}")
+            return
+        finally:
+            self._encoders.release()
+        self._appender.submit(frames)
 
-    def _encode(self, groups: dict[str, list[_Item]]) -> list[Frame]:
-        """Frames for each date's entries (in a worker thread)."""
-        return [frame for date, items in groups.items()
-                for frame in self._appender.encode(date, [i[_LINE] for i in items], items)]
+    def _encode(self, items: list[Item]) -> list[Frame]:
+        """Frames of `items`: consecutive batches of batch_size entries, each grouped by date."""
+        frames: list[Frame] = []
+        batch_size = self.settings.batch_size
+        for start in range(0, len(items), batch_size):
+            groups: dict[str, list[Item]] = {}
+            for item in items[start:start + batch_size]:
+                groups.setdefault(item[DATE], []).append(item)
+            for date, group in groups.items():
+                frames += self._appender.encode(date, [i[LINE] for i in group], self._frame_settled,
+                                                _carry_of(group))
+        return frames
 
-    def _landed(self, frame: Frame, landed: Appended) -> None:
-        """A data frame is stored: index it, count it, resolve its waiters."""
-        items = frame.items
-        record = IndexRecord(landed.name, landed.offset, len(frame.data), frame.body.sequence, frame.attempt,
-                             frame_tag(frame.data).hex())
-        if self._index.record(frame.date, record):
-            self._write_indexes(landed.name)
-        self.metrics.batch_entries.observe(len(items))
-        self.metrics.frames += 1
-        self.metrics.written += len(items)
-        self.metrics.bytes_raw += frame.body.plaintext_length
-        self.metrics.bytes_stored += len(frame.data)
-        for item in items:
-            if item[_WAITER] is not None:
-                item[_WAITER].done_one()
-        self._settle(len(items))
-        log.debug("Wrote %d log entries to %s", len(items), landed.name)
+    def _frame_settled(self, frame: Frame, outcome: Landed | BaseException) -> None:
+        """A data frame landed (index it, count it, resolve its waiters) or was given up on (report it)."""
+        carry: Settled = frame.carry
+        if isinstance(outcome, Landed):
+            record = IndexRecord(outcome.name, outcome.offset, len(frame.data), frame.body.sequence, frame.attempt,
+                                 frame_tag(frame.data).hex())
+            if self._index.record(frame.date, record):
+                self._write_indexes(outcome.name)
+            m = self.metrics
+            m.batch_entries.observe(carry.count)
+            m.frames += 1
+            m.written += carry.count
+            m.bytes_raw += frame.body.plaintext_length
+            m.bytes_stored += len(frame.data)
+            for waiter in carry.waiters:
+                waiter.done_one()
+            log.debug("Wrote %d log entries to %s", carry.count, outcome.name)
+        else:
+            error = WriteFailedError(f"{carry.count} entries were not written: {outcome}")
+            for waiter in carry.waiters:
+                waiter.fail(error)
+            self.metrics.failed += carry.count
+            log.error("%d accepted log entries were NOT written: %s", carry.count, outcome)
+        self._queue.settle(carry)
 
     # -- index frames ----------------------------------------------------------------------
 
     def _write_indexes(self, part: str | None = None) -> None:
-        """Start appending index frames for one part (default: every part with records waiting)."""
-        for pending in self._index.take(part):
-            frame = self._appender.encode_index(pending.date, pending.lines)
-            task = asyncio.create_task(self._append_index(frame))
-            self._index_tasks.add(task)
-            task.add_done_callback(self._index_tasks.discard)
+        """Append index frames for one blob (default: every blob with records waiting)."""
+        self._appender.submit([self._appender.encode_index(p.date, p.lines, self._index_settled)
+                               for p in self._index.take(part)])
 
-    async def _append_index(self, frame: Frame) -> None:
-        landed = await self._appender.append(frame)
-        log.debug("Wrote an index of %d frames to %s", frame.body.entries, landed.name)
+    def _index_settled(self, frame: Frame, outcome: Landed | BaseException) -> None:
+        if isinstance(outcome, Landed):
+            log.debug("Wrote an index of %d frames to %s", frame.body.entries, outcome.name)
+        else:
+            log.warning("An index frame of %d records was not written: %s", frame.body.entries, outcome)
 
     async def _index_periodically(self) -> None:
         while True:
             await asyncio.sleep(INDEX_INTERVAL)
             self._write_indexes()
 
-    def _settle(self, count: int) -> None:
-        self._queue_depth -= count
-        if self._queue_depth == 0:
-            self._drained.set()
-
-    def _fail_items(self, items: list[_Item], reason: str) -> None:
-        if not items:
-            return
-        error = WriteFailedError(f"{len(items)} entries were not written: {reason}")
-        for item in items:
-            if item[_WAITER] is not None:
-                item[_WAITER].fail(error)
-        self.metrics.failed += len(items)
-        self._settle(len(items))
-        log.error("%d accepted log entries were NOT written: %s (last storage error: %s)",
-                  len(items), reason, self._appender.storage_error)
-
+    def _fail_items(self, items: list[Item], reason: str) -> None:
+        if items:
+            settled = self._queue.fail(items, reason)
+            self.metrics.failed += settled.count
+            log.error("%d accepted log entries were NOT written: %s (last storage error: %s)",
+                      settled.count, reason, self._appender.storage_error)

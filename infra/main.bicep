@@ -115,6 +115,9 @@ param batchTimeout string = '1.0'
 @description('BLOBWRITER_MAX_QUEUE_SIZE: most accepted-but-unwritten entries per instance before HTTP 503.')
 param maxQueueSize int = 100000
 
+@description('BLOBWRITER_MAX_QUEUE_BYTES: most serialized bytes of accepted-but-unwritten entries per instance before HTTP 503.')
+param maxQueueBytes int = 268435456
+
 @description('BLOBWRITER_MAX_CONCURRENT_WRITES: most appends in flight at once per instance.')
 param maxConcurrentWrites int = 16
 
@@ -135,6 +138,9 @@ param storageTimeout string = '30.0'
 
 @description('BLOBWRITER_RETRY_BACKOFF_MAX: longest pause in seconds between retries of a failed append.')
 param retryBackoffMax string = '30.0'
+
+@description('BLOBWRITER_GIVE_UP_AFTER: seconds an append error that retrying cannot heal (403, a leased or sealed blob) is retried before its entries are reported failed.')
+param giveUpAfter string = '300.0'
 
 @description('BLOBWRITER_STOP_TIMEOUT: seconds shutdown keeps retrying unwritten entries.')
 param stopTimeout string = '60.0'
@@ -297,6 +303,10 @@ var appSettings = [
     value: string(maxQueueSize)
   }
   {
+    name: 'BLOBWRITER_MAX_QUEUE_BYTES'
+    value: string(maxQueueBytes)
+  }
+  {
     name: 'BLOBWRITER_MAX_CONCURRENT_WRITES'
     value: string(maxConcurrentWrites)
   }
@@ -323,6 +333,10 @@ var appSettings = [
   {
     name: 'BLOBWRITER_RETRY_BACKOFF_MAX'
     value: retryBackoffMax
+  }
+  {
+    name: 'BLOBWRITER_GIVE_UP_AFTER'
+    value: giveUpAfter
   }
   {
     name: 'BLOBWRITER_STOP_TIMEOUT'

@@ -98,11 +98,35 @@ def test_utc_date_of_timestamp(idle_writer: Callable[[Any], Prepared], timestamp
 def test_admit_names_the_position_of_the_first_bad_entry() -> None:
     values = [{"timestamp": TS}, {"timestamp": TS}, "not an object", {"timestamp": "bad"}]
     with pytest.raises(EntryError, match="entry line 7: an entry must be a JSON object") as caught:
-        admit(zip([5, 6, 7, 8], values, strict=True), max_entry_bytes=2048, max_entries=10, where="line")
+        admit(zip([5, 6, 7, 8], values, strict=True), max_entry_bytes=2048, max_entries=10, max_bytes=10**6,
+              where="line")
     assert caught.value.position == 7
 
 
 def test_admit_refuses_more_entries_than_the_queue_can_ever_hold() -> None:
     with pytest.raises(EntryTooLargeError, match="max_queue_size=3"):
-        admit(enumerate([{"timestamp": TS}] * 4), max_entry_bytes=2048, max_entries=3)
-    assert len(admit(enumerate([{"timestamp": TS}] * 3), max_entry_bytes=2048, max_entries=3)) == 3
+        admit(enumerate([{"timestamp": TS}] * 4), max_entry_bytes=2048, max_entries=3, max_bytes=10**6)
+    assert len(admit(enumerate([{"timestamp": TS}] * 3), max_entry_bytes=2048, max_entries=3, max_bytes=10**6)) == 3
+
+
+def test_admit_refuses_more_bytes_than_the_queue_can_ever_hold() -> None:
+    values = [{"timestamp": TS, "pad": "x" * 900}] * 3
+    line = len(prepare(values[0], 2048).line)
+    assert len(admit(enumerate(values), max_entry_bytes=2048, max_entries=10, max_bytes=3 * line)) == 3
+    with pytest.raises(EntryTooLargeError, match="max_queue_bytes"):
+        admit(enumerate(values), max_entry_bytes=2048, max_entries=10, max_bytes=3 * line - 1)
+
+
+def test_admit_stops_reading_a_huge_call_at_the_limit() -> None:
+    """A call of a million entries is refused after max_entries + 1 values, never read whole."""
+    consumed = 0
+
+    def values() -> Any:
+        nonlocal consumed
+        for n in range(1_000_000):
+            consumed += 1
+            yield n, {}
+
+    with pytest.raises(EntryTooLargeError):
+        admit(values(), max_entry_bytes=2048, max_entries=100, max_bytes=10**9)
+    assert consumed == 101

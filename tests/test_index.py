@@ -17,6 +17,7 @@ import orjson
 from blobwriter.codec import parse_header
 from blobwriter.config import Settings
 from blobwriter.errors import StoreError
+from blobwriter.layout import writer_blob
 from blobwriter.reader import Reader
 from blobwriter.store import DirectoryStore
 from blobwriter.writer import LogWriter
@@ -34,7 +35,7 @@ async def write_frames(root: Path, key: str, frames: int) -> Path:
     for _ in range(frames):
         await writer.write_many([entry(timestamp=f"{DAY}T12:00:00Z") for _ in range(3)], wait=True)
     await writer.stop()
-    return root / f"{DAY}.0000.log"
+    return root / writer_blob("", DAY, writer.writer_id, 0)
 
 
 def frame_spans(data: bytes) -> list[tuple[int, int, bool]]:
@@ -78,7 +79,7 @@ async def test_swapped_frames_are_flagged_at_both_offsets(tmp_path: Path, key: s
     code, report = verify(tmp_path, key)
     assert code == 1
     flagged = {(p["blob"], p["offset"]) for p in report["problems"]}
-    assert (part.name, a) in flagged
+    assert (str(part.relative_to(tmp_path)), a) in flagged
     assert any("swapped" in p["message"] or "missing" in p["message"] for p in report["problems"])
     assert report["entries"] == 12  # every entry is still readable
 
@@ -112,8 +113,8 @@ class LandsThenTimesOut(DirectoryStore):
 
     failed = False
 
-    async def append(self, date: str, frame: bytes) -> Any:
-        landed = await super().append(date, frame)
+    async def append(self, name: str, data: bytes) -> Any:
+        landed = await super().append(name, data)
         if not self.failed:
             self.failed = True
             raise StoreError("answer lost after the append landed")  # a store raises only StoreError

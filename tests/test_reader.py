@@ -16,6 +16,7 @@ from blobwriter import store as store_module
 from blobwriter.codec import HEADER_SIZE, Encoder
 from blobwriter.config import Settings
 from blobwriter.keys import key_id, keygen, parse_key
+from blobwriter.layout import shared_blob, writer_blob
 from blobwriter.reader import Reader, SeenFrames, date_range
 from blobwriter.store import DirectoryStore, open_store
 from blobwriter.writer import LogWriter
@@ -31,6 +32,7 @@ from tests.support.readback import (
 )
 
 DAY = "2026-05-17"
+OLD = shared_blob("", DAY, 0)  # version 0.1's layout: written here to show it is still read
 TS = f"{DAY}T12:00:00.000Z"
 NEW, RETRY, REPLAY = SeenFrames.NEW, SeenFrames.RETRY, SeenFrames.REPLAY
 
@@ -131,7 +133,7 @@ async def test_reads_across_tiny_chunks(dir_settings: Settings, monkeypatch: pyt
         groups = [day_entries(n % 3 + 1) for n in range(8)]
         chunks = (1, 7, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 1, 100)
     for sequence, group in enumerate(groups, start=1):
-        await store.append(DAY, encoder.encode(lines(group), sequence, date=DAY)[0])
+        await store.append(OLD, encoder.encode(lines(group), sequence, date=DAY)[0])
     expected = [e["id"] for group in groups for e in group]
     for chunk in chunks:
         monkeypatch.setattr(store_module, "READ_RANGE_BYTES", chunk)
@@ -145,15 +147,15 @@ async def test_retried_frame_dropped_replayed_frame_reported(dir_settings: Setti
     store = DirectoryStore(Path(dir_settings.require("storage")))
     first, second = day_entries(3), day_entries(2)
     body = encoder.body(lines(first), 1, date=DAY)
-    landed = [await store.append(DAY, encoder.seal(body, 0)),  # timed out, but landed
-              await store.append(DAY, encoder.seal(body, 1)),  # the retry landed too
-              await store.append(DAY, encoder.encode(lines(second), 2, date=DAY)[0])]
+    landed = [await store.append(OLD, encoder.seal(body, 0)),  # timed out, but landed
+              await store.append(OLD, encoder.seal(body, 1)),  # the retry landed too
+              await store.append(OLD, encoder.encode(lines(second), 2, date=DAY)[0])]
     found, report = await read_back(dir_settings, [DAY])
     assert_each_once(found, [e["id"] for e in first + second])
     assert report.duplicates == 1 and report.ok
 
-    replay = await blob_bytes(store, landed[2].name)
-    await store.append(DAY, replay[landed[2].offset:])  # the very same bytes again: not a writer's retry
+    replay = await blob_bytes(store, OLD)
+    await store.append(OLD, replay[landed[2].offset:])  # the very same bytes again: not a writer's retry
     found, report = await read_back(dir_settings, [DAY])
     assert_each_once(found, [e["id"] for e in first + second])
     assert [p.offset for p in report.problems] == [len(replay)]
@@ -199,12 +201,13 @@ async def test_empty_date(dir_settings: Settings) -> None:
 
 # -- tampering and truncation ----------------------------------------------------------------
 
-async def write_frames(settings: Settings, count: int, per_frame: int) -> list[dict[str, Any]]:
+async def write_frames(settings: Settings, count: int, per_frame: int) -> tuple[list[dict[str, Any]], str]:
+    """`count` frames of `per_frame` entries through a LogWriter; the entries, and the writer's blob."""
     entries = day_entries(count * per_frame)
     async with LogWriter(settings.with_overrides(batch_size=per_frame, max_concurrent_writes=1)) as writer:
         for n in range(count):
             await writer.write_many(entries[n * per_frame:(n + 1) * per_frame], wait=True)
-    return entries
+    return entries, writer_blob(settings.blob_prefix, DAY, writer.writer_id, 0)
 
 
 def ids_in_frame(settings: Settings, data: bytes, offset: int) -> set[str]:
@@ -219,8 +222,7 @@ def ids_in_frame(settings: Settings, data: bytes, offset: int) -> set[str]:
 @pytest.mark.parametrize("where", ["ciphertext", "header"])
 async def test_tampered_byte_in_blob_detected(make_settings: Callable[..., Settings], where: str) -> None:
     settings = make_settings()
-    entries = await write_frames(settings, 9, 20)
-    name = f"{DAY}.0000.log"
+    entries, name = await write_frames(settings, 9, 20)
     store = open_store(settings)
     try:
         data = bytearray(await blob_bytes(store, name))
@@ -256,8 +258,8 @@ async def test_tampered_byte_in_blob_detected(make_settings: Callable[..., Setti
 @pytest.mark.parametrize("keep", ["half a frame", "part of a header"])
 async def test_truncated_tail_detected(tmp_path: Path, make_settings: Callable[..., Settings], keep: str) -> None:
     settings = make_settings(storage=str(tmp_path))
-    entries = await write_frames(settings, 5, 10)
-    path = tmp_path / f"{DAY}.0000.log"
+    entries, name = await write_frames(settings, 5, 10)
+    path = tmp_path / name
     data = path.read_bytes()
     frames = frames_in(data)
     offset, header = [(o, h) for o, h in frames if not h.is_index][-1]  # the last data frame
@@ -267,12 +269,12 @@ async def test_truncated_tail_detected(tmp_path: Path, make_settings: Callable[.
 
     found, report = await read_back(settings, [DAY])
     assert_each_once(found, [e["id"] for e in entries if e["id"] not in lost])
-    assert [(p.blob, p.offset) for p in report.problems] == [(path.name, offset)]
+    assert [(p.blob, p.offset) for p in report.problems] == [(name, offset)]
     assert "truncated frame" in report.problems[0].message
 
     result = run_cli("verify", "--date", DAY, env=cli_env(settings))
     assert result.returncode == 1
-    assert f"DAMAGED {path.name} at offset {offset}: truncated frame" in result.stdout
+    assert f"DAMAGED {name} at offset {offset}: truncated frame" in result.stdout
     result = run_cli("read", "--date", DAY, env=cli_env(settings))
     assert result.returncode == 1
     assert {orjson.loads(line)["id"] for line in result.stdout.splitlines()} == {e["id"] for e in entries} - lost

@@ -18,6 +18,7 @@ import pytest
 from blobwriter.blob_store import AppendBlobStore
 from blobwriter.config import Settings
 from blobwriter.errors import StoreError
+from blobwriter.layout import writer_blob
 from blobwriter.writer import LogWriter
 from tests.conftest import connection_string
 from tests.support.proxy import FaultPlan, StorageProxy
@@ -47,12 +48,16 @@ def through(proxy: StorageProxy) -> str:
 
 async def test_flaky_storage_loses_and_duplicates_nothing(proxy: StorageProxy, azurite: str, key: str,
                                                          container: str) -> None:
-    """100,000 entries while 20% of appends fail (5xx or reset) and 5% land but answer after the timeout."""
+    """100,000 entries while 20% of appends fail (5xx or reset) and 5% land but answer after the timeout.
+
+    Appends are capped at 64 KiB here so that they are many (an append carries every frame that is
+    ready, so at the default 4 MiB the whole run would be a few dozen appends, too few to meet every fault).
+    """
     proxy.plan = FaultPlan(error_share=0.10, reset_share=0.10, stall_share=0.05, stall_seconds=1.5, seed=1)
     settings = Settings.from_values({
         "storage": connection_string(through(proxy)), "encryption_key": key, "container": container,
         "batch_size": 500, "batch_timeout": 0.2, "storage_timeout": 1.0, "retry_backoff_max": 0.5,
-        "max_concurrent_writes": 16,
+        "max_concurrent_writes": 16, "max_append_bytes": 65536, "max_entry_bytes": 32768,
     })
     entries = make_entries(100_000, "flaky", day="2026-03-14", days=2)
     writer = LogWriter(settings)
@@ -96,15 +101,16 @@ async def test_a_stalled_append_times_out_and_is_not_resent_as_is(proxy: Storage
     store = AppendBlobStore(settings)
     await store.open()
     try:
-        await store.append("2026-03-20", b"first")
+        name = writer_blob("", "2026-03-20", "ab" * 16, 0)
+        await store.append(name, b"first")
         proxy.plan = FaultPlan(stall_share=1.0, stall_seconds=4.0)
         appends_before = proxy.counts["appends"]
         with pytest.raises(StoreError):  # the store's one error type
-            await store.append("2026-03-20", b"stalled")
+            await store.append(name, b"stalled")
         assert proxy.counts["appends"] - appends_before == 1  # sent once, not resent by the SDK
         proxy.plan = FaultPlan()
         await asyncio.sleep(4.0)  # let the stalled request finish landing before looking
-        assert await blob_bytes(store, "2026-03-20.0000.log") == b"firststalled"
+        assert await blob_bytes(store, name) == b"firststalled"
     finally:
         await store.close()
 

@@ -18,6 +18,7 @@ import pytest
 from blobwriter.codec import HEADER_SIZE, MAGIC, Decoder, iter_lines
 from blobwriter.config import Settings
 from blobwriter.keys import keygen, parse_key
+from blobwriter.layout import writer_blob
 from blobwriter.writer import LogWriter
 from tests.support.readback import frames_in
 from tests.support.reliability import (
@@ -34,8 +35,9 @@ DAMAGED = re.compile(r"^DAMAGED (\S+) at offset (\d+): (.*)$")
 DATES = [f"2026-04-0{n}" for n in range(1, 7)]
 
 
-async def write_dates(root: Path, key: str, per_date: int = 100) -> dict[str, list[str]]:
-    """Write `per_date` entries to each of DATES (20 to a frame) through a real LogWriter."""
+async def write_dates(root: Path, key: str, per_date: int = 100) -> tuple[dict[str, list[str]], dict[str, Path]]:
+    """Write `per_date` entries to each of DATES (20 to a frame) through a real LogWriter; the ids of
+    each date, and the writer's file of each date."""
     settings = Settings.from_values({"storage": str(root), "encryption_key": key, "batch_size": 20,
                                      "batch_timeout": 0.1})
     ids: dict[str, list[str]] = {}
@@ -45,7 +47,7 @@ async def write_dates(root: Path, key: str, per_date: int = 100) -> dict[str, li
             ids[day] = [e["id"] for e in entries]
             await writer.write_many(entries)
             await writer.flush()
-    return ids
+    return ids, {day: root / writer_blob("", day, writer.writer_id, 0) for day in DATES}
 
 
 def frame_ids(data: bytes, key: str, day: str) -> list[tuple[int, int, list[str]]]:
@@ -57,6 +59,11 @@ def frame_ids(data: bytes, key: str, day: str) -> list[tuple[int, int, list[str]
         ids = [] if header.is_index else [orjson.loads(line)["id"] for line in iter_lines(plaintext)]
         out.append((offset, header.frame_length, ids))
     return out
+
+
+def name(path: Path) -> str:
+    """A file's blob name: its path under the store's root (`{date}/{writer}.{part}.log`)."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def noise(size: int) -> bytes:
@@ -76,8 +83,7 @@ def problems(output: bytes) -> dict[str, list[tuple[int, str]]]:
 async def test_tampering_is_reported_by_blob_and_offset_and_intact_entries_survive(tmp_path: Path) -> None:
     key = keygen()
     root = tmp_path / "store"
-    ids = await write_dates(root, key)
-    blobs = {day: root / f"{day}.0000.log" for day in DATES}
+    ids, blobs = await write_dates(root, key)
     layout = {day: frame_ids(blobs[day].read_bytes(), key, day) for day in DATES}
     for day in DATES:  # 5 data frames of 20 entries, then the writer's index frame
         assert [len(f[2]) for f in layout[day]] == [20] * 5 + [0], layout[day]
@@ -131,9 +137,9 @@ async def test_tampering_is_reported_by_blob_and_offset_and_intact_entries_survi
     assert verify.returncode == 1
     # exactly one problem per tampered blob, at the tampered offset, saying what is wrong
     assert {name: [o for o, _ in p] for name, p in found.items()} == {
-        f"{day}.0000.log": [off] for day, (off, _) in expected.items()}
+        name(blobs[day]): [off] for day, (off, _) in expected.items()}
     for day, (_, what) in expected.items():
-        assert what in found[f"{day}.0000.log"][0][1]
+        assert what in found[name(blobs[day])][0][1]
     assert back.returncode == 1  # read reports damage too, on stderr, after printing every intact entry
     assert "verify" in back.stderr and "Traceback" not in back.stderr
     assert set(back.counts) == everything - destroyed and back.duplicated == 0
@@ -144,8 +150,8 @@ async def test_cut_and_inserted_bytes_move_later_frames_and_are_reported(tmp_pat
     offset, the frames it moved are named too (their index no longer matches), every other entry reads."""
     key = keygen()
     root = tmp_path / "store"
-    ids = await write_dates(root, key)
-    cut_blob, insert_blob = root / f"{DATES[0]}.0000.log", root / f"{DATES[1]}.0000.log"
+    ids, blobs = await write_dates(root, key)
+    cut_blob, insert_blob = blobs[DATES[0]], blobs[DATES[1]]
     cut = frame_ids(cut_blob.read_bytes(), key, DATES[0])
     inserted = frame_ids(insert_blob.read_bytes(), key, DATES[1])
     off, length, lost = cut[2]
@@ -159,14 +165,14 @@ async def test_cut_and_inserted_bytes_move_later_frames_and_are_reported(tmp_pat
     verify = run_cli(env, "verify", "--date", DATES[0], "--until", DATES[1])
     found = problems(verify.stdout)
     assert verify.returncode == 1
-    assert found[cut_blob.name][0][0] == off and found[cut_blob.name][0][1].startswith("authentication failed")
-    assert found[insert_blob.name][0][0] == at and "bad magic" in found[insert_blob.name][0][1]
+    assert found[name(cut_blob)][0][0] == off and found[name(cut_blob)][0][1].startswith("authentication failed")
+    assert found[name(insert_blob)][0][0] == at and "bad magic" in found[name(insert_blob)][0][1]
     # the frames after the damage sit at other offsets than their index says
     moved_cut = {o for o, _, _ in cut[3:-1]}  # not the index frame itself: no index claims it
     moved_ins = {o for o, _, _ in inserted[4:-1]}  # the fourth frame's offset is the damage already named
-    assert {o for o, m in found[cut_blob.name][1:]} == moved_cut
-    assert {o for o, m in found[insert_blob.name][1:]} == moved_ins
-    assert all("indexed frame missing" in m for o, m in found[cut_blob.name][1:] + found[insert_blob.name][1:])
+    assert {o for o, m in found[name(cut_blob)][1:]} == moved_cut
+    assert {o for o, m in found[name(insert_blob)][1:]} == moved_ins
+    assert all("indexed frame missing" in m for o, m in found[name(cut_blob)][1:] + found[name(insert_blob)][1:])
     back = read_ids(env, DATES[0], DATES[1])
     assert set(back.counts) == set(ids[DATES[0]] + ids[DATES[1]]) - set(lost) and back.duplicated == 0
 
@@ -174,7 +180,7 @@ async def test_cut_and_inserted_bytes_move_later_frames_and_are_reported(tmp_pat
 async def test_wrong_or_missing_key_is_one_clear_error(tmp_path: Path) -> None:
     key = keygen()
     root = tmp_path / "store"
-    ids = await write_dates(root, key, per_date=20)
+    ids, _ = await write_dates(root, key, per_date=20)
     wrong = keygen()
     for command in ("read", "verify"):
         result = run_cli(serve_env(str(root), wrong), command, "--date", DATES[0], "--until", DATES[-1])

@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
 from blobwriter.codec import FrameHeader
 from blobwriter.config import Settings
@@ -25,12 +23,20 @@ from blobwriter.errors import (
     WriteFailedError,
     WriterStoppedError,
 )
+from blobwriter.layout import writer_blob
 from blobwriter.limits import FRAME_OVERHEAD_BYTES
 from blobwriter.store import Appended, Store, open_store
 from blobwriter.writer import LogWriter
 from tests.conftest import connection_string, entry
-from tests.support.proxy import FaultPlan, StorageProxy, is_append
-from tests.support.readback import assert_each_once, blob_bytes, frames_in, list_blobs, read_back
+from tests.support.proxy import FaultPlan, StorageProxy
+from tests.support.readback import (
+    assert_each_once,
+    blob_bytes,
+    committed_blocks,
+    frames_in,
+    list_blobs,
+    read_back,
+)
 
 DAY = "2026-05-17"
 TS = f"{DAY}T12:00:00.000Z"
@@ -87,6 +93,7 @@ class GatedStore:
         self.gate = asyncio.Event()
         self.waiting = 0
         self.description = inner.description
+        self.prefix = inner.prefix
 
     async def open(self) -> None:
         await self.inner.open()
@@ -94,10 +101,10 @@ class GatedStore:
     async def close(self) -> None:
         await self.inner.close()
 
-    async def append(self, date: str, frame: bytes) -> Appended:
+    async def append(self, name: str, data: bytes) -> Appended:
         self.waiting += 1
         await self.gate.wait()
-        return await self.inner.append(date, frame)
+        return await self.inner.append(name, data)
 
     async def parts(self, date: str) -> list[str]:
         return await self.inner.parts(date)
@@ -229,7 +236,7 @@ async def test_stop_flushes_queue(make_settings: Callable[..., Settings], caplog
     messages = [r.getMessage() for r in caplog.records if r.name == "blobwriter.writer"]
     assert "Log writer started (batch_size=1000, timeout=60.0s)" in messages
     assert "Flushing 250 remaining log entries" in messages
-    assert "Wrote 250 log entries to 2026-05-17.0000.log" in messages
+    assert f"Wrote 250 log entries to {writer_blob('', DAY, writer.writer_id, 0)}" in messages
     assert all(r.levelno == logging.DEBUG for r in caplog.records
                if r.name == "blobwriter.writer" and r.getMessage().startswith(("Log writer", "Flushing", "Wrote")))
 
@@ -243,7 +250,8 @@ async def test_writer_logs_at_debug(make_settings: Callable[..., Settings], capl
     messages = [r.getMessage() for r in caplog.records if r.name == "blobwriter.writer"]
     assert "Log writer started (batch_size=4, timeout=0.1s)" in messages
     wrote = sorted(m for m in messages if re.match(r"Wrote \d+ log entries", m))
-    assert wrote == ["Wrote 2 log entries to gw/2026-05-17.0000.log", "Wrote 4 log entries to gw/2026-05-17.0000.log"]
+    blob = writer_blob("gw/", DAY, writer.writer_id, 0)
+    assert wrote == [f"Wrote 2 log entries to {blob}", f"Wrote 4 log entries to {blob}"]
     assert not any(m.startswith("Flushing") for m in messages)  # nothing was left at stop
 
 
@@ -264,7 +272,7 @@ async def test_date_grouping_and_midnight(make_settings: Callable[..., Settings]
     async with LogWriter(settings) as writer:
         await writer.write_many(everything)  # one batch spanning four dates
     assert writer.metrics.frames == 4  # one frame per date
-    assert await list_blobs(settings) == sorted(f"gw/{day}.0000.log" for day in cases)
+    assert await list_blobs(settings) == sorted(writer_blob("gw/", day, writer.writer_id, 0) for day in cases)
     for day, group in expected.items():
         found, report = await read_back(settings, [day])
         assert_each_once(found, [e["id"] for e in group])
@@ -282,7 +290,7 @@ async def test_sample_entries_land_in_their_utc_dates(make_settings: Callable[..
     async with LogWriter(settings) as writer:
         await writer.write_many(sample_entries)
     names = await list_blobs(settings)
-    assert names == sorted(f"{day}.0000.log" for day in by_day)
+    assert names == sorted(writer_blob("", day, writer.writer_id, 0) for day in by_day)
     for day, ids in by_day.items():
         found, report = await read_back(settings, [day])
         assert_each_once(found, ids)
@@ -345,7 +353,7 @@ async def test_back_pressure_when_storage_hangs(make_settings: Callable[..., Set
             e = day_entry()
             await writer.write(e)
             accepted.append(e["id"])
-        await eventually(lambda: store.waiting >= 2, "appends are stuck in storage")
+        await eventually(lambda: store.waiting >= 1, "appends are stuck in storage")  # one carries all 5 frames
         refused = day_entry()
         with pytest.raises(QueueFullError) as caught:
             await writer.write(refused)
@@ -426,7 +434,7 @@ async def test_batches_split_at_max_append_bytes(make_settings: Callable[..., Se
     for e in big:
         e["blob"] = ""
         room = limit - FRAME_OVERHEAD_BYTES - len(orjson.dumps(e))
-        e["blob"] = os.urandom(room // 2).hex()[:room]
+        e["blob"] = os.urandom(room // 2 + 1).hex()[:room]  # an odd room too
         assert len(orjson.dumps(e)) == limit - FRAME_OVERHEAD_BYTES
     everything = [*sample_entries, *big]
     days = sorted({utc_day(e["timestamp"]) for e in everything})
@@ -446,25 +454,28 @@ async def test_batches_split_at_max_append_bytes(make_settings: Callable[..., Se
 
 
 async def test_rollover_at_block_limit(make_settings: Callable[..., Settings]) -> None:
+    """Ten appends (durable writes one after another: one append each) into parts of at most three."""
     settings = make_settings(max_blocks_per_blob=3, batch_size=5, max_concurrent_writes=1)
-    entries = [day_entry() for _ in range(100)]
+    entries = [day_entry() for _ in range(50)]
     async with LogWriter(settings) as writer:
-        await writer.write_many(entries)
+        for n in range(0, 50, 5):
+            await writer.write_many(entries[n:n + 5], wait=True)
     parts = await data_frames(settings, [DAY])
-    assert list(parts) == [f"{DAY}.{n:04d}.log" for n in range(len(parts))]
-    assert len(parts) >= math.ceil(100 / 5 / 3)
-    assert all(len(headers) <= 3 for headers in parts.values())
-    assert sum(h.entries for headers in parts.values() for h in headers) == 100
-    found, report = await read_back(settings, [DAY])
+    assert list(parts)[:4] == [writer_blob("", DAY, writer.writer_id, n) for n in range(4)]
+    assert [await committed_blocks(settings, name) for name in list(parts)[:3]] == [3, 3, 3]
+    assert sum(h.entries for headers in parts.values() for h in headers) == 50
+    found, report = await read_back(settings, [DAY], verify=True)
     assert_each_once(found, [e["id"] for e in entries])
-    assert report.parts == len(parts) and report.ok
+    assert report.parts == len(parts) and report.ok and report.unindexed == 0
 
 
 async def test_rollover_under_concurrency(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(max_blocks_per_blob=3, batch_size=4, max_concurrent_writes=8)
     entries = [day_entry() for _ in range(300)]
     async with LogWriter(settings) as writer:
-        await writer.write_many(entries)
+        for n in range(0, 300, 50):  # rounds of concurrent durable writers: many appends at once
+            await asyncio.gather(*(writer.write(e, wait=True) for e in entries[n:n + 50]))
+    assert writer.metrics.appends > 3
     found, report = await read_back(settings, [DAY], verify=True)
     assert_each_once(found, [e["id"] for e in entries])
     assert report.parts > 1 and report.ok and report.unindexed == 0
@@ -485,37 +496,10 @@ async def test_rollover_on_block_count_exceeds_limit(make_settings: Callable[...
     assert report.parts > 1 and report.ok
 
 
-async def test_another_instance_filled_the_part(make_settings: Callable[..., Settings], azurite_upstream: str) -> None:
-    """Instance A keeps part 0000; for instance B storage says 0000 is full: B moves to 0001, both read once."""
-    direct = make_settings(batch_size=5)
-    first_a = [day_entry(instance="a") for _ in range(10)]
-    writer_a = LogWriter(direct)
-    await writer_a.start()
-    await writer_a.write_many(first_a, wait=True)
-
-    def part_0_full(request: web.BaseRequest) -> bool:
-        return is_append(request) and request.path.endswith(".0000.log")
-
-    async with StorageProxy(azurite_upstream, FaultPlan(block_limit_share=1.0, only=part_0_full)) as proxy:
-        writer_b = LogWriter(make_settings(storage=proxied(proxy), batch_size=5))
-        await writer_b.start()
-        more_a = [day_entry(instance="a") for _ in range(50)]
-        from_b = [day_entry(instance="b") for _ in range(50)]
-        await asyncio.gather(writer_a.write_many(more_a), writer_b.write_many(from_b))
-        await asyncio.gather(writer_a.stop(), writer_b.stop())
-    assert proxy.counts["block_limit"] >= 1
-    parts = await data_frames(direct, [DAY])
-    assert list(parts) == [f"{DAY}.0000.log", f"{DAY}.0001.log"]
-    writer_ids = {name: {h.writer_id.hex() for h in headers} for name, headers in parts.items()}
-    assert writer_ids[f"{DAY}.0000.log"] == {writer_a.writer_id}
-    assert writer_ids[f"{DAY}.0001.log"] == {writer_b.writer_id}
-    found, report = await read_back(direct, [DAY])
-    assert_each_once(found, [e["id"] for e in [*first_a, *more_a, *from_b]])
-    assert report.ok
-
-
-async def test_two_writers_share_container_and_parts(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(max_blocks_per_blob=4, batch_size=5, max_concurrent_writes=4)
+async def test_each_writer_appends_to_blobs_of_its_own(make_settings: Callable[..., Settings]) -> None:
+    """Two writers (instances) on the same container and dates: each has its own blob per date, so no
+    blob's request rate grows with the number of instances; a date's listing finds both."""
+    settings = make_settings(batch_size=5, max_concurrent_writes=4)
     writers = [LogWriter(settings), LogWriter(settings)]
     entries = [[day_entry(instance=n) for _ in range(200)] for n in range(2)]
     await asyncio.gather(*(w.start() for w in writers))
@@ -528,12 +512,12 @@ async def test_two_writers_share_container_and_parts(make_settings: Callable[...
     await asyncio.gather(*(feed(w, b) for w, b in zip(writers, entries, strict=True)))
     await asyncio.gather(*(w.stop() for w in writers))
     parts = await data_frames(settings, [DAY])
-    assert len(parts) > 1
-    mixed = [name for name, headers in parts.items() if len({h.writer_id for h in headers}) == 2]
-    assert mixed, "the writers never shared a part"
+    assert sorted(parts) == sorted(writer_blob("", DAY, w.writer_id, 0) for w in writers)
+    for w in writers:
+        assert {h.writer_id.hex() for h in parts[writer_blob("", DAY, w.writer_id, 0)]} == {w.writer_id}
     found, report = await read_back(settings, [DAY], verify=True)
     assert_each_once(found, [e["id"] for batch in entries for e in batch])
-    assert report.ok and report.duplicates == 0
+    assert report.ok and report.duplicates == 0 and report.unindexed == 0
 
 
 # -- storage faults --------------------------------------------------------------------------
@@ -573,25 +557,30 @@ async def test_directory_store_write_and_read(tmp_path: Path, make_settings: Cal
         await writer.write_many(sample_entries)
         durable = entry(timestamp=TS)
         await writer.write(durable, wait=True)
-        assert (tmp_path / "logs" / "gw" / f"{DAY}.0000.log").exists()
-    files = sorted(p.name for p in (tmp_path / "logs" / "gw").iterdir())
-    assert files == sorted(f"{d}.0000.log" for d in {*days, DAY})
+        assert (tmp_path / "logs" / writer_blob("gw/", DAY, writer.writer_id, 0)).exists()
+    files = sorted(str(p.relative_to(tmp_path / "logs")) for p in (tmp_path / "logs").rglob("*.log"))
+    assert files == sorted(writer_blob("gw/", d, writer.writer_id, 0) for d in {*days, DAY})
     found, report = await read_back(settings, sorted({*days, DAY}))
     assert_each_once(found, [*(e["id"] for e in sample_entries), durable["id"]])
     assert report.ok
 
 
-async def test_two_writers_append_to_one_file(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(storage=str(tmp_path), batch_size=3, max_concurrent_writes=8)
+async def test_many_frames_per_append_and_one_file_per_writer(tmp_path: Path,
+                                                                make_settings: Callable[..., Settings]) -> None:
+    """Entries queued faster than appends finish: each append carries many frames, back to back, and
+    no frame holds more than batch_size entries."""
+    settings = make_settings(storage=str(tmp_path), batch_size=3, max_concurrent_writes=2)
     entries = [[day_entry(instance=n) for _ in range(300)] for n in range(2)]
     writers = [LogWriter(settings), LogWriter(settings)]
     await asyncio.gather(*(w.start() for w in writers))
     await asyncio.gather(*(w.write_many(b) for w, b in zip(writers, entries, strict=True)))
     await asyncio.gather(*(w.stop() for w in writers))
-    data = (tmp_path / f"{DAY}.0000.log").read_bytes()
-    headers = [h for _, h in frames_in(data)]  # every frame whole, back to back
-    assert Counter(h.writer_id.hex() for h in headers if not h.is_index) == {
-        writers[0].writer_id: 100, writers[1].writer_id: 100}
+    for writer in writers:
+        data = (tmp_path / writer_blob("", DAY, writer.writer_id, 0)).read_bytes()
+        headers = [h for _, h in frames_in(data) if not h.is_index]  # every frame whole, back to back
+        assert {h.writer_id.hex() for h in headers} == {writer.writer_id}
+        assert len(headers) == 100 and all(h.entries == 3 for h in headers)
+        assert writer.metrics.frames == 100 and writer.metrics.appends < 100 / 2
     found, report = await read_back(settings, [DAY])
     assert_each_once(found, [e["id"] for batch in entries for e in batch])
     assert report.ok

@@ -4,7 +4,8 @@ Tests and benchmarks point blobwriter's BlobEndpoint at the proxy; the proxy for
 request to Azurite unchanged (SharedKey signatures do not cover the host) and, for the
 requests a `FaultPlan` picks, answers 500/503, resets the connection, stalls past the client's
 timeout after forwarding (so the append lands and the client retries it: a duplicate), or
-answers 409 BlockCountExceedsLimit.
+answers 409 BlockCountExceedsLimit. With `per_blob_limit` it also throttles the way Azure does:
+a blob that gets more requests than that in one second is answered 503 ServerBusy.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +22,10 @@ import aiohttp
 from aiohttp import web
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+SERVER_BUSY_BODY = (
+    '<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
+    "<Message>The server is busy.</Message></Error>"
+)
 BLOCK_COUNT_BODY = (
     '<?xml version="1.0" encoding="utf-8"?><Error><Code>BlockCountExceedsLimit</Code>'
     "<Message>The committed block count cannot exceed the maximum limit of 50,000 blocks.</Message></Error>"
@@ -40,8 +46,12 @@ class FaultPlan:
     stall_seconds: float = 0.0
     block_limit_share: float = 0.0  # answered 409 BlockCountExceedsLimit
     drop_share: float = 0.0  # forwarded (lands), then the connection is reset before any answer
+    refuse_share: float = 0.0  # answered refuse_status with x-ms-error-code refuse_code, not forwarded
+    refuse_status: int = 403
+    refuse_code: str = "AuthorizationPermissionMismatch"
     down: bool = False  # every request (not only appends) answered 503: an outage
     latency: float = 0.0  # added before forwarding every request
+    per_blob_limit: int = 0  # requests per second one blob takes; past it 503 ServerBusy, as Azure's target
     only: Callable[[web.BaseRequest], bool] = is_append
     seed: int | None = None
     rng: random.Random = field(init=False)
@@ -57,7 +67,7 @@ class FaultPlan:
         roll = self.rng.random()
         for name, share in (("error", self.error_share), ("reset", self.reset_share),
                             ("stall", self.stall_share), ("block_limit", self.block_limit_share),
-                            ("drop", self.drop_share)):
+                            ("drop", self.drop_share), ("refuse", self.refuse_share)):
             if roll < share:
                 return name
             roll -= share
@@ -72,6 +82,9 @@ class StorageProxy:
         self.plan = plan or FaultPlan()
         self.host, self.port = host, port
         self.counts: Counter[str] = Counter()
+        self.per_blob: Counter[str] = Counter()  # requests per blob in the current second
+        self.per_blob_peak = 0  # the most requests one blob got in one second
+        self._second = 0
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.ServerRunner | None = None
         self._thread: threading.Thread | None = None
@@ -128,6 +141,19 @@ class StorageProxy:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
+    def _over_blob_limit(self, request: web.BaseRequest) -> bool:
+        """Count a request against its blob's budget for this second (account/container/blob paths only)."""
+        if request.path.count("/") < 3:
+            return False
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second = second
+            self.per_blob.clear()
+        self.per_blob[request.path] += 1
+        count = self.per_blob[request.path]
+        self.per_blob_peak = max(self.per_blob_peak, count)
+        return count > self.plan.per_blob_limit
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         fault = self.plan.pick(request)
         self.counts["requests"] += 1
@@ -137,12 +163,21 @@ class StorageProxy:
             self.counts[fault] += 1
         if fault == "down":
             return web.Response(status=503, text="storage down (test proxy)")
+        if self.plan.per_blob_limit and self._over_blob_limit(request):
+            self.counts["throttled"] += 1
+            return web.Response(status=503, text=SERVER_BUSY_BODY, content_type="application/xml",
+                                headers={"x-ms-error-code": "ServerBusy"})
         if fault == "error":
             return web.Response(status=self.plan.rng.choice((500, 503)), text="injected fault")
         if fault == "reset":
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=500)
+        if fault == "refuse":
+            body = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{self.plan.refuse_code}</Code>'
+                    "<Message>Refused by the test proxy.</Message></Error>")
+            return web.Response(status=self.plan.refuse_status, text=body, content_type="application/xml",
+                                headers={"x-ms-error-code": self.plan.refuse_code})
         if fault == "block_limit":
             return web.Response(status=409, text=BLOCK_COUNT_BODY, content_type="application/xml",
                                 headers={"x-ms-error-code": "BlockCountExceedsLimit"})
