@@ -16,6 +16,7 @@ without them these tests skip locally and fail under CI (CI=true).
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -581,3 +582,65 @@ def test_tools_are_pinned_in_requirements_infra() -> None:
     text = (ROOT / "requirements-infra.txt").read_text(encoding="utf-8")
     for package in ("checkov", "pycep-parser"):
         assert re.search(rf"^{package}[<>=]", text, re.M), f"{package} is not pinned in requirements-infra.txt"
+
+
+# --------------------------------------------------------------------------------------------
+# What the Functions deployment installs: requirements.txt
+# --------------------------------------------------------------------------------------------
+
+
+def _requirement_lines(path: Path) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_requirements_txt_pins_the_whole_runtime_set() -> None:
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in _requirement_lines(ROOT / "requirements.txt"):
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;=<>!~]+)", line)
+        assert match, f"requirements.txt: {line!r} is not an exact pin (name==version); run `make lock`"
+        pins[_norm(match.group(1))] = match.group(2)
+    direct = {_norm(Requirement(line).name) for line in _requirement_lines(ROOT / "requirements.in")}
+    assert direct <= set(pins), f"requirements.in not pinned: {sorted(direct - set(pins))}; run `make lock`"
+    # Closed: every dependency of a pinned package (on the deployed Linux / CPython 3.11) is pinned too.
+    environment = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                   "python_version": "3.11", "python_full_version": "3.11.7", "os_name": "posix",
+                   "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+    for name, version in pins.items():
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"{name} is pinned but not installed here: run `make install`")
+        assert distribution.version == version, f"{name}: installed {distribution.version}, pinned {version}"
+        for text in distribution.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                assert _norm(requirement.name) in pins, f"{name} needs {requirement.name}, which is not pinned"
+    for serve_only in ("uvicorn", "uvloop", "httptools", "watchfiles", "websockets"):
+        assert serve_only not in pins, f"{serve_only} is only for `blobwriter serve`: keep it out of the deployment"
+    assert "starlette" in pins, "blobwriter/api.py imports starlette at module level"
+    assert "azure-functions" in pins
+
+
+def test_requirements_in_matches_the_package_dependencies() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = {str(Requirement(r)) for r in project["dependencies"] + project["optional-dependencies"]["functions"]}
+    given = {str(Requirement(r)) for r in _requirement_lines(ROOT / "requirements.in")}
+    assert given == wanted, f"only in requirements.in: {given - wanted}; only in pyproject.toml: {wanted - given}"
+    serve = [Requirement(r) for r in project["optional-dependencies"]["serve"]]
+    assert [(r.name, r.extras) for r in serve] == [("uvicorn", {"standard"})]
+    assert not any(Requirement(r).name == "uvicorn" for r in project["dependencies"])
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert 'pip install --quiet -e ".[serve]"' in makefile, "make install must install the serve extra"
+    funcignore = (ROOT / ".funcignore").read_text(encoding="utf-8").split()
+    assert "requirements.in" in funcignore and "requirements.txt" not in funcignore
