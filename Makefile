@@ -11,7 +11,7 @@ INFRA_VENV  := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run lock test test-fast lint bench bench-full clean
+.PHONY: install run func-azurite lock test test-fast lint bench bench-full clean
 
 install: $(PY_STAMP) $(NODE_STAMP) $(INFRA_STAMP)
 
@@ -35,6 +35,10 @@ $(NODE_STAMP): package.json package-lock.json
 ## run: Azurite + a development key + `blobwriter serve` on 127.0.0.1:7071 (Ctrl-C stops both)
 run: install
 	$(BIN)/python scripts/run_local.py
+
+## func-azurite: Azurite blob+queue+table on 127.0.0.1:10100-10102 for `func start --port 7072` (Ctrl-C stops it)
+func-azurite: install
+	$(BIN)/python scripts/func_azurite.py
 
 ## lock: pin requirements.txt (what Azure Functions installs) from requirements.in
 lock: $(PY_STAMP)

@@ -21,8 +21,10 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from blobwriter.config import FIELDS
+from blobwriter.config import FIELDS, load_settings
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -582,6 +585,113 @@ def test_tools_are_pinned_in_requirements_infra() -> None:
     text = (ROOT / "requirements-infra.txt").read_text(encoding="utf-8")
     for package in ("checkov", "pycep-parser"):
         assert re.search(rf"^{package}[<>=]", text, re.M), f"{package} is not pinned in requirements-infra.txt"
+
+
+# --------------------------------------------------------------------------------------------
+# `func start` locally: `make func-azurite` and local.settings.json.example
+# --------------------------------------------------------------------------------------------
+
+
+def _script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"_{name}", ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_func_azurite_ports_do_not_collide_with_make_run() -> None:
+    func_azurite, run_local = _script("func_azurite"), _script("run_local")
+    ports = set(func_azurite.DEFAULT_PORTS.values())
+    assert len(ports) == 3 and run_local.AZURITE_PORT not in ports and func_azurite.FUNC_PORT != run_local.PORT
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^func-azurite: install\n\t\$\(BIN\)/python scripts/func_azurite\.py$", makefile, re.M)
+    example = json.loads(LOCAL_SETTINGS_EXAMPLE.read_text(encoding="utf-8"))
+    assert example["Host"]["LocalHttpPort"] == func_azurite.FUNC_PORT
+    values = example["Values"]
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    host_storage = dict(part.split("=", 1) for part in values["AzureWebJobsStorage"].split(";"))
+    for service, port in func_azurite.DEFAULT_PORTS.items():
+        endpoint = host_storage[f"{service.capitalize()}Endpoint"]
+        assert endpoint == f"http://127.0.0.1:{port}/{ACCOUNT}", f"AzureWebJobsStorage {service}: {endpoint}"
+    blob = dict(part.split("=", 1) for part in values["BLOBWRITER_STORAGE"].split(";"))["BlobEndpoint"]
+    assert blob == f"http://127.0.0.1:{func_azurite.DEFAULT_PORTS['blob']}/{ACCOUNT}"
+    assert host_storage["AccountKey"] == ACCOUNT_KEY, "Azurite's well-known development key"
+    named = {f.env for f in FIELDS} - {"BLOBWRITER_API_KEY"}  # api_key guards only `blobwriter serve`
+    assert named <= set(values), f"not in local.settings.json.example: {sorted(named - set(values))}"
+
+
+def test_func_azurite_makes_a_working_local_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    func_azurite = _script("func_azurite")
+    monkeypatch.setattr(func_azurite, "LOCAL", tmp_path)
+    monkeypatch.setattr(func_azurite, "KEY_FILE", tmp_path / "dev.key")
+    monkeypatch.setattr(func_azurite, "SETTINGS", tmp_path / "local.settings.json")
+    ports = {"blob": 20100, "queue": 20101, "table": 20102}
+    func_azurite.ensure_local_settings(ports)
+    made = json.loads((tmp_path / "local.settings.json").read_text(encoding="utf-8"))
+    values = made["Values"]
+    assert f"QueueEndpoint=http://127.0.0.1:20101/{ACCOUNT}" in values["AzureWebJobsStorage"]
+    assert values["BLOBWRITER_ENCRYPTION_KEY"] == (tmp_path / "dev.key").read_text().strip()
+    settings = load_settings(env={k: v for k, v in values.items() if k.startswith("BLOBWRITER_")})
+    assert settings.storage_kind == "connection_string" and settings.encryption_key is not None
+    # An existing file is left alone.
+    (tmp_path / "local.settings.json").write_text('{"Values": {}}', encoding="utf-8")
+    func_azurite.ensure_local_settings(ports)
+    assert json.loads((tmp_path / "local.settings.json").read_text(encoding="utf-8")) == {"Values": {}}
+
+
+def test_func_azurite_serves_blob_queue_and_table(tmp_path: Path) -> None:
+    from azure.core.exceptions import ResourceExistsError
+    from azure.data.tables import TableServiceClient
+    from azure.storage.blob import BlobServiceClient
+    from azure.storage.queue import QueueServiceClient
+
+    ports = {"blob": free_port(), "queue": free_port(), "table": free_port()}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "func_azurite.py"), "--blob-port", str(ports["blob"]),
+         "--queue-port", str(ports["queue"]), "--table-port", str(ports["table"]),
+         "--location", str(tmp_path / "azurite"), "--no-local-settings"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        for port in ports.values():
+            wait_for_port(port, timeout=60)
+        func_azurite = _script("func_azurite")
+        example = json.loads(LOCAL_SETTINGS_EXAMPLE.read_text(encoding="utf-8"))["Values"]["AzureWebJobsStorage"]
+        connection = func_azurite.with_ports(example, ports)  # what the Functions host would use
+        name = f"t{uuid.uuid4().hex[:12]}"
+        with BlobServiceClient.from_connection_string(connection) as blobs:
+            blob = blobs.get_blob_client(name, "probe")
+            try:
+                blobs.create_container(name)
+            except ResourceExistsError:
+                pass
+            blob.upload_blob(b"lease")
+            assert blob.download_blob().readall() == b"lease"
+        with QueueServiceClient.from_connection_string(connection) as queues:
+            queue = queues.create_queue(name)
+            queue.send_message("hello")
+            assert [m.content for m in queue.receive_messages()] == ["hello"]
+        with TableServiceClient.from_connection_string(connection) as tables:
+            table = tables.create_table(name)
+            table.upsert_entity({"PartitionKey": "p", "RowKey": "r", "value": 1})
+            assert table.get_entity("p", "r")["value"] == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "func start --port 7072" in output and ". .venv/bin/activate" in output
+    for port in ports.values():
+        with pytest.raises(RuntimeError):
+            wait_for_port(port, timeout=0.5)  # Azurite stopped with the script
+
+
+def test_readme_func_start_recipe_matches() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**With Azure Functions Core Tools**"):readme.index("## Writing from Python")]
+    for needed in ("make func-azurite", ". .venv/bin/activate", "func start --port 7072", "10100"):
+        assert needed in section, f"README's func start recipe lacks {needed!r}"
+    assert "func start\n" not in section and "func start  " not in section, "a bare `func start` takes 7071"
 
 
 # --------------------------------------------------------------------------------------------
