@@ -11,7 +11,7 @@ INFRA_VENV  := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint bench bench-full clean
+.PHONY: install run func-azurite lock test test-fast lint bench bench-full clean
 
 install: $(PY_STAMP) $(NODE_STAMP) $(INFRA_STAMP)
 
@@ -19,7 +19,7 @@ $(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet -e ".[serve]"
 	touch $@
 
 $(INFRA_STAMP): requirements-infra.txt
@@ -35,6 +35,14 @@ $(NODE_STAMP): package.json package-lock.json
 ## run: Azurite + a development key + `blobwriter serve` on 127.0.0.1:7071 (Ctrl-C stops both)
 run: install
 	$(BIN)/python scripts/run_local.py
+
+## func-azurite: Azurite blob+queue+table on 127.0.0.1:10100-10102 for `func start --port 7072` (Ctrl-C stops it)
+func-azurite: install
+	$(BIN)/python scripts/func_azurite.py
+
+## lock: pin requirements.txt (what Azure Functions installs) from requirements.in
+lock: $(PY_STAMP)
+	$(BIN)/python scripts/lock_requirements.py
 
 ## test: the whole suite against a real Azurite (started by the tests unless BLOBWRITER_TEST_AZURITE is set)
 test: install

@@ -2,6 +2,8 @@
 // appends them, gzipped and AES-256-GCM encrypted, to date-named append blobs in a logs storage
 // account. Deploy with `azd up` (see docs/DEPLOY.md). Nothing here uses a storage account key:
 // the app, the Functions host and the deployment all use one user-assigned managed identity.
+// No key passes through this template either: infra/hooks/postprovision.sh makes the Key Vault
+// secrets once, when missing. The logs account and the vault carry delete locks (deleteLocks).
 
 targetScope = 'subscription'
 
@@ -22,24 +24,26 @@ param location string
 param resourceGroupName string = ''
 
 // ---------------------------------------------------------------------------------------------
-// Secrets (go to Key Vault only; never to app settings or outputs)
+// Keys: no parameter carries a key. The Key Vault secrets are made once, when missing, by
+// infra/hooks/postprovision.sh (azure.yaml); this template only names them.
 // ---------------------------------------------------------------------------------------------
 
-@secure()
-@minLength(43)
-@maxLength(44)
-@description('Current encryption key: base64 of 32 random bytes, from `blobwriter keygen` (azd: BLOBWRITER_ENCRYPTION_KEY).')
-param encryptionKey string
+@description('Principal id of whoever runs `azd provision` (azd fills AZURE_PRINCIPAL_ID); gets Key Vault Secrets Officer on the vault so the postprovision hook can create the key. Empty = grant nothing.')
+param principalId string = ''
 
-@secure()
-@description('Comma-separated older keys, kept to read blobs written before a rotation; empty = none (azd: BLOBWRITER_PREVIOUS_KEYS).')
-param previousKeys string = ''
+@description('Type of principalId: User for a person, ServicePrincipal for a CI identity.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
 
 // ---------------------------------------------------------------------------------------------
 // Hosting
 // ---------------------------------------------------------------------------------------------
 
-@description('Memory per instance in MB (Flex Consumption: 512, 2048 or 4096).')
+@description('Memory per instance in MB (Flex Consumption: 512, 2048 or 4096). Must hold the queue (maxQueueSize entries, ~2 KB each) plus the bodies of perInstanceConcurrency requests; see docs/DEPLOY.md, Sizing.')
 @allowed([
   512
   2048
@@ -47,10 +51,22 @@ param previousKeys string = ''
 ])
 param instanceMemoryMB int = 2048
 
-@description('Most instances the app scales out to (Flex Consumption).')
+@description('Most instances the app scales out to (Flex Consumption accepts 40-1000). Every instance appends to the same date blob, whose target is ~500 requests/s, so more instances add cost, not write capacity.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Concurrent HTTP requests per instance before Flex adds an instance (Python default: 1). At least batchSize x maxConcurrentWrites so that callers waiting for their append can fill every batch; see docs/DEPLOY.md, Sizing.')
 @minValue(1)
 @maxValue(1000)
-param maximumInstanceCount int = 100
+param perInstanceConcurrency int = 256
+
+@description('How a deploy or setting change replaces instances: RollingUpdate drains them (in-flight requests finish; preview feature), Recreate restarts all at once and cuts in-flight requests.')
+@allowed([
+  'RollingUpdate'
+  'Recreate'
+])
+param siteUpdateStrategy string = 'RollingUpdate'
 
 // ---------------------------------------------------------------------------------------------
 // Logs storage: retention and audit
@@ -67,11 +83,7 @@ param maximumInstanceCount int = 100
 ])
 param logsStorageSku string = 'Standard_GRS'
 
-@description('Lifecycle: days after the last write before block blobs under the logs prefix move to cool; 0 = never. Append blobs (what blobwriter writes) cannot be tiered.')
-@minValue(0)
-param daysToCool int = 30
-
-@description('Lifecycle: days after the last write before log blobs are deleted; 0 = keep forever. Must be larger than immutabilityDays when both are set.')
+@description('Lifecycle: days after the last append before a log blob is deleted; 0 = keep forever. Deleting is all lifecycle management can do with append blobs: they cannot move to cool or archive. Must be larger than immutabilityDays when both are set.')
 @minValue(0)
 param daysToDelete int = 365
 
@@ -79,6 +91,12 @@ param daysToDelete int = 365
 @minValue(0)
 @maxValue(146000)
 param immutabilityDays int = 0
+
+@description('Set to true (azd: BLOBWRITER_IMMUTABILITY_LOCKED) once you have locked the immutability policy: a locked policy can only be extended, so the template must stop sending it.')
+param immutabilityLocked bool = false
+
+@description('CanNotDelete locks on the logs storage account and the Key Vault: `azd down` (any delete of the resource group) then fails and deletes nothing. Turn off only for throwaway environments.')
+param deleteLocks bool = true
 
 @description('Days Log Analytics keeps the app\'s telemetry.')
 @minValue(30)
@@ -207,10 +225,12 @@ module logsStorage 'modules/logs-storage.bicep' = {
     skuName: logsStorageSku
     containerName: container
     blobPrefix: blobPrefix
-    daysToCool: daysToCool
     daysToDelete: daysToDelete
     immutabilityDays: immutabilityDays
+    immutabilityLocked: immutabilityLocked
     appPrincipalId: identity.outputs.principalId
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
+    deleteLock: deleteLocks
   }
 }
 
@@ -221,9 +241,11 @@ module keyVault 'modules/keyvault.bicep' = {
     name: 'kv-${token}'
     location: location
     tags: tags
-    encryptionKey: encryptionKey
-    previousKeys: previousKeys
     appPrincipalId: identity.outputs.principalId
+    deployerPrincipalId: principalId
+    deployerPrincipalType: principalType
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
+    deleteLock: deleteLocks
   }
 }
 
@@ -282,9 +304,11 @@ var appSettings = [
     name: 'BLOBWRITER_ENCRYPTION_KEY'
     value: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.encryptionKeyUri})'
   }
+  // Referenced from the first deployment on (the hook stores ',' = none), so a rotation only adds
+  // secret versions: no setting, role or reference appears at rotation time.
   {
     name: 'BLOBWRITER_PREVIOUS_KEYS'
-    value: empty(keyVault.outputs.previousKeysUri) ? '' : '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.previousKeysUri})'
+    value: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.previousKeysUri})'
   }
   {
     name: 'BLOBWRITER_COMPRESSION'
@@ -357,6 +381,8 @@ module functionApp 'modules/function-app.bicep' = {
     deploymentContainerUrl: hostStorage.outputs.deploymentContainerUrl
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    perInstanceConcurrency: perInstanceConcurrency
+    siteUpdateStrategy: siteUpdateStrategy
     pythonVersion: '3.11'
     appSettings: appSettings
   }
@@ -370,9 +396,13 @@ output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
 output SERVICE_API_NAME string = functionApp.outputs.name
 output FUNCTION_APP_NAME string = functionApp.outputs.name
+output FUNCTION_APP_ID string = functionApp.outputs.id
 output INGEST_URL string = 'https://${functionApp.outputs.defaultHostName}/api/logs'
 output LOGS_STORAGE_ACCOUNT string = logsStorage.outputs.name
 output LOGS_STORAGE_URL string = logsStorage.outputs.blobEndpoint
 output LOGS_CONTAINER string = logsStorage.outputs.containerName
 output KEY_VAULT_NAME string = keyVault.outputs.name
 output ENCRYPTION_KEY_NAME string = keyVault.outputs.encryptionKeyName
+output PREVIOUS_KEYS_NAME string = keyVault.outputs.previousKeysName
+output LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsId
+output LOGS_APPENDER_ROLE string = logsStorage.outputs.appenderRoleName

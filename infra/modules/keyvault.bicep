@@ -1,7 +1,11 @@
-// Key Vault (RBAC authorization, soft delete, purge protection) holding the AES-256-GCM key
-// and, after a rotation, the previous keys. The app reads them through Key Vault references;
-// its identity gets Key Vault Secrets User on exactly these secrets, not on the whole vault.
-// Secret values come in through @secure() parameters and never leave through an output.
+// Key Vault (RBAC authorization, soft delete, purge protection) for blobwriter's keys: the
+// AES-256-GCM encryption key and the previous keys kept for reading after a rotation.
+//
+// The template never writes a secret value. infra/hooks/postprovision.sh creates each secret
+// once, only when it does not exist, so a provision from a fresh clone (or any later provision)
+// can never replace the key; rotation adds secret versions by hand (docs/DEPLOY.md). Because
+// the secrets may not exist yet when this runs, the app's read access is granted on the vault:
+// the vault is blobwriter's alone and holds nothing but these two secrets.
 
 @description('Name of the Key Vault (3-24 letters, digits and hyphens).')
 param name string
@@ -12,31 +16,40 @@ param location string
 @description('Tags for the vault.')
 param tags object = {}
 
-@description('Name of the secret holding the current encryption key.')
+@description('Name of the secret holding the current encryption key (made by the postprovision hook).')
 param encryptionKeySecretName string = 'blobwriter-encryption-key'
 
-@description('Name of the secret holding the previous keys (comma-separated), created only when previousKeys is set.')
+@description('Name of the secret holding the previous keys, comma-separated (made by the postprovision hook with the placeholder "," = none).')
 param previousKeysSecretName string = 'blobwriter-previous-keys'
 
-@secure()
-@description('Current encryption key: base64 of 32 random bytes (`blobwriter keygen`).')
-param encryptionKey string
-
-@secure()
-@description('Comma-separated older keys still needed to read old blobs; empty = none.')
-param previousKeys string = ''
-
-@description('Principal id of the function app identity (gets Key Vault Secrets User on the secrets).')
+@description('Principal id of the function app identity (gets Key Vault Secrets User).')
 param appPrincipalId string
+
+@description('Principal id of whoever runs `azd provision` (azd: AZURE_PRINCIPAL_ID); gets Key Vault Secrets Officer so the hook can create the key. Empty = grant nothing.')
+param deployerPrincipalId string = ''
+
+@description('Type of deployerPrincipalId: User for a person, ServicePrincipal for CI.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param deployerPrincipalType string = 'User'
+
+@description('Resource id of the Log Analytics workspace that receives the vault audit log.')
+param logAnalyticsWorkspaceId string
+
+@description('Put a CanNotDelete lock on the vault, so that neither `azd down` nor a resource group delete can remove the keys.')
+param deleteLock bool = true
 
 @description('Days a deleted vault or secret stays recoverable.')
 @minValue(7)
 @maxValue(90)
 param softDeleteRetentionInDays int = 90
 
-// Built-in role: Key Vault Secrets User (read secret values).
+// Built-in roles: Key Vault Secrets User (read secret values), Key Vault Secrets Officer (manage secrets).
 var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
-var hasPreviousKeys = !empty(previousKeys)
+var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   //checkov:skip=CKV_AZURE_109: the Flex Consumption app has no VNet here and Key Vault references do not pass the trusted-services bypass, so the firewall must allow public traffic; every read needs Entra ID + RBAC
@@ -65,30 +78,12 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-resource encryptionKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
-  //checkov:skip=CKV_AZURE_41: an expiry date would silently stop the app from writing logs; rotation is a deliberate step (docs/DEPLOY.md), and old keys must stay readable for old blobs
-  parent: vault
-  name: encryptionKeySecretName
-  properties: {
-    value: encryptionKey
-    contentType: 'text/plain; base64 AES-256-GCM key (blobwriter)'
-  }
-}
-
-resource previousKeysSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (hasPreviousKeys) {
-  //checkov:skip=CKV_AZURE_41: older keys are needed for as long as blobs written with them exist, so they must not expire
-  //checkov:skip=CKV_AZURE_114: false positive: checkov does not read the properties of a conditional (if) resource; contentType is set below
-  parent: vault
-  name: previousKeysSecretName
-  properties: {
-    value: previousKeys
-    contentType: 'text/plain; comma-separated base64 AES-256-GCM keys (blobwriter)'
-  }
-}
-
-resource encryptionKeyReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(encryptionKeySecret.id, appPrincipalId, keyVaultSecretsUserRoleId)
-  scope: encryptionKeySecret
+// The app reads both secrets through Key Vault references. Granted in the first deployment, on
+// the vault, so a rotation never needs a new role assignment (which could take minutes to apply
+// while the app already references the secret).
+resource appSecretsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, appPrincipalId, keyVaultSecretsUserRoleId)
+  scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
     principalId: appPrincipalId
@@ -96,13 +91,38 @@ resource encryptionKeyReader 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
-resource previousKeysReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasPreviousKeys) {
-  name: guid(vault.id, previousKeysSecretName, appPrincipalId, keyVaultSecretsUserRoleId)
-  scope: previousKeysSecret
+resource deployerSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+  name: guid(vault.id, deployerPrincipalId, keyVaultSecretsOfficerRoleId)
+  scope: vault
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
-    principalId: appPrincipalId
-    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficerRoleId)
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
+  }
+}
+
+// Who read or changed which secret, with which identity: AuditEvent in the workspace.
+resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'audit-to-log-analytics'
+  scope: vault
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'AuditEvent'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// Blocks deleting the vault, and with it any delete of this resource group (`azd down` included).
+resource vaultLock 'Microsoft.Authorization/locks@2020-05-01' = if (deleteLock) {
+  name: 'blobwriter-keys-cannot-delete'
+  scope: vault
+  properties: {
+    level: 'CanNotDelete'
+    notes: 'Holds the keys that decrypt the audit logs: remove this lock deliberately (docs/DEPLOY.md, Tearing down).'
   }
 }
 
@@ -110,5 +130,6 @@ output name string = vault.name
 output vaultUri string = vault.properties.vaultUri
 // Versionless secret URIs (not the values): the app always resolves the latest version.
 output encryptionKeyUri string = '${vault.properties.vaultUri}secrets/${encryptionKeySecretName}'
-output previousKeysUri string = hasPreviousKeys ? '${vault.properties.vaultUri}secrets/${previousKeysSecretName}' : ''
+output previousKeysUri string = '${vault.properties.vaultUri}secrets/${previousKeysSecretName}'
 output encryptionKeyName string = encryptionKeySecretName
+output previousKeysName string = previousKeysSecretName

@@ -1,6 +1,10 @@
 // The storage account that holds the encrypted log blobs (date-named append blobs in one
-// container). Entra ID only: no shared keys, no anonymous access, HTTPS + TLS 1.2. The app's
-// identity gets Storage Blob Data Contributor on the logs container only.
+// container). Entra ID only: no shared keys, no anonymous access, HTTPS + TLS 1.2.
+//
+// The app's identity gets a custom role on the logs container only, with the least it needs to
+// create append blobs and append to them: no delete, no container create/delete, no access to
+// other containers. Every read, write and delete of a blob is logged to Log Analytics
+// (StorageBlobLogs), and a CanNotDelete lock keeps the account out of `azd down`.
 
 @description('Name of the logs storage account (3-24 lowercase letters and digits).')
 param name string
@@ -25,14 +29,10 @@ param skuName string = 'Standard_GRS'
 @description('Blob container that holds the log blobs (BLOBWRITER_CONTAINER).')
 param containerName string
 
-@description('Blob-name prefix inside the container (BLOBWRITER_BLOB_PREFIX); lifecycle rules match it.')
+@description('Blob-name prefix inside the container (BLOBWRITER_BLOB_PREFIX); the lifecycle rule matches it.')
 param blobPrefix string = ''
 
-@description('Days after the last append before block blobs in the logs container move to the cool tier; 0 = never. Append blobs (what blobwriter writes) cannot change tier, so this only affects block blobs.')
-@minValue(0)
-param daysToCool int = 30
-
-@description('Days after the last append before log blobs are deleted; 0 = keep forever. Must exceed immutabilityDays when both are set.')
+@description('Days after the last append before a log blob is deleted by lifecycle management; 0 = keep forever. Lifecycle can only delete append blobs (they cannot change tier). Must exceed immutabilityDays when both are set.')
 @minValue(0)
 param daysToDelete int = 365
 
@@ -41,18 +41,40 @@ param daysToDelete int = 365
 @maxValue(146000)
 param immutabilityDays int = 0
 
+@description('Set to true once the immutability policy is locked: a locked policy can only be extended, so the template must stop sending it.')
+param immutabilityLocked bool = false
+
 @description('Days deleted blobs and containers stay recoverable (soft delete).')
 @minValue(1)
 @maxValue(365)
 param softDeleteDays int = 7
 
-@description('Principal id of the function app identity (gets Storage Blob Data Contributor on the container).')
+@description('Principal id of the function app identity (gets the log appender role on the container).')
 param appPrincipalId string
 
-// Built-in role: Storage Blob Data Contributor.
-var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+@description('Resource id of the Log Analytics workspace that receives the blob access logs.')
+param logAnalyticsWorkspaceId string
+
+@description('Put a CanNotDelete lock on the account, so that neither `azd down` nor a resource group delete can remove the logs.')
+param deleteLock bool = true
+
+// The narrowest role that can create append blobs and append to them (Put Blob of an append blob,
+// Append Block: blobs/write or blobs/add/action), find the current part (List Blobs: blobs/read)
+// and probe the container (Get Container Properties: containers/read). No delete of any kind, no
+// container create or delete. blobs/write would also let a caller replace an existing blob;
+// blobwriter never does (it creates parts with If-None-Match: *), and immutability forbids it.
+var appenderActions = [
+  'Microsoft.Storage/storageAccounts/blobServices/containers/read'
+]
+var appenderDataActions = [
+  'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read'
+  'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write'
+  'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/add/action'
+]
 
 var prefix = '${containerName}/${blobPrefix}'
+// Lifecycle management can only delete append blobs: tierToCool/tierToArchive apply to block
+// blobs alone, so a tiering rule would never touch what blobwriter writes.
 var deleteRule = {
   name: 'delete-old-logs'
   enabled: true
@@ -61,7 +83,6 @@ var deleteRule = {
     filters: {
       blobTypes: [
         'appendBlob'
-        'blockBlob'
       ]
       prefixMatch: [
         prefix
@@ -76,29 +97,6 @@ var deleteRule = {
     }
   }
 }
-var coolRule = {
-  name: 'cool-old-logs'
-  enabled: true
-  type: 'Lifecycle'
-  definition: {
-    filters: {
-      blobTypes: [
-        'blockBlob'
-      ]
-      prefixMatch: [
-        prefix
-      ]
-    }
-    actions: {
-      baseBlob: {
-        tierToCool: {
-          daysAfterModificationGreaterThan: daysToCool
-        }
-      }
-    }
-  }
-}
-var lifecycleRules = concat(daysToDelete > 0 ? [deleteRule] : [], daysToCool > 0 ? [coolRule] : [])
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   //checkov:skip=CKV_AZURE_35: the Flex Consumption app has no VNet here, so the account must accept public traffic; every request needs Entra ID (shared keys are off)
@@ -149,8 +147,10 @@ resource logsContainer 'Microsoft.Storage/storageAccounts/blobServices/container
   }
 }
 
-// Unlocked time-based retention: lock it by hand once you are sure of the period (see docs/DEPLOY.md).
-resource immutability 'Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@2023-05-01' = if (immutabilityDays > 0) {
+// Unlocked time-based retention. Once you lock it (docs/DEPLOY.md), set immutabilityLocked: the
+// template then leaves the policy alone, because ARM refuses any PUT of a locked policy that is
+// not an extension, and the deployment (and with it every later provision) would fail.
+resource immutability 'Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@2023-05-01' = if ((immutabilityDays > 0) && !immutabilityLocked) {
   parent: logsContainer
   name: 'default'
   properties: {
@@ -159,27 +159,88 @@ resource immutability 'Microsoft.Storage/storageAccounts/blobServices/containers
   }
 }
 
-resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (!empty(lifecycleRules)) {
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (daysToDelete > 0) {
   parent: storage
   name: 'default'
   properties: {
     policy: {
-      rules: lifecycleRules
+      rules: [
+        deleteRule
+      ]
     }
   }
 }
 
-resource appBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(logsContainer.id, appPrincipalId, storageBlobDataContributorRoleId)
+// Custom roles are subscription-wide objects: the name is unique per account, the GUID per
+// resource group and account, so two environments never share (or fight over) one definition.
+resource appenderRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, storage.name, 'blobwriter-log-appender')
+  properties: {
+    roleName: 'blobwriter log appender (${storage.name})'
+    description: 'blobwriter: list, create and append to the log blobs of one container; no delete.'
+    type: 'CustomRole'
+    assignableScopes: [
+      resourceGroup().id
+    ]
+    permissions: [
+      {
+        actions: appenderActions
+        notActions: []
+        dataActions: appenderDataActions
+        notDataActions: []
+      }
+    ]
+  }
+}
+
+resource appAppender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(logsContainer.id, appPrincipalId, 'blobwriter-log-appender')
   scope: logsContainer
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    roleDefinitionId: appenderRole.id
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }
 }
 
+// Who read, wrote or deleted which blob, with which identity: the StorageBlobLogs table.
+resource blobAccessLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'blob-access-to-log-analytics'
+  scope: blobService
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        category: 'StorageRead'
+        enabled: true
+      }
+      {
+        category: 'StorageWrite'
+        enabled: true
+      }
+      {
+        category: 'StorageDelete'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// Blocks deleting the account, and with it any delete of this resource group (`azd down`
+// included): Azure never deletes a group partly. Data-plane deletes are not blocked by a lock;
+// the app's role has no delete, and soft delete / immutability cover the rest.
+resource accountLock 'Microsoft.Authorization/locks@2020-05-01' = if (deleteLock) {
+  name: 'blobwriter-logs-cannot-delete'
+  scope: storage
+  properties: {
+    level: 'CanNotDelete'
+    notes: 'Audit logs: remove this lock deliberately before deleting the account (docs/DEPLOY.md, Tearing down).'
+  }
+}
+
 output name string = storage.name
+output id string = storage.id
 // The account's blob endpoint without the trailing slash: https://<account>.blob.core.windows.net
 output blobEndpoint string = 'https://${storage.name}.blob.${environment().suffixes.storage}'
 output containerName string = logsContainer.name
+output appenderRoleName string = appenderRole.properties.roleName
