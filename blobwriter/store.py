@@ -107,7 +107,12 @@ class DirectoryStore:
     @staticmethod
     def _append_sync(path: Path, data: bytes) -> int:
         created = not path.exists()
+        new_dirs: list[Path] = []  # directories this append creates, deepest first
         if created:
+            missing = path.parent
+            while not missing.exists():
+                new_dirs.append(missing)
+                missing = missing.parent
             path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
@@ -115,14 +120,23 @@ class DirectoryStore:
             # O_APPEND alone does not (network drives).
             fcntl.flock(fd, fcntl.LOCK_EX)
             offset = os.lseek(fd, 0, os.SEEK_END)  # where O_APPEND writes, fixed while we hold the lock
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                # A write that stopped part-way (disk full, quota, file size limit) must not leave a torn
+                # frame behind for readers to report as damage: cut the file back to where this append
+                # began (we still hold the lock, so nothing else was appended since). The writer retries.
+                _truncate_back(fd, offset)
+                raise
         finally:
             os.close(fd)  # closing releases the lock
-        if created:  # a new file's name is durable only once its directory is synced
+        if created:  # a new name is durable only once its directory is synced, and so on up each new directory
             _fsync_dir(path.parent)
+            for directory in new_dirs:
+                _fsync_dir(directory.parent)
         return offset
 
     async def parts(self, date: str) -> list[str]:
@@ -154,6 +168,14 @@ class DirectoryStore:
     async def check(self) -> None:
         if not await asyncio.to_thread(os.access, self._root, os.W_OK):
             raise StoreError(f"directory {self._root} is missing or not writable")
+
+
+def _truncate_back(fd: int, offset: int) -> None:
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    except OSError:  # cannot even truncate: the torn bytes stay, and readers resynchronize after them
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -306,3 +306,88 @@ async def test_real_50000_block_limit(make_settings: Callable[..., Settings]) ->
     entries, report = await read_back(settings, [DAY])
     assert sorted(e["n"] for e in entries) == sorted(landed)
     assert report.frames == 50_000 and report.ok and report.duplicates == 0
+
+
+# -- issue 13: a new file's name is durable, and a failed write leaves no torn frame -------------------
+
+async def test_directory_store_syncs_every_new_directory_entry(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new part's name is durable only once its directory is synced, and a new date directory's name
+    only once ITS parent is synced. Main synced the file's directory, not the parent of a new one, so a
+    crash could lose a whole day's directory. os.fsync runs for real; this only notes what it synced."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def noting_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    store = DirectoryStore(tmp_path / "logs", prefix="gw/")
+    await store.open()
+    name = writer_blob("gw/", DAY, WRITER, 0)
+    await store.append(name, b"first")
+    file, day_dir, prefix_dir = tmp_path / "logs" / name, tmp_path / "logs" / "gw" / DAY, tmp_path / "logs" / "gw"
+    assert synced == [str(file), str(day_dir), str(prefix_dir)]  # data, then each new name, deepest first
+    synced.clear()
+    await store.append(name, b"second")
+    assert synced == [str(file)]  # nothing new to name: the data only
+    synced.clear()
+    await store.append(writer_blob("gw/", DAY, WRITER, 1), b"third")
+    assert synced == [str(day_dir / f"{WRITER}.0001.log"), str(day_dir)]  # a new file in an existing directory
+
+
+PARTIAL_WRITE = r"""
+import asyncio, json, os, resource, sys
+from pathlib import Path
+from blobwriter.config import Settings
+from blobwriter.errors import StoreError
+from blobwriter.store import DirectoryStore
+from blobwriter.writer import LogWriter
+from tests.support.readback import read_back
+
+root, key = Path(sys.argv[1]), sys.argv[2]
+
+async def main():
+    settings = Settings.from_values({"storage": str(root), "encryption_key": key, "compression": "none"})
+    async with LogWriter(settings) as writer:
+        await writer.write_many([{"timestamp": "2026-05-17T10:00:00Z", "n": n, "pad": "x" * 200}
+                                 for n in range(50)], wait=True)
+    [name] = [str(p.relative_to(root)) for p in root.rglob("*.log")]
+    before = (root / name).stat().st_size
+    more = (root / name).read_bytes()
+    # The file may grow by half of what this append carries: the write stops part-way (EFBIG; Python
+    # ignores SIGXFSZ), as it would on a full disk.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (before + len(more) // 2, hard))
+    try:
+        await DirectoryStore(root).append(name, more)
+        error = None
+    except StoreError as exc:
+        error = str(exc)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    after = (root / name).stat().st_size
+    entries, report = await read_back(settings, ["2026-05-17"])
+    print(json.dumps({"error": error, "before": before, "after": after, "entries": len(entries),
+                      "problems": [p.message for p in report.problems]}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_write_that_stops_part_way_leaves_no_torn_frame(tmp_path: Path, key: str) -> None:
+    """Disk full in the middle of an append: main left the bytes written so far, which every later read
+    reported as a damaged (truncated) frame; now the file is cut back to where the append began. Run in a
+    child process, whose file size limit (RLIMIT_FSIZE) makes the write stop part-way for real."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-c", PARTIAL_WRITE, str(tmp_path / "logs"), key], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["error"] and "File too large" in outcome["error"], outcome  # the append failed, and said so
+    assert outcome["after"] == outcome["before"], outcome  # no byte of it stayed
+    assert outcome["entries"] == 50 and outcome["problems"] == [], outcome
