@@ -2,7 +2,7 @@
 
 POST /api/logs    one JSON object, a JSON array of objects, or NDJSON -> 202 {"accepted": N}
                   with ?wait=true -> 200 {"written": N} once appended
-GET  /api/health  200 while the writer runs and storage answers, else 503
+GET  /api/health  200 while the writer runs and storage answers, else 503 (details only with the key)
 GET  /api/metrics Prometheus text exposition of the writer's counters
 
 A request is all or nothing: every entry is parsed and admitted before any is queued. Every
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import math
 import re
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,7 +35,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
+from .entries import NOT_FINITE
 from .errors import (
+    ConfigError,
     EntryError,
     EntryTooLargeError,
     QueueFullError,
@@ -42,6 +46,7 @@ from .errors import (
     WriterStoppedError,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .privacy import Privacy
 from .writer import LogWriter, WriterState
 
 log = logging.getLogger("blobwriter.api")
@@ -136,7 +141,15 @@ def _loads(text: bytes, what: str, position: int | None = None) -> Any:
             return orjson.loads(text)
         return _EXACT.decode(text.decode("utf-8"))
     except (orjson.JSONDecodeError, ValueError, RecursionError) as exc:
-        raise EntryError(f"{what}: {_json_problem(exc)}", position) from None
+        problem = _json_problem(exc)
+        if "is infinity when parsed as double" in problem:  # orjson's words for 1e400
+            problem = f"a number is infinity as a 64-bit double ({problem.split(': ', 1)[-1]}): {NOT_FINITE}"
+        elif _NON_FINITE_LITERAL.search(text):  # say why NaN or Infinity is refused, not just where
+            try:
+                _EXACT.decode(text.decode("utf-8", "replace"))
+            except (ValueError, RecursionError) as exact:
+                problem = _json_problem(exact)
+        raise EntryError(f"{what}: {problem}", position) from None
 
 
 def _array_values(body: bytes) -> Iterator[tuple[int, Any]]:
@@ -175,12 +188,12 @@ def _skip(text: str, i: int) -> int:
 def _finite(literal: str) -> float:
     value = float(literal)
     if math.isinf(value):
-        raise ValueError(f"number {literal[:40]} is infinity when parsed as double")
+        raise ValueError(f"number {literal[:40]} is infinity as a 64-bit double: {NOT_FINITE}")
     return value
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise ValueError(f"{name} is not JSON: {NOT_FINITE}")
 
 
 def _json_problem(exc: BaseException) -> str:
@@ -188,8 +201,11 @@ def _json_problem(exc: BaseException) -> str:
 
 
 _EXACT = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
-_LONG_NUMBER = re.compile(rb"\d{20}")  # 2**64 has 20 digits: shorter integers fit orjson exactly
+# orjson holds -2**63 .. 2**64-1 exactly and turns wider integers into floats. 2**64 has 20 digits and
+# -2**63 19: integers of 18 digits or fewer fit, longer ones go to the exact parser (and are refused).
+_LONG_NUMBER = re.compile(rb"\d{19}")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+_NON_FINITE_LITERAL = re.compile(rb"NaN|Infinity")
 
 
 class _Accepted:
@@ -220,12 +236,60 @@ class _App(Starlette):
             await super().__call__(scope, receive, send)
 
 
+class KeyCheck:
+    """BLOBWRITER_API_KEY as `blobwriter serve` checks it: the x-functions-key header or ?code=."""
+
+    def __init__(self, settings: Settings, check_key: bool) -> None:
+        self._api_key = settings.api_key.encode() if check_key and settings.api_key else None
+
+    def authenticated(self, headers: dict[bytes, bytes], query: dict[str, list[str]]) -> bool | None:
+        """True with the right key, or when no key is checked (none set; or Functions, whose host checked
+        its function key); None when no key was sent; 401 HTTPError for a wrong one."""
+        if self._api_key is None:
+            return True
+        given = headers.get(API_KEY_HEADER) or query.get("code", [""])[0].encode()
+        if not given:
+            return None
+        if not hmac.compare_digest(given, self._api_key):
+            raise HTTPError(401, "missing or wrong API key: send it as the x-functions-key header or ?code=")
+        return True
+
+
+def privacy_override(query: dict[str, list[str]]) -> Privacy | None:
+    """A request's own privacy controls (query parameters), which can only keep less than the settings:
+    ?metadata_only=true, ?drop=a.b,c, ?mask=request.messages.*.content, ?truncate_bytes=N."""
+    if not any(name in query for name in ("metadata_only", "drop", "mask", "truncate_bytes")):
+        return None
+    metadata_only = False
+    if "metadata_only" in query:
+        value = query["metadata_only"][-1].strip().lower()
+        if value not in ("true", "1", "yes"):
+            raise HTTPError(400, f"metadata_only={value[:20]!r}: a request can only keep less than the settings "
+                                 "say, so the one value is true")
+        metadata_only = True
+    truncate: int | None = None
+    if "truncate_bytes" in query:
+        text = query["truncate_bytes"][-1].strip()
+        if not text.isdigit() or not 1 <= int(text) <= 1 << 30:
+            raise HTTPError(400, f"truncate_bytes={text[:20]!r}: a whole number of bytes (1 or more)")
+        truncate = int(text)
+    paths = {name: tuple(p.strip() for v in query.get(name, []) for p in v.split(",") if p.strip())
+             for name in ("drop", "mask")}
+    try:
+        return Privacy(drop=paths["drop"], mask=paths["mask"], truncate_bytes=truncate, metadata_only=metadata_only)
+    except ValueError as exc:
+        raise HTTPError(400, f"privacy parameters: {exc}") from None
+
+
 class IngestEndpoint:
     """POST /api/logs as a bare ASGI endpoint: the hot path, kept free of framework layers."""
 
     def __init__(self, settings: Settings, writer: Callable[[], Awaitable[LogWriter]], check_key: bool) -> None:
         self._max_body = settings.max_body_bytes
-        self._api_key = settings.api_key.encode() if check_key and settings.api_key else None
+        self._body_timeout = settings.body_timeout
+        self._max_bodies = settings.max_concurrent_bodies
+        self._reading = 0  # bodies being read now
+        self._keys = KeyCheck(settings, check_key)
         self._writer = writer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -245,21 +309,20 @@ class IngestEndpoint:
     async def _ingest(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes],
                       content_type: str) -> ASGIApp:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if self._api_key is not None:
-            given = headers.get(API_KEY_HEADER) or query.get("code", [""])[0].encode()
-            if not hmac.compare_digest(given, self._api_key):
-                raise HTTPError(401, "missing or wrong API key: send it as the x-functions-key header or ?code=")
+        if not self._keys.authenticated(headers, query):
+            raise HTTPError(401, "missing or wrong API key: send it as the x-functions-key header or ?code=")
         if content_type not in JSON_TYPES and content_type not in NDJSON_TYPES:
             raise HTTPError(415, f"unsupported Content-Type {content_type!r}; send application/json "
                                  "(an object or an array of objects) or application/x-ndjson")
+        privacy = privacy_override(query)
         body = await self._read_body(headers, receive)
         writer = await self._writer()
         where = "line" if content_type in NDJSON_TYPES else "index"
         values = parse_body(body, content_type)
         if len(body) > PARSE_IN_THREAD_BYTES:  # keep the event loop answering other requests meanwhile
-            prepared = await asyncio.to_thread(writer.admit, values, where=where)
+            prepared = await asyncio.to_thread(writer.admit, values, where=where, privacy=privacy, from_json=True)
         else:
-            prepared = writer.admit(values, where=where)
+            prepared = writer.admit(values, where=where, privacy=privacy, from_json=True)
         wait = query.get("wait", ["false"])[0].lower() in ("true", "1", "yes")
         future = writer.submit(prepared, durable=wait)
         if future is None:
@@ -271,24 +334,48 @@ class IngestEndpoint:
         return _json(200, {"written": len(prepared)})
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
-        """Read the body, refusing (413) as soon as it passes max_body_bytes."""
+        """Read the body, refusing (413) as soon as it passes max_body_bytes, (408) if it is not all there
+        within body_timeout, and (503) when max_concurrent_bodies bodies are still arriving already.
+
+        A body that arrived whole is read at once and takes no slot: the slots count only the bodies
+        still arriving (slow or stalled clients, each holding a connection and up to max_body_bytes)."""
         limit = self._max_body
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPError(413, f"body of {int(declared)} bytes is over the limit of {limit} (max_body_bytes)")
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise HTTPError(400, "client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HTTPError(413, f"body is over the limit of {limit} bytes (max_body_bytes)")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
+            raise HTTPError(413, f"body of {int(declared)} bytes is over the limit of {limit} (max_body_bytes)",
+                            {"Connection": "close"})
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                first, more = _chunk(await receive(), 0, limit)
+                if not more:
+                    return first
+                if self._reading >= self._max_bodies:
+                    raise HTTPError(503, f"{self._reading} request bodies are arriving already "
+                                         "(max_concurrent_bodies): retry later",
+                                    {"Retry-After": "1", "Connection": "close"})
+                self._reading += 1
+                try:
+                    chunks, size = [first], len(first)
+                    while more:
+                        chunk, more = _chunk(await receive(), size, limit)
+                        chunks.append(chunk)
+                        size += len(chunk)
+                finally:
+                    self._reading -= 1
                 return b"".join(chunks)
+        except TimeoutError:
+            raise HTTPError(408, f"the request body did not arrive within {self._body_timeout:g} s (body_timeout)",
+                            {"Connection": "close"}) from None
+
+
+def _chunk(message: Any, size: int, limit: int) -> tuple[bytes, bool]:
+    """One http.request message's body bytes, and whether more follow; `size` bytes came before them."""
+    if message["type"] == "http.disconnect":
+        raise HTTPError(400, "client disconnected before sending the whole body")
+    chunk: bytes = message.get("body", b"")
+    if size + len(chunk) > limit:
+        raise HTTPError(413, f"body is over the limit of {limit} bytes (max_body_bytes)", {"Connection": "close"})
+    return chunk, bool(message.get("more_body", False))
 
 
 class WriterHolder:
@@ -359,8 +446,20 @@ def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm
         finally:
             await holder.stop()
 
+    keys = KeyCheck(settings, check_api_key)
+
     async def health(request: Request) -> Response:
+        # Storage is probed at most every few seconds however often this is called (LogWriter.health).
+        # Without the key: whether all is well and the writer's state, no error text, ids or figures.
+        query = parse_qs(request.scope.get("query_string", b"").decode("latin-1"))
+        try:
+            authenticated = keys.authenticated(dict(request.scope["headers"]), query)
+        except HTTPError as exc:
+            return error_response(exc)
         status = await (await holder.get()).health()
+        if not authenticated:
+            status = {"ok": status["ok"], "state": status["state"],
+                      "detail": "send the API key (x-functions-key or ?code=) for details"}
         return _json(200 if status["ok"] else 503, status)
 
     async def metrics(request: Request) -> Response:
@@ -385,10 +484,40 @@ def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm
     return app
 
 
-def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_level: str = "info") -> None:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is reachable only from this machine."""
+    name = host.strip().strip("[]")
+    try:
+        return ipaddress.ip_address(name.split("%")[0]).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
+
+
+def check_exposure(settings: Settings, host: str, insecure_no_key: bool) -> None:
+    """Refuse to listen beyond loopback without api_key unless told to: anyone who could reach the
+    address could write entries (and read health details)."""
+    if settings.api_key or is_loopback(host):
+        return
+    if not insecure_no_key:
+        raise ConfigError(
+            f"refusing to serve on {host} without an API key: anyone who can reach it could write log entries. "
+            "Set BLOBWRITER_API_KEY (clients send it as the x-functions-key header or ?code=), listen on "
+            "127.0.0.1, or pass --insecure-no-key to serve without a key anyway.")
+    log.warning("Serving on %s WITHOUT an API key (--insecure-no-key): anyone who can reach it can write "
+                "log entries", host)
+
+
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_level: str = "info",
+          insecure_no_key: bool = False) -> None:
     """Run the API under uvicorn until SIGINT/SIGTERM; the writer flushes on shutdown."""
     import uvicorn
 
+    check_exposure(settings, host, insecure_no_key)
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
     app = create_app(settings, check_api_key=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",

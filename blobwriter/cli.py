@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=7071, help="port (default: 7071, like `func start`)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--insecure-no-key", action="store_true",
+                       help="listen beyond loopback without BLOBWRITER_API_KEY (anyone who can reach the "
+                            "address can write entries); refused otherwise")
     return parser
 
 
@@ -73,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from .api import serve
 
-            serve(settings, host=args.host, port=args.port, log_level=args.log_level)
+            serve(settings, host=args.host, port=args.port, log_level=args.log_level,
+                  insecure_no_key=args.insecure_no_key)
             return EXIT_OK
         if not settings.keys:
             settings.require("encryption_key")

@@ -25,6 +25,7 @@ import yaml
 from .errors import ConfigError
 from .keys import SecretKey, parse_key
 from .limits import APPEND_BLOCK_LIMIT, BLOCKS_PER_BLOB_LIMIT, FRAME_OVERHEAD_BYTES, KiB, MiB
+from .privacy import parse_path
 
 log = logging.getLogger("blobwriter.config")
 
@@ -76,10 +77,6 @@ def _choice(*allowed: str) -> Cast:
     return cast
 
 
-def _text(name: str, value: Any) -> str:
-    return str(value).strip()
-
-
 def _container(name: str, value: Any) -> str:
     text = str(value).strip()
     if not _CONTAINER_RE.match(text):
@@ -96,9 +93,76 @@ def _prefix(name: str, value: Any) -> str:
         raise ConfigError(
             f"Config '{name}' has value {text!r}: a blob-name prefix must be relative and must not contain '..'."
         )
+    # The HTTP stack (and Azure) collapse '.' and empty segments of a blob's URL path, so such a prefix
+    # would put blobs where the reader, listing by the literal prefix, does not look.
+    segments = text.removesuffix("/").split("/") if text else []
+    if any(segment in ("", ".") for segment in segments):
+        raise ConfigError(
+            f"Config '{name}' has value {text!r}: a blob-name prefix must not have empty ('//') or '.' segments "
+            "(the HTTP path would be normalized and blobs would land where readers do not look)."
+        )
     if text and not text.endswith("/"):
         text += "/"
     return text
+
+
+# A credential inside a value that is not a connection string (so would be taken for a directory path).
+_CREDENTIAL_MARKERS = re.compile(r"(?i)(accountkey|sharedaccesssignature|sharedaccesskey|(^|[?&;])sig)=")
+
+
+def _storage(name: str, value: Any) -> str:
+    text = str(value).strip()
+    if storage_kind(text) == "directory" and _CREDENTIAL_MARKERS.search(text):
+        # Never echoed: the value holds a key or a SAS signature.
+        raise ConfigError(
+            f"Config '{name}' holds a credential (AccountKey=, SharedAccessSignature= or sig=) but is not a "
+            "connection string, so it would be taken for a directory path: write it as "
+            "'BlobEndpoint=https://<account>.blob.core.windows.net;SharedAccessSignature=<token>' or "
+            "'AccountName=...;AccountKey=...' (the value is not shown)."
+        )
+    return text
+
+
+def _optional_int(low: int, high: int) -> Cast:
+    """An integer in [low, high], or None when empty (unset: no bound)."""
+    inner = _int(low, high)
+
+    def cast(name: str, value: Any) -> int | None:
+        return None if str(value).strip() == "" else int(inner(name, value))
+
+    return cast
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"Config '{name}' has value {value!r}: allowed values are true, false.")
+
+
+def _field_name(name: str, value: Any) -> str | None:
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if text == "timestamp" or "." in text:
+        raise ConfigError(f"Config '{name}' has value {text!r}: a top-level field name other than 'timestamp', "
+                          "without '.'.")
+    return text
+
+
+def _paths(name: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value or "").split(",")
+    paths = tuple(str(item).strip() for item in items if str(item).strip())
+    for path in paths:
+        try:
+            parse_path(path)
+        except ValueError as exc:
+            raise ConfigError(f"Config '{name}' has path {path!r}: {exc}.") from None
+    return paths
 
 
 def _key(name: str, value: Any) -> SecretKey | None:
@@ -122,12 +186,14 @@ def _optional_secret(name: str, value: Any) -> str | None:
 
 
 def _setting(default: Any, cast: Cast, help: str, *, secret: bool = False, required: bool = False,
-             hidden: bool = False, alias: str | None = None) -> Any:
+             hidden: bool = False, alias: str | None = None, serve_only: bool = False) -> Any:
     """A Settings attribute with what load_settings needs to read it. `hidden` keeps a value that holds
     credentials (a connection string) out of repr without calling it a secret; `alias` is an older name
-    still accepted, with a deprecation warning."""
+    still accepted, with a deprecation warning; `serve_only` marks a setting only `blobwriter serve` uses
+    (under Azure Functions the host does that job), so the Functions app settings leave it out."""
     return field(default=default, repr=not (secret or hidden),
-                 metadata={"cast": cast, "help": help, "secret": secret, "required": required, "alias": alias})
+                 metadata={"cast": cast, "help": help, "secret": secret, "required": required, "alias": alias,
+                           "serve_only": serve_only})
 
 
 @dataclass(frozen=True)
@@ -135,7 +201,7 @@ class Settings:
     """Validated settings for one writer, reader or server."""
 
     storage: str | None = _setting(
-        None, _text, "connection string, 'UseDevelopmentStorage=true', https://<account>.blob.core.windows.net "
+        None, _storage, "connection string, 'UseDevelopmentStorage=true', https://<account>.blob.core.windows.net "
         "(Entra ID auth), or a local directory path", required=True, hidden=True)
     container: str = _setting("logs", _container, "blob container that holds the log blobs")
     blob_prefix: str = _setting("", _prefix, "blob-name prefix inside the container (e.g. 'gateway/')",
@@ -171,7 +237,35 @@ class Settings:
                                    "seconds stop() keeps retrying unwritten entries before reporting them as failed")
     api_key: str | None = _setting(
         None, _optional_secret, "when set, `blobwriter serve` requires it as x-functions-key header or ?code=",
-        secret=True)
+        secret=True, serve_only=True)
+    # -- what an entry may be, and what of it is kept (entries.py, privacy.py) --
+    max_past_days: int | None = _setting(
+        None, _optional_int(0, 36500), "refuse entries whose timestamp is more than this many days before the "
+        "server's clock (unset: no bound)")
+    max_future_days: int | None = _setting(
+        None, _optional_int(0, 36500), "refuse entries whose timestamp is more than this many days after the "
+        "server's clock (unset: no bound)")
+    received_at_field: str | None = _setting(
+        None, _field_name, "when set, each entry gets this top-level field with the time the server received it "
+        "(RFC 3339, UTC; a value sent by the client is replaced)")
+    drop_fields: tuple[str, ...] = _setting(
+        (), _paths, "comma-separated dotted paths removed from every entry before it is encrypted "
+        "('*' matches every list item or object member, e.g. request.messages.*.content)")
+    mask_fields: tuple[str, ...] = _setting(
+        (), _paths, "comma-separated dotted paths whose values are replaced by \"[masked]\" before encryption")
+    truncate_bytes: int | None = _setting(
+        None, _optional_int(64, 64 * MiB), "strings longer than this many UTF-8 bytes are cut to it and marked "
+        "\"…[truncated: N bytes]\" (unset: off)")
+    metadata_only: bool = _setting(
+        False, _bool, "drop the request and response bodies (the top-level 'request' and 'response' fields) "
+        "from every entry")
+    # -- `blobwriter serve` only (under Functions the host reads the body) --
+    body_timeout: float = _setting(
+        60.0, _float(1.0, 3600.0), "seconds `blobwriter serve` waits for a request's whole body before answering 408",
+        serve_only=True)
+    max_concurrent_bodies: int = _setting(
+        32, _int(1, 100_000), "most request bodies `blobwriter serve` reads at once (each up to max_body_bytes); "
+        "past it 503 with Retry-After", serve_only=True)
 
     def __post_init__(self) -> None:
         if self.max_entry_bytes > self.max_append_bytes - FRAME_OVERHEAD_BYTES:
@@ -188,6 +282,13 @@ class Settings:
             raise ConfigError(
                 f"Config 'max_queue_size' ({self.max_queue_size}) must be at least batch_size ({self.batch_size})."
             )
+        protected = {"timestamp", self.received_at_field} - {None}
+        for name in ("drop_fields", "mask_fields"):
+            for path in getattr(self, name):
+                if parse_path(path)[0] in protected | {"*"}:
+                    raise ConfigError(
+                        f"Config '{name}' has path {path!r}: 'timestamp' (it decides the entry's blob) and "
+                        f"received_at_field are kept; a path cannot start with them or with '*'.")
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:
@@ -229,7 +330,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Field:
-    """One setting as the docs and tests see it: name, cast, default, help, secrecy, older name."""
+    """One setting as the docs and tests see it: name, cast, default, help, secrecy, older name, and whether
+    only `blobwriter serve` uses it."""
 
     name: str
     cast: Cast
@@ -238,6 +340,7 @@ class Field:
     secret: bool = False
     required: bool = False
     alias: str | None = None
+    serve_only: bool = False
 
     @property
     def env(self) -> str:

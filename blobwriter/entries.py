@@ -1,20 +1,41 @@
 """Admission: turning the values a caller sends into entries the writer may queue.
 
 One function, `admit`, serves both `LogWriter.write_many` and `POST /api/logs`: it checks every
-value (a JSON object, an ISO-8601 `timestamp` or none, JSON-serializable, not over
-`max_entry_bytes`), serializes it once, and refuses the whole call at the first bad value with an
-`EntryError` that names its position. Nothing of a refused call is queued.
+value and refuses the whole call at the first bad one with an `EntryError` that names its
+position. Nothing of a refused call is queued. An entry must be:
+
+- a JSON object whose `timestamp`, if present, is an RFC 3339 date-time (`Timestamps` below)
+  inside the window `max_past_days` / `max_future_days` around the server's clock, if set;
+  without a `timestamp` it gets the current UTC time; `"timestamp": null` is refused;
+- JSON that stores exactly: integers within 64 bits, finite numbers (no NaN, no infinity);
+- at most `max_entry_bytes` once serialized, after the privacy controls (privacy.py) have
+  dropped, masked and truncated what they should, and `received_at_field` is stamped.
+
+A call may span at most `MAX_DATES_PER_CALL` UTC dates.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import orjson
 
 from .errors import EntryError, EntryTooLargeError
+from .privacy import NO_PRIVACY, Privacy
+
+# Each distinct date of a call costs its own frame and blob lane (and, for a new date, storage
+# requests to create the blob): a guard against one call fanning out over thousands of dates. Not a
+# setting: a live gateway's call spans one or two dates (midnight); a backfill splits by date.
+MAX_DATES_PER_CALL = 100
+
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson (and so the stored JSON) holds exactly
+INT_RANGE = "JSON integers are stored in 64 bits (-2^63 to 2^64-1); send larger ones as strings"
+NOT_FINITE = "JSON numbers must be finite (no NaN or infinity)"
 
 
 class Prepared(NamedTuple):
@@ -24,69 +45,263 @@ class Prepared(NamedTuple):
     line: bytes
 
 
-def utc_date(timestamp: Any) -> str:
-    """The UTC date (YYYY-MM-DD) of an ISO-8601 timestamp; naive timestamps mean UTC."""
-    if not isinstance(timestamp, str):
-        raise EntryError(f"'timestamp' must be an ISO-8601 string, got {json_type(timestamp)}")
+# -- Timestamps -------------------------------------------------------------------------------
+#
+# RFC 3339 section 5.6 `date-time`: YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM). As the RFC's
+# ABNF is case-insensitive, `t` and `z` are accepted too; second 60 (a leap second) is accepted
+# and counts as the last instant of second 59. Refused: ISO 8601's other forms (week and ordinal
+# dates, the basic format without separators, a bare date, hours without minutes or seconds, a
+# comma before the fraction) and the space separator that section 5.6's NOTE lets applications
+# choose: entries are stored as sent, and one form keeps stored data readable by any strict
+# RFC 3339 parser. One extension, kept for compatibility: a date-time without an offset means UTC.
+
+_RFC3339 = re.compile(
+    r"(?P<y>[0-9]{4})-(?P<mo>[0-9]{2})-(?P<d>[0-9]{2})[Tt](?P<h>[0-9]{2}):(?P<mi>[0-9]{2}):(?P<s>[0-9]{2})"
+    r"(?:\.(?P<f>[0-9]+))?(?P<z>[Zz]|(?P<sign>[+-])(?P<oh>[0-9]{2}):(?P<om>[0-9]{2}))?")
+_BARE_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_SPACED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:")
+_WEEK_OR_ORDINAL = re.compile(r"[0-9]{4}-?(W[0-9]{2}|[0-9]{3}(?![0-9]))")
+_SHAPE = "an RFC 3339 date-time, e.g. 2026-11-24T10:00:00.123Z or 2026-11-24T11:00:00+01:00"
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 64 else text[:64] + "...")
+
+
+def parse_timestamp(text: Any) -> datetime:
+    """The UTC instant of an RFC 3339 date-time (without an offset: UTC); EntryError saying why not."""
+    if not isinstance(text, str):
+        raise EntryError(f"'timestamp' must be a string ({_SHAPE}), got {json_type(text)}")
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        raise EntryError(f"'timestamp' {_shown(text)} is not {_SHAPE}{_hint(text)}")
+    second = int(m["s"])
+    fraction = m["f"] or ""
+    if second == 60:  # a leap second: the last instant of the minute
+        second, fraction = 59, "999999"
+    offset = UTC
+    if m["sign"]:
+        hours, minutes = int(m["oh"]), int(m["om"])
+        if hours > 23 or minutes > 59:
+            raise EntryError(f"'timestamp' {_shown(text)} has an offset out of range (-23:59 to +23:59)")
+        delta = timedelta(hours=hours, minutes=minutes)
+        offset = timezone(-delta if m["sign"] == "-" else delta)
     try:
-        moment = datetime.fromisoformat(timestamp)
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC)
-        return moment.date().isoformat()
-    except (ValueError, OverflowError):
-        shown = timestamp if len(timestamp) <= 64 else timestamp[:64] + "..."
-        raise EntryError(f"'timestamp' is not an ISO-8601 date-time: {shown!r}") from None
+        moment = datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), second,
+                          int(fraction[:6].ljust(6, "0")), tzinfo=offset)
+        return moment.astimezone(UTC)
+    except ValueError:
+        raise EntryError(f"'timestamp' {_shown(text)} is not a valid date and time") from None
+    except OverflowError:
+        raise EntryError(f"'timestamp' {_shown(text)} is outside the years 0001-9999 in UTC") from None
+
+
+def _hint(text: str) -> str:
+    if _BARE_DATE.fullmatch(text):
+        return " (a date without a time: add one, e.g. T00:00:00Z)"
+    if _SPACED.match(text):
+        return " (date and time are separated by a space: use 'T')"
+    if _WEEK_OR_ORDINAL.match(text):
+        return " (ISO 8601 week and ordinal dates are not RFC 3339)"
+    return ""
+
+
+def utc_date(timestamp: Any) -> str:
+    """The UTC date (YYYY-MM-DD) of an RFC 3339 timestamp; without an offset it means UTC."""
+    return parse_timestamp(timestamp).date().isoformat()
+
+
+def format_timestamp(moment: datetime) -> str:
+    """A UTC instant as RFC 3339 with milliseconds and `Z`: 2026-11-24T10:00:00.123Z."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def now_timestamp() -> tuple[str, str]:
-    """The current UTC time as an ISO-8601 string with `Z`, and its date."""
+    """The current UTC time as an RFC 3339 string with `Z`, and its date."""
     now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", now.date().isoformat()
+    return format_timestamp(now), now.date().isoformat()
+
+
+# -- Numbers ------------------------------------------------------------------------------------
+
+def _where(path: str) -> str:
+    return f"at {path!r}" if path else "at the top level"
+
+
+def _find_number(value: Any) -> tuple[str, Any] | None:
+    """The path and value of the first integer beyond 64 bits or non-finite float, if any."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(list(item.items())))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int) and not INT_MIN <= item <= INT_MAX:
+            return path, item
+        elif isinstance(item, float) and not math.isfinite(item):
+            return path, item
+    return None
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity hides anywhere in `value` (orjson would write it as null)."""
+    stack = [value]
+    pop, many = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            many(item.values())
+        elif kind is list or kind is tuple:
+            many(item)
+        elif kind is float:
+            if item - item != 0.0:  # NaN - NaN and inf - inf are NaN
+                return True
+        elif isinstance(item, Mapping):
+            many(item.values())
+        elif isinstance(item, float) and not math.isfinite(item):
+            return True
+    return False
+
+
+def number_error(path: str, value: Any) -> str:
+    """The one message for a number JSON cannot store exactly, the same on every path in."""
+    if isinstance(value, float):
+        return f"number {_where(path)} is {value!r}: {NOT_FINITE}"
+    digits = str(value)
+    shown = digits if len(digits) <= 40 else digits[:20] + "..." + digits[-8:]
+    return f"integer {shown} {_where(path)} does not fit in 64 bits: {INT_RANGE}"
+
+
+# -- Admission --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rules:
+    """What admission checks and changes, from the settings (one per writer)."""
+
+    max_entry_bytes: int
+    max_past_days: int | None = None
+    max_future_days: int | None = None
+    received_at_field: str | None = None
+    privacy: Privacy = NO_PRIVACY
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Rules:
+        return cls(settings.max_entry_bytes, settings.max_past_days, settings.max_future_days,
+                   settings.received_at_field,
+                   Privacy(drop=settings.drop_fields, mask=settings.mask_fields,
+                           truncate_bytes=settings.truncate_bytes, metadata_only=settings.metadata_only))
+
+
+class Admission:
+    """One call's admission: its clock reading (for the window and `received_at_field`) and the privacy
+    controls in force (the configured ones, narrowed by the call's own)."""
+
+    def __init__(self, rules: Rules, *, privacy: Privacy | None = None, check_numbers: bool = True,
+                 now: datetime | None = None) -> None:
+        self.rules = rules
+        self.now = now or datetime.now(UTC)
+        self.privacy = rules.privacy.narrowed(privacy)
+        # Values parsed from JSON text cannot hold NaN or infinity (the parsers refuse them); values
+        # from Python can, and orjson would silently write them as null.
+        self.check_numbers = check_numbers
+        self.earliest = self.now - timedelta(days=rules.max_past_days) if rules.max_past_days is not None else None
+        self.latest = self.now + timedelta(days=rules.max_future_days) if rules.max_future_days is not None else None
+        self.received = format_timestamp(self.now) if rules.received_at_field else None
+
+    def _window(self) -> str:
+        r = self.rules
+        past = f"{r.max_past_days} days before" if r.max_past_days is not None else "any time before"
+        future = f"{r.max_future_days} days after" if r.max_future_days is not None else "any time after"
+        return (f"entries are accepted from {past} to {future} the server's clock, now {format_timestamp(self.now)} "
+                f"(max_past_days={r.max_past_days}, max_future_days={r.max_future_days})")
+
+    def _check_window(self, moment: datetime, text: str) -> None:
+        if self.earliest is not None and moment < self.earliest:
+            days = (self.now - moment) / timedelta(days=1)
+            raise EntryError(f"'timestamp' {_shown(text)} is {days:.1f} days in the past: {self._window()}")
+        if self.latest is not None and moment > self.latest:
+            days = (moment - self.now) / timedelta(days=1)
+            raise EntryError(f"'timestamp' {_shown(text)} is {days:.1f} days in the future: {self._window()}")
+
+    def prepare(self, entry: Any) -> Prepared:
+        """Validate, apply the privacy controls to, stamp and serialize one entry."""
+        if not isinstance(entry, Mapping):
+            raise EntryError(f"an entry must be a JSON object, not {json_type(entry)}")
+        if "timestamp" not in entry:
+            timestamp, date = now_timestamp()
+            entry = {**entry, "timestamp": timestamp}
+        else:
+            timestamp = entry["timestamp"]
+            if timestamp is None:
+                raise EntryError(f"'timestamp' is null: leave it out to get the current time, or send {_SHAPE}")
+            moment = parse_timestamp(timestamp)
+            if self.earliest is not None or self.latest is not None:
+                self._check_window(moment, timestamp)
+            date = moment.date().isoformat()
+        field = self.rules.received_at_field
+        if self.privacy.active:
+            entry = self.privacy.apply(entry, keep=field)
+        if field is not None:
+            entry = {**entry, field: self.received}
+        try:
+            # Copied to an exact-size object: orjson's output keeps its larger working buffer's
+            # allocation alive, ~9 KB of memory per queued 1.2 KB entry instead of ~1.7 KB.
+            line = bytes(memoryview(orjson.dumps(entry)))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            found = _find_number(entry) if "64-bit" in str(exc) else None
+            if found is not None:
+                raise EntryError(number_error(*found)) from None
+            raise EntryError(f"entry is not JSON-serializable: {exc}") from None
+        # orjson writes NaN and infinity as null. Where the line has a null, reading it back (C speed) and
+        # comparing finds whether one stood for something else; only then is the entry walked (Python speed).
+        if self.check_numbers and b"null" in line and orjson.loads(line) != entry and _has_non_finite(entry):
+            found = _find_number(entry)
+            raise EntryError(number_error(*found) if found else NOT_FINITE)
+        if len(line) > self.rules.max_entry_bytes:
+            raise EntryTooLargeError(
+                f"entry is {len(line)} bytes serialized; the limit (max_entry_bytes) is {self.rules.max_entry_bytes}"
+            )
+        return Prepared(date, line)
 
 
 def prepare(entry: Any, max_entry_bytes: int) -> Prepared:
-    """Validate and serialize one entry (adding a UTC timestamp if it has none)."""
-    if not isinstance(entry, Mapping):
-        raise EntryError(f"an entry must be a JSON object, not {json_type(entry)}")
-    timestamp = entry.get("timestamp")
-    if timestamp is None:
-        timestamp, date = now_timestamp()
-        entry = {**entry, "timestamp": timestamp}
-    else:
-        date = utc_date(timestamp)
-    try:
-        # Copied to an exact-size object: orjson's output keeps its larger working buffer's
-        # allocation alive, ~9 KB of memory per queued 1.2 KB entry instead of ~1.7 KB.
-        line = bytes(memoryview(orjson.dumps(entry)))
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        raise EntryError(f"entry is not JSON-serializable: {exc}") from None
-    if len(line) > max_entry_bytes:
-        raise EntryTooLargeError(
-            f"entry is {len(line)} bytes serialized; the limit (max_entry_bytes) is {max_entry_bytes}"
-        )
-    return Prepared(date, line)
+    """Validate and serialize one entry with no window, stamp or privacy control (see Admission)."""
+    return Admission(Rules(max_entry_bytes)).prepare(entry)
 
 
 def admit(values: Iterable[tuple[int, Any]], *, max_entry_bytes: int, max_entries: int, max_bytes: int,
-          where: str = "index") -> list[Prepared]:
+          where: str = "index", rules: Rules | None = None, privacy: Privacy | None = None,
+          check_numbers: bool = True) -> list[Prepared]:
     """Prepare every (position, value) of one call, all or nothing.
 
     Raises EntryError at the first bad value, naming it as `entry {where} {position}`, and
     EntryTooLargeError as soon as the call holds more than `max_entries` entries or `max_bytes`
     serialized bytes: more than the queue can ever hold, so retrying would not help. The values
     are consumed one by one, so a huge call is refused without being read whole. The iterable
-    itself may raise EntryError (a malformed line).
+    itself may raise EntryError (a malformed line). `rules` (default: only max_entry_bytes) are the
+    writer's; `privacy` narrows its privacy controls for this call.
     """
+    admission = Admission(rules or Rules(max_entry_bytes), privacy=privacy, check_numbers=check_numbers)
     prepared: list[Prepared] = []
+    dates: set[str] = set()
     size = 0
     for position, value in values:
         if len(prepared) >= max_entries:
             raise EntryTooLargeError(f"more than {max_entries} entries in one call; at most max_queue_size="
                                      f"{max_entries} fit in the queue: split the call")
         try:
-            entry = prepare(value, max_entry_bytes)
+            entry = admission.prepare(value)
         except EntryError as exc:
             raise type(exc)(f"entry {where} {position}: {exc}", position) from None
+        if entry.date not in dates:
+            dates.add(entry.date)
+            if len(dates) > MAX_DATES_PER_CALL:
+                raise EntryError(f"entry {where} {position}: more than {MAX_DATES_PER_CALL} distinct UTC dates in "
+                                 "one call: split the call by date", position)
         size += len(entry.line)
         if size > max_bytes:
             raise EntryTooLargeError(f"more than {max_bytes} bytes of entries in one call; at most max_queue_bytes="

@@ -21,16 +21,18 @@ from typing import Any
 from .appender import Appender, Frame, Landed
 from .codec import Encoder, frame_tag
 from .config import Settings
-from .entries import Prepared, admit
+from .entries import Prepared, Rules, admit
 from .entry_queue import DATE, ENQUEUED, LINE, EntryQueue, Item, Settled
 from .errors import EntryError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
 from .index import INDEX_INTERVAL, IndexBook, IndexRecord
 from .metrics import WriterMetrics
+from .privacy import Privacy
 from .store import Store, open_store
 
 log = logging.getLogger("blobwriter.writer")
 
-HEALTH_PROBE_SECONDS = 5.0
+HEALTH_PROBE_SECONDS = 5.0  # how long a storage probe may take
+HEALTH_PROBE_INTERVAL = 5.0  # at most one storage probe this often, however many health checks come
 ENCODE_JOBS = 2  # encoding jobs (worker threads) at once
 ENCODE_ENTRIES = 4096  # entries one encoding job takes at most
 
@@ -56,6 +58,7 @@ class LogWriter:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         key = settings.require("encryption_key")
         self.settings = settings
+        self.rules = Rules.from_settings(settings)
         self.store = store if store is not None else open_store(settings)
         self._queue = EntryQueue(settings.max_queue_size, settings.max_queue_bytes)
         self.metrics = WriterMetrics(queue_depth=lambda: self._queue.depth, queue_bytes=lambda: self._queue.bytes,
@@ -72,6 +75,8 @@ class LogWriter:
         self._index = IndexBook()
         self._index_timer: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[str | None] | None = None
+        self._probed: tuple[float, str | None] | None = None  # (when, error or None) of the last probe
         self._state = WriterState.NEW
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -120,7 +125,7 @@ class LogWriter:
             if self._queue.pending:
                 log.debug("Flushing %d remaining log entries", len(self._queue.pending))
             self._wakeup.set()
-        for helper in (self._index_timer, self._opener):
+        for helper in (self._index_timer, self._opener, self._probe):
             if helper is not None:
                 helper.cancel()
         try:
@@ -164,9 +169,12 @@ class LogWriter:
 
     # -- accepting entries -----------------------------------------------------------------
 
-    def admit(self, values: Iterable[tuple[int, Any]], *, where: str = "index") -> list[Prepared]:
+    def admit(self, values: Iterable[tuple[int, Any]], *, where: str = "index", privacy: Privacy | None = None,
+              from_json: bool = False) -> list[Prepared]:
         """Validate and serialize one call's (position, value) pairs, all or nothing (entries.admit);
-        a refused call's entries are counted as rejected, once."""
+        a refused call's entries are counted as rejected, once. `privacy` narrows the configured privacy
+        controls for this call; `from_json` says the values were parsed from JSON text (which cannot hold
+        NaN or infinity, so they need not be looked for)."""
         seen = 0
 
         def counted() -> Iterable[tuple[int, Any]]:
@@ -178,7 +186,8 @@ class LogWriter:
         s = self.settings
         try:
             return admit(counted(), max_entry_bytes=s.max_entry_bytes, max_entries=s.max_queue_size,
-                         max_bytes=s.max_queue_bytes, where=where)
+                         max_bytes=s.max_queue_bytes, where=where, rules=self.rules, privacy=privacy,
+                         check_numbers=not from_json)
         except EntryError:
             self.metrics.rejected += seen
             raise
@@ -203,13 +212,14 @@ class LogWriter:
             self._wakeup.set()
         return waiter.future if waiter is not None else None
 
-    async def write(self, entry: Any, *, wait: bool = False) -> None:
-        """Queue one entry and return at once; with wait=True, return once it is appended."""
-        await self.write_many((entry,), wait=wait)
+    async def write(self, entry: Any, *, wait: bool = False, privacy: Privacy | None = None) -> None:
+        """Queue one entry and return at once; with wait=True, return once it is appended. `privacy`
+        keeps less of this entry than the settings say (it can only narrow them)."""
+        await self.write_many((entry,), wait=wait, privacy=privacy)
 
-    async def write_many(self, entries: Iterable[Any], *, wait: bool = False) -> int:
+    async def write_many(self, entries: Iterable[Any], *, wait: bool = False, privacy: Privacy | None = None) -> int:
         """Queue several entries, all or none (one bad entry rejects the call)."""
-        prepared = self.admit(enumerate(entries))
+        prepared = self.admit(enumerate(entries), privacy=privacy)
         future = self.submit(prepared, durable=wait)
         if future is not None:
             await future
@@ -231,16 +241,11 @@ class LogWriter:
 
     async def health(self, *, probe: bool = True) -> dict[str, Any]:
         """State for health checks: ok is False if the batch task died, appends are failing, or
-        (with `probe`) storage does not answer a probe within 5 seconds."""
+        (with `probe`) storage did not answer a probe within 5 seconds. Storage is probed at most once
+        every HEALTH_PROBE_INTERVAL seconds, however many callers ask: the others get the last result."""
         storage_error = self._appender.storage_error
         if probe and self._state == WriterState.RUNNING and storage_error is None:
-            try:
-                async with asyncio.timeout(HEALTH_PROBE_SECONDS):
-                    await self.store.check()
-            except StoreError as exc:
-                storage_error = str(exc)
-            except TimeoutError:
-                storage_error = f"storage did not answer a probe within {HEALTH_PROBE_SECONDS:.0f}s"
+            storage_error = await self._probe_storage()
         return {
             "ok": self._state == WriterState.RUNNING and storage_error is None,
             "state": self._state.value,
@@ -252,6 +257,32 @@ class LogWriter:
             "storage_error": storage_error,
             "writer_id": self.writer_id,
         }
+
+    async def _probe_storage(self) -> str | None:
+        """The error of the last storage probe (None: it answered), probing again if that one is old."""
+        if self._probed is not None and time.monotonic() - self._probed[0] < HEALTH_PROBE_INTERVAL:
+            return self._probed[1]
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_once(), name="blobwriter-probe")
+        probe = self._probe
+        try:
+            return await asyncio.shield(probe)
+        except asyncio.CancelledError:
+            if probe.cancelled():  # stop() ended the probe, not our caller
+                return "the writer is stopping"
+            raise
+
+    async def _probe_once(self) -> str | None:
+        error: str | None = None
+        try:
+            async with asyncio.timeout(HEALTH_PROBE_SECONDS):
+                await self.store.check()
+        except StoreError as exc:
+            error = str(exc)
+        except TimeoutError:
+            error = f"storage did not answer a probe within {HEALTH_PROBE_SECONDS:.0f}s"
+        self._probed = (time.monotonic(), error)
+        return error
 
     # -- the batch task --------------------------------------------------------------------
 

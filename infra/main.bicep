@@ -163,6 +163,31 @@ param giveUpAfter string = '300.0'
 @description('BLOBWRITER_STOP_TIMEOUT: seconds shutdown keeps retrying unwritten entries.')
 param stopTimeout string = '60.0'
 
+// What an entry may be, and what of it is kept (README: "Timestamps", "Privacy controls"). The
+// window is bounded here although the app's default is no bound: a live gateway logs calls as
+// they happen, and a client must not backdate entries into days already audited. A string, so
+// that '' (no bound) can be deployed for a backfill.
+@description('BLOBWRITER_MAX_PAST_DAYS: refuse entries whose timestamp is more than this many days before the server\'s clock (\'\' for no bound; the app\'s default is no bound).')
+param maxPastDays string = '7'
+
+@description('BLOBWRITER_MAX_FUTURE_DAYS: refuse entries whose timestamp is more than this many days after the server\'s clock (\'\' for no bound; the app\'s default is no bound).')
+param maxFutureDays string = '1'
+
+@description('BLOBWRITER_RECEIVED_AT_FIELD: top-level field the writer stamps with the server\'s receive time (\'\' for none).')
+param receivedAtField string = ''
+
+@description('BLOBWRITER_DROP_FIELDS: comma-separated dotted paths removed from every entry before it is encrypted (e.g. \'request.messages.*.content\').')
+param dropFields string = ''
+
+@description('BLOBWRITER_MASK_FIELDS: comma-separated dotted paths whose values are replaced by "[masked]" before encryption.')
+param maskFields string = ''
+
+@description('BLOBWRITER_TRUNCATE_BYTES: strings longer than this many UTF-8 bytes are cut and marked (\'\' for no limit; at least 64).')
+param truncateBytes string = ''
+
+@description('BLOBWRITER_METADATA_ONLY: drop the request and response bodies (the top-level request and response fields) from every entry.')
+param metadataOnly bool = false
+
 // ---------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------
@@ -250,7 +275,8 @@ module keyVault 'modules/keyvault.bicep' = {
 }
 
 // Every app setting of the function app. tests/test_infra.py checks that each BLOBWRITER_*
-// setting of blobwriter/config.py is here (except the local-server-only API key).
+// setting of blobwriter/config.py is here (except those only `blobwriter serve` uses: the API key
+// and the request-body limits; under Functions the host checks keys and reads bodies).
 var appSettings = [
   // Functions host storage through the managed identity: endpoints only, no key.
   {
@@ -365,6 +391,34 @@ var appSettings = [
   {
     name: 'BLOBWRITER_STOP_TIMEOUT'
     value: stopTimeout
+  }
+  {
+    name: 'BLOBWRITER_MAX_PAST_DAYS'
+    value: maxPastDays
+  }
+  {
+    name: 'BLOBWRITER_MAX_FUTURE_DAYS'
+    value: maxFutureDays
+  }
+  {
+    name: 'BLOBWRITER_RECEIVED_AT_FIELD'
+    value: receivedAtField
+  }
+  {
+    name: 'BLOBWRITER_DROP_FIELDS'
+    value: dropFields
+  }
+  {
+    name: 'BLOBWRITER_MASK_FIELDS'
+    value: maskFields
+  }
+  {
+    name: 'BLOBWRITER_TRUNCATE_BYTES'
+    value: truncateBytes
+  }
+  {
+    name: 'BLOBWRITER_METADATA_ONLY'
+    value: string(metadataOnly)
   }
 ]
 

@@ -65,6 +65,10 @@ def base(**values: object) -> dict[str, object]:
         ("container", "a--b", "single hyphens"),
         ("blob_prefix", "../escape", "must not contain '..'"),
         ("blob_prefix", "/absolute", "must be relative"),
+        ("max_past_days", -1, "0 to 36500"),
+        ("max_future_days", "a week", "0 to 36500"),
+        ("body_timeout", 0, "1.0 to 3600.0"),
+        ("max_concurrent_bodies", 0, "1 to 100000"),
     ],
 )
 def test_bad_value_names_setting_and_allowed_range(name: str, value: object, allowed: str) -> None:
@@ -325,3 +329,46 @@ def test_with_overrides_keeps_validation() -> None:
     assert settings.with_overrides(batch_size=3).batch_size == 3
     with pytest.raises(ConfigError, match="max_queue_size"):
         settings.with_overrides(batch_size=50, max_queue_size=20)
+
+
+
+# -- issue 13 --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prefix", ["a/./b/", "a//b/", "./a/", "a/.", "a/.//", "a\\\\b/", ".", "a/b//"])
+def test_prefix_with_dot_or_empty_segments_is_refused(prefix: str) -> None:
+    """Main accepted these; the HTTP stack normalizes them away, so blobs landed where readers do not look."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_values(base(blob_prefix=prefix))
+    message = str(caught.value)
+    assert "'blob_prefix'" in message and "empty ('//') or '.' segments" in message
+
+
+@pytest.mark.parametrize(("prefix", "normalized"), [("a/b", "a/b/"), ("a/b/", "a/b/"), ("a.b/c.d", "a.b/c.d/"),
+                                                    ("", ""), (".hidden/x", ".hidden/x/"), ("a\\b", "a/b/")])
+def test_ordinary_prefixes_still_work(prefix: str, normalized: str) -> None:
+    assert Settings.from_values(base(blob_prefix=prefix)).blob_prefix == normalized
+
+
+@pytest.mark.parametrize("storage", [
+    "SharedAccessSignature=sv=2026-10-06&ss=b&sig=SECRETSIG%3D",
+    "AccountName=acct,AccountKey=SECRETKEY==",
+    "/data/logs?sv=2026-10-06&sig=SECRETSIG",
+])
+def test_a_credential_that_is_not_a_connection_string_is_refused_unseen(storage: str) -> None:
+    """Main took these for directory paths: the SAS or key became a directory name, and every message
+    naming the store's location (logs, health, errors) showed it."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_values(base(storage=storage))
+    message = str(caught.value)
+    assert "'storage'" in message and "SECRET" not in message and "not shown" in message
+
+
+def test_time_window_and_received_at_settings() -> None:
+    unset = Settings.from_values(base())
+    assert (unset.max_past_days, unset.max_future_days, unset.received_at_field) == (None, None, None)
+    env = {"BLOBWRITER_STORAGE": "/tmp/x", "BLOBWRITER_MAX_PAST_DAYS": "7", "BLOBWRITER_MAX_FUTURE_DAYS": "1",
+           "BLOBWRITER_RECEIVED_AT_FIELD": "received_at"}
+    settings = load_settings(env=env)
+    assert (settings.max_past_days, settings.max_future_days, settings.received_at_field) == (7, 1, "received_at")
+    empty = load_settings(env={**env, "BLOBWRITER_MAX_PAST_DAYS": "", "BLOBWRITER_MAX_FUTURE_DAYS": " "})
+    assert (empty.max_past_days, empty.max_future_days) == (None, None)  # an empty app setting means unset

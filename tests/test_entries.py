@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
-from blobwriter.entries import Prepared, admit, prepare
+from blobwriter.entries import MAX_DATES_PER_CALL, Admission, Prepared, Rules, admit, format_timestamp, prepare
 from blobwriter.errors import EntryError, EntryTooLargeError
 
 DAY = "2026-05-17"
@@ -38,7 +39,7 @@ def test_bad_timestamp_rejected(idle_writer: Callable[[Any], Prepared], timestam
     assert len(str(caught.value)) < 200  # a long bad value is shortened, not echoed whole
 
 
-@pytest.mark.parametrize("value", [{1, 2}, object(), b"bytes", 2**70])
+@pytest.mark.parametrize("value", [{1, 2}, object(), b"bytes"])
 def test_non_serializable_rejected(idle_writer: Callable[[Any], Prepared], value: Any) -> None:
     with pytest.raises(EntryError, match="not JSON-serializable"):
         idle_writer({"id": "x", "timestamp": TS, "value": value})
@@ -58,7 +59,7 @@ def test_too_large_rejected(idle_writer: Callable[[Any], Prepared]) -> None:
     assert "2048" in str(caught.value)
 
 
-@pytest.mark.parametrize("given", [{}, {"timestamp": None}])
+@pytest.mark.parametrize("given", [{}])
 def test_missing_timestamp_added_as_utc_z(idle_writer: Callable[[Any], Prepared], given: dict[str, Any]) -> None:
     original = {"id": "x", **given}
     prepared = idle_writer(original)
@@ -88,7 +89,10 @@ def test_entry_serialized_faithfully(idle_writer: Callable[[Any], Prepared]) -> 
         ("2024-02-29T23:00:00-02:00", "2024-03-01"),
         ("2026-12-31T23:59:59.999Z", "2026-12-31"),
         ("2027-01-01T00:30:00+01:00", "2026-12-31"),
-        ("2026-03-01", "2026-03-01"),
+        ("2026-03-01t23:30:00z", "2026-03-01"),  # RFC 3339 5.6 NOTE: 't' and 'z' may be lower case
+        ("2026-12-31T23:59:60Z", "2026-12-31"),  # a leap second (time-second 60) is in its own day
+        ("2026-03-01T23:30:00-00:00", "2026-03-01"),  # unknown local offset (RFC 3339 4.3): UTC
+        ("2026-03-01T23:30:00.123456789123Z", "2026-03-01"),  # any number of fraction digits
     ],
 )
 def test_utc_date_of_timestamp(idle_writer: Callable[[Any], Prepared], timestamp: str, date: str) -> None:
@@ -130,3 +134,134 @@ def test_admit_stops_reading_a_huge_call_at_the_limit() -> None:
     with pytest.raises(EntryTooLargeError):
         admit(values(), max_entry_bytes=2048, max_entries=100, max_bytes=10**9)
     assert consumed == 101
+
+
+# -- issue 13: timestamps are RFC 3339, bounded, never null; numbers are stored exactly ------------------
+
+@pytest.mark.parametrize(("timestamp", "why"), [
+    ("2026-03-01", "a date without a time"),
+    ("2026-03-01 10:00:00Z", "separated by a space"),
+    ("2026-W18-5", "week and ordinal"),
+    ("2026-W18-5T10:00:00Z", "week and ordinal"),
+    ("2026-060T10:00:00Z", "week and ordinal"),
+    ("20260301T100000Z", "not an RFC 3339 date-time"),  # ISO 8601 basic format
+    ("2026-03-01T10Z", "not an RFC 3339 date-time"),  # reduced precision
+    ("2026-03-01T10:00Z", "not an RFC 3339 date-time"),
+    ("2026-03-01T10:00:00,5Z", "not an RFC 3339 date-time"),  # comma before the fraction
+    ("2026-03-01T10:00:00+0100", "not an RFC 3339 date-time"),  # offset without a colon
+    ("2026-03-01T10:00:00+01", "not an RFC 3339 date-time"),
+    ("+2026-03-01T10:00:00Z", "not an RFC 3339 date-time"),  # expanded year
+    ("2026-03-01T10:00:00Z ", "not an RFC 3339 date-time"),
+    ("٢٠٢٦-03-01T10:00:00Z", "not an RFC 3339 date-time"),  # non-ASCII digits
+    ("2026-03-01T10:00:00+24:00", "offset out of range"),
+    ("2026-03-01T24:00:00Z", "not a valid date and time"),
+    ("0000-03-01T10:00:00Z", "not a valid date and time"),
+    ("0001-01-01T00:30:00+01:00", "outside the years 0001-9999"),
+])
+def test_timestamps_must_be_rfc3339_and_the_error_says_why(idle_writer: Callable[[Any], Prepared],
+                                                            timestamp: str, why: str) -> None:
+    """Main accepted every form Python's fromisoformat reads (bare dates, week dates, basic format, a space
+    separator) and stored it as sent."""
+    with pytest.raises(EntryError, match="'timestamp'") as caught:
+        idle_writer({"timestamp": timestamp})
+    assert why in str(caught.value)
+    assert "RFC 3339" in str(caught.value) or why in ("offset out of range", "not a valid date and time",
+                                                      "outside the years 0001-9999")
+
+
+def test_explicit_null_timestamp_is_an_error_not_now(idle_writer: Callable[[Any], Prepared]) -> None:
+    """Main replaced "timestamp": null with the current time."""
+    with pytest.raises(EntryError, match="'timestamp' is null: leave it out to get the current time"):
+        idle_writer({"id": "x", "timestamp": None})
+    with pytest.raises(EntryError, match="entry index 1: 'timestamp' is null"):
+        admit(enumerate([{"timestamp": TS}, {"timestamp": None}]), max_entry_bytes=2048, max_entries=10,
+              max_bytes=10**6)
+
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def windowed(past: int | None, future: int | None) -> Admission:
+    return Admission(Rules(2048, max_past_days=past, max_future_days=future), now=NOW)
+
+
+@pytest.mark.parametrize(("moment", "past", "future", "refused"), [
+    (NOW - timedelta(days=7, seconds=-1), 7, 1, None),
+    (NOW - timedelta(days=7, seconds=1), 7, 1, "7.0 days in the past"),
+    (NOW + timedelta(days=1, seconds=-1), 7, 1, None),
+    (NOW + timedelta(days=1, seconds=1), 7, 1, "1.0 days in the future"),
+    (datetime(1, 1, 1, tzinfo=UTC), 7, None, "in the past"),
+    (datetime(9999, 12, 31, tzinfo=UTC), None, 1, "in the future"),
+    (datetime(1, 1, 1, tzinfo=UTC), None, 1, None),  # a bound on one side only
+    (datetime(9999, 12, 31, tzinfo=UTC), None, None, None),  # unset: no bound (backfills, fixed test dates)
+    (NOW, 0, 0, None),
+])
+def test_timestamp_window(moment: datetime, past: int | None, future: int | None, refused: str | None) -> None:
+    """Main accepted any date from 0001 to 9999."""
+    admission = windowed(past, future)
+    entry = {"timestamp": format_timestamp(moment)}
+    if refused is None:
+        assert admission.prepare(entry).date == moment.date().isoformat()
+        return
+    with pytest.raises(EntryError) as caught:
+        admission.prepare(entry)
+    message = str(caught.value)
+    assert refused in message
+    assert f"max_past_days={past}, max_future_days={future}" in message  # what the window is
+    assert format_timestamp(NOW) in message  # and the clock it is measured from
+
+
+def test_window_compares_instants_across_offsets() -> None:
+    admission = windowed(0, 0)
+    assert admission.prepare({"timestamp": "2026-11-24T13:00:00+01:00"}).date == "2026-11-24"
+    with pytest.raises(EntryError, match="in the future"):
+        admission.prepare({"timestamp": "2026-11-24T13:00:01+01:00"})
+
+
+def test_received_at_field_is_stamped_by_the_server_and_overrides_the_client() -> None:
+    admission = Admission(Rules(2048, received_at_field="received_at"), now=NOW)
+    forged = {"timestamp": "2026-11-20T00:00:00Z", "received_at": "1999-01-01T00:00:00Z", "a": 1}
+    stored = orjson.loads(admission.prepare(forged).line)
+    assert stored == {**forged, "received_at": "2026-11-24T12:00:00.000Z"}
+    assert forged["received_at"] == "1999-01-01T00:00:00Z"  # the caller's dict is not modified
+    assert "received_at" not in orjson.loads(prepare({"timestamp": TS}, 2048).line)  # off by default
+
+
+def test_distinct_dates_per_call_are_capped() -> None:
+    """Main let one call fan out to any number of dates (each a frame, a lane, and blobs to create)."""
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def call(days: int) -> list[tuple[int, Any]]:
+        return list(enumerate({"timestamp": format_timestamp(first + timedelta(days=n))} for n in range(days)))
+
+    assert len(admit(call(MAX_DATES_PER_CALL), max_entry_bytes=2048, max_entries=10**6, max_bytes=10**9)) \
+        == MAX_DATES_PER_CALL
+    with pytest.raises(EntryError, match=f"more than {MAX_DATES_PER_CALL} distinct UTC dates") as caught:
+        admit(call(MAX_DATES_PER_CALL + 1), max_entry_bytes=2048, max_entries=10**6, max_bytes=10**9)
+    assert caught.value.position == MAX_DATES_PER_CALL
+    many_on_one_day = [(n, {"timestamp": TS}) for n in range(5000)]
+    assert len(admit(many_on_one_day, max_entry_bytes=2048, max_entries=10**6, max_bytes=10**9)) == 5000
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (2**64, "integer 18446744073709551616 at 'n' does not fit in 64 bits"),
+    (-(2**63) - 1, "integer -9223372036854775809 at 'n' does not fit in 64 bits"),
+    (123456789012345678901234567890, "integer 123456789012345678901234567890 at 'n' does not fit in 64 bits"),
+    (math.nan, "number at 'n' is nan: JSON numbers must be finite"),
+    (math.inf, "number at 'n' is inf: JSON numbers must be finite"),
+    (-math.inf, "number at 'n' is -inf: JSON numbers must be finite"),
+])
+def test_numbers_json_cannot_store_exactly_are_refused(idle_writer: Callable[[Any], Prepared], value: Any,
+                                                        message: str) -> None:
+    """Main wrote NaN and infinity from Python as null (and called a >64-bit integer "not serializable")."""
+    with pytest.raises(EntryError) as caught:
+        idle_writer({"timestamp": TS, "n": value})
+    assert message in str(caught.value)
+    nested = {"timestamp": TS, "a": {"list": [1, {"ok": None, "n": value}]}}
+    with pytest.raises(EntryError, match=re.escape("at 'a.list[1].n'")):
+        idle_writer(nested)
+
+
+def test_numbers_at_the_edges_of_64_bits_are_stored_exactly(idle_writer: Callable[[Any], Prepared]) -> None:
+    value = {"timestamp": TS, "min": -(2**63), "max": 2**64 - 1, "big": 1.7976931348623157e308, "null": None}
+    assert orjson.loads(idle_writer(value).line) == value

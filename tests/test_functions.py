@@ -74,7 +74,7 @@ def test_host_json_keeps_the_api_route_prefix() -> None:
 def test_local_settings_example_names_every_setting() -> None:
     values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
     assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
-    expected = {f.env for f in FIELDS if f.name != "api_key"}  # api_key: `serve` only
+    expected = {f.env for f in FIELDS if not f.serve_only}  # api_key, body limits: `serve` only
     assert expected <= set(values)
 
 
