@@ -1,7 +1,10 @@
 """Azure append blobs through the azure-storage-blob aio SDK.
 
 `_storage_errors` is the one place where azure-core's exceptions become `StoreError`, keeping the
-service's error code and HTTP status; it is used around every SDK call. An append is never sent
+service's error code and HTTP status; it is used around every SDK call. Credentials never cross it:
+SDK and aiohttp messages can hold a request's URL, SAS signature included ("Connection timeout to
+host https://...&sig=..."), so each message is scrubbed (`redact`) and the SDK exception is not
+chained to the StoreError (a logged traceback would show it). An append is never sent
 twice by the layers below: the SDK's retries are off for it, and `_never_resend_appends` stops
 aiohttp from resending it on a dropped kept-alive connection (the writer retries, sealed anew).
 """
@@ -9,6 +12,7 @@ aiohttp from resending it on a dropped kept-alive connection (the writer retries
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,9 +28,26 @@ log = logging.getLogger("blobwriter.store")
 SDK_RETRIES = 3  # quick in-request retries of transient errors (not appends: the writer retries those)
 
 
+# Credentials as they appear in URLs, connection strings and headers: a SAS signature (`sig=`), an
+# account or shared access key, a whole SAS token, a SharedKey or Bearer authorization, a function key.
+_SECRETS = (
+    (re.compile(r"(?i)\b(sig|signature|code)=[^&\s'\"<>;,)]*"), r"\1=REDACTED"),
+    (re.compile(r"(?i)\b(AccountKey|SharedAccessKey|SharedAccessSignature)=[^;\s'\"<>]*"), r"\1=REDACTED"),
+    (re.compile(r"(?i)\b(SharedKey(?:Lite)?)\s+([^\s:]+):[A-Za-z0-9+/=%]+"), r"\1 \2:REDACTED"),
+    (re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer REDACTED"),
+)
+
+
+def redact(text: str) -> str:
+    """`text` with every credential it may hold (SAS signature, keys, authorization) replaced by REDACTED."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text
+    return redact(text)
 
 
 @contextmanager
@@ -42,11 +63,12 @@ def _storage_errors(what: str, where: str) -> Iterator[None]:
         code = str(code) if code is not None else None
         status = exc.status_code
         detail = f"{status} {code}" if code else f"{status}"
-        raise StoreError(f"{what} at {where} failed: {detail}: {_reason(exc)}", code=code, status=status) from exc
+        raise StoreError(redact(f"{what} at {where} failed: {detail}: {_reason(exc)}"), code=code,
+                         status=status) from None
     except AzureError as exc:  # no answer: connection refused or reset, timeout
-        raise StoreError(f"{what} at {where} failed: {type(exc).__name__}: {_reason(exc)}") from exc
+        raise StoreError(redact(f"{what} at {where} failed: {type(exc).__name__}: {_reason(exc)}")) from None
     except (TimeoutError, ClientError, OSError) as exc:  # transport errors azure-core did not wrap
-        raise StoreError(f"{what} at {where} failed: {type(exc).__name__}: {_reason(exc)}") from exc
+        raise StoreError(redact(f"{what} at {where} failed: {type(exc).__name__}: {_reason(exc)}")) from None
 
 
 class AppendNotResent(Exception):

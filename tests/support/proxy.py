@@ -3,9 +3,10 @@
 Tests and benchmarks point blobwriter's BlobEndpoint at the proxy; the proxy forwards each
 request to Azurite unchanged (SharedKey signatures do not cover the host) and, for the
 requests a `FaultPlan` picks, answers 500/503, resets the connection, stalls past the client's
-timeout after forwarding (so the append lands and the client retries it: a duplicate), or
-answers 409 BlockCountExceedsLimit. With `per_blob_limit` it also throttles the way Azure does:
-a blob that gets more requests than that in one second is answered 503 ServerBusy.
+timeout after forwarding (so the append lands and the client retries it: a duplicate), answers
+409 BlockCountExceedsLimit, or answers bytes that are not HTTP. With `per_blob_limit` it also
+throttles the way Azure does: a blob that gets more requests than that in one second is answered
+503 ServerBusy.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class FaultPlan:
     refuse_share: float = 0.0  # answered refuse_status with x-ms-error-code refuse_code, not forwarded
     refuse_status: int = 403
     refuse_code: str = "AuthorizationPermissionMismatch"
+    garbage_share: float = 0.0  # answered with bytes that are not an HTTP response, not forwarded
     down: bool = False  # every request (not only appends) answered 503: an outage
     latency: float = 0.0  # added before forwarding every request
     per_blob_limit: int = 0  # requests per second one blob takes; past it 503 ServerBusy, as Azure's target
@@ -67,7 +69,8 @@ class FaultPlan:
         roll = self.rng.random()
         for name, share in (("error", self.error_share), ("reset", self.reset_share),
                             ("stall", self.stall_share), ("block_limit", self.block_limit_share),
-                            ("drop", self.drop_share), ("refuse", self.refuse_share)):
+                            ("drop", self.drop_share), ("refuse", self.refuse_share),
+                            ("garbage", self.garbage_share)):
             if roll < share:
                 return name
             roll -= share
@@ -178,6 +181,11 @@ class StorageProxy:
                     "<Message>Refused by the test proxy.</Message></Error>")
             return web.Response(status=self.plan.refuse_status, text=body, content_type="application/xml",
                                 headers={"x-ms-error-code": self.plan.refuse_code})
+        if fault == "garbage":
+            if request.transport is not None:
+                request.transport.write(b"HTTP/1.1 2x0 Not HTTP\r\n\x00\x01\r\n\r\n")
+                request.transport.close()
+            return web.Response(status=500)
         if fault == "block_limit":
             return web.Response(status=409, text=BLOCK_COUNT_BODY, content_type="application/xml",
                                 headers={"x-ms-error-code": "BlockCountExceedsLimit"})
