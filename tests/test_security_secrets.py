@@ -228,8 +228,10 @@ def test_serve_at_debug_shows_no_credential_on_any_error_path(kind: str, proxy: 
     assert {202, 200, 400, 401, 413, 415, 503} <= statuses, statuses
     log_text = server.log_text()
     assert "DEBUG" in log_text and "WARNING" in log_text, log_text[-2000:]
-    assert "REDACTED" in log_text or not cred.token, "a SAS request URL was logged (redacted)"
     assert_clean("the server log", log_text, secrets)
+    # The storage errors above did carry a SAS request URL (aiohttp's message for an answer that is not
+    # HTTP names it), so the scrubbing was exercised, not merely never needed.
+    assert "sig=REDACTED" in log_text or not cred.token, log_text[-3000:]
     assert_clean("the HTTP answers", "\n".join(answers), secrets)
 
 
