@@ -163,6 +163,13 @@ param giveUpAfter string = '300.0'
 @description('BLOBWRITER_STOP_TIMEOUT: seconds shutdown keeps retrying unwritten entries.')
 param stopTimeout string = '60.0'
 
+@description('BLOBWRITER_ACK: when POST /api/logs answers. written = 200 once appended (nothing answered can be lost to a deploy or restart); queued = 202 once queued in memory. A request\'s ?wait=true|false overrides it.')
+@allowed([
+  'written'
+  'queued'
+])
+param ack string = 'written'
+
 // ---------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +372,10 @@ var appSettings = [
   {
     name: 'BLOBWRITER_STOP_TIMEOUT'
     value: stopTimeout
+  }
+  {
+    name: 'BLOBWRITER_ACK'
+    value: ack
   }
 ]
 

@@ -755,6 +755,14 @@ def test_blobwriter_storage_is_the_logs_blob_endpoint(templates: dict[str, dict[
     assert re.fullmatch(r"https://\$\{storage\.name\}\.blob\.\$\{environment\(\)\.suffixes\.storage\}", endpoint)
 
 
+# Settings the deployment deliberately defaults differently from the app, each with its reason.
+DEPLOYED_DEFAULTS: dict[str, Any] = {
+    # Under Functions a deploy or restart stops instances without a flush (no shutdown hook in the
+    # Python worker): answer 200 only once appended. `blobwriter serve` keeps 'queued'.
+    "ack": "written",
+}
+
+
 def test_tunables_are_parameters_with_the_app_defaults(templates: dict[str, dict[str, Any]]) -> None:
     params = templates[MAIN]["parameters"]
     for field in FIELDS:
@@ -763,7 +771,7 @@ def test_tunables_are_parameters_with_the_app_defaults(templates: dict[str, dict
         name = _camel(field.name)
         assert name in params, f"{field.env}: add parameter `{name}` to infra/main.bicep"
         default = params[name]["default"]
-        expected = field.default
+        expected = DEPLOYED_DEFAULTS.get(field.name, field.default)
         if isinstance(expected, float):
             assert float(default) == expected, f"{name}: {default!r} != app default {expected!r}"
         else:
