@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: bool) -> int:
     store = open_store(settings)
-    reader = Reader(store, settings.keys, check_index=verify)
+    reader = Reader(store, settings.keys, check_index=verify, id_field=settings.id_field)
     out = sys.stdout.buffer
     try:
         async for line in reader.entries(dates):
@@ -119,6 +119,7 @@ def _print_report(report: ReadReport, dates: list[str], *, verbose: bool, as_jso
             "dates": [dates[0], dates[-1]], "parts": report.parts, "frames": report.frames,
             "entries": report.entries, "duplicates_dropped": report.duplicates, "bytes": report.bytes,
             "index_frames": report.index_frames, "unindexed_frames": report.unindexed,
+            "open_chains": report.open_chains, "id_duplicates_dropped": report.id_duplicates,
             "problems": [{"blob": p.blob, "offset": p.offset, "message": p.message} for p in report.problems],
             "ok": report.ok,
         }, indent=2))
@@ -129,7 +130,10 @@ def _print_report(report: ReadReport, dates: list[str], *, verbose: bool, as_jso
     if verbose:
         print(f"{dates[0]}..{dates[-1]}: {report.parts} parts, {report.frames} frames, {report.entries} entries, "
               f"{report.duplicates} duplicate frames dropped, {len(report.problems)} damaged; "
-              f"{report.index_frames} index frames, {report.unindexed} frames not yet indexed", file=stream)
+              f"{report.index_frames} index frames, {report.unindexed} frames not yet indexed, "
+              f"{report.open_chains} writers without a final index"
+              + (f"; {report.id_duplicates} entries dropped as repeated ids" if report.id_duplicates else ""),
+              file=stream)
         print("OK" if report.ok else "FAILED", file=stream)
     elif report.problems:
         print(f"blobwriter: {len(report.problems)} damaged frame(s) skipped; run `blobwriter verify` for details",

@@ -117,6 +117,11 @@ def _keys(name: str, value: Any) -> tuple[SecretKey, ...]:
     return tuple(keys)
 
 
+def _optional_text(name: str, value: Any) -> str | None:
+    text = str(value or "").strip()
+    return text or None
+
+
 def _optional_secret(name: str, value: Any) -> str | None:
     text = str(value or "").strip()
     return text or None
@@ -170,6 +175,9 @@ class Settings:
         "blob, ...) is retried before its entries are reported failed")
     stop_timeout: float = _setting(60.0, _float(0.0, 3600.0),
                                    "seconds stop() keeps retrying unwritten entries before reporting them as failed")
+    id_field: str | None = _setting(
+        None, _optional_text, "an entry field that identifies a request (e.g. 'id'): read, stats and export keep "
+        "the first entry of each value (a client's retry after a lost answer is not counted twice)")
     ack: str = _setting("queued", _choice("queued", "written"),
                         "when POST /api/logs answers: 'queued' (202 once queued) or 'written' (200 once appended); "
                         "a request's ?wait=true|false overrides it")

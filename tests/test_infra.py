@@ -772,6 +772,8 @@ def test_tunables_are_parameters_with_the_app_defaults(templates: dict[str, dict
         assert name in params, f"{field.env}: add parameter `{name}` to infra/main.bicep"
         default = params[name]["default"]
         expected = DEPLOYED_DEFAULTS.get(field.name, field.default)
+        if expected is None:
+            expected = ""  # an optional setting: the app setting is empty, which means unset
         if isinstance(expected, float):
             assert float(default) == expected, f"{name}: {default!r} != app default {expected!r}"
         else:
