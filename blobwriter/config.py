@@ -200,6 +200,11 @@ FIELDS: tuple[Field, ...] = (
           "seconds stop() keeps retrying unwritten entries before reporting them as failed"),
     Field("api_key", _optional_secret, None,
           "when set, `blobwriter serve` requires it as x-functions-key header or ?code=", secret=True),
+    Field("stats_map", _text, "", "`blobwriter stats` field map: a preset (gateway, otel, litellm) and/or "
+          "measure=path items, comma-separated (docs/SCHEMA.md)"),
+    Field("export_destination", _optional_secret, None, "where the scheduled export writes each closed day "
+          "(a directory, an https container URL, or a connection string with ;Container=NAME); unset: off",
+          secret=True),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -226,6 +231,8 @@ class Settings:
     retry_backoff_max: float = 30.0
     stop_timeout: float = 60.0
     api_key: str | None = field(default=None, repr=False)
+    stats_map: str = ""
+    export_destination: str | None = field(default=None, repr=False)  # a connection string holds a key
 
     def __post_init__(self) -> None:
         if self.max_entry_bytes > self.max_chunk_bytes - FRAME_OVERHEAD_BYTES:
