@@ -99,6 +99,8 @@ def add_commands(commands: Any) -> None:
     sql.add_argument("--sample-size", type=int, default=20_480, metavar="N",
                      help="entries the column types are inferred from, like read_json's sample_size "
                           "(default: 20480; -1: all, reading the range twice)")
+    sql.add_argument("--memory-limit", metavar="SIZE",
+                     help="DuckDB's memory_limit, e.g. 1GB (default: 80%% of RAM); past it DuckDB spills to disk")
 
     export = command("export", EXPORT_HELP, EXPORT_EPILOG)
     export.add_argument("--format", choices=("parquet", "jsonl"), default="parquet",
@@ -162,7 +164,8 @@ async def _sql(args: argparse.Namespace, settings: Settings, dates: list[str]) -
     from .sql import run_sql
 
     source = RangeSource(settings, dates, Progress("sql", dates))
-    answer = await run_sql(source, args.query, args.format, sample_size=args.sample_size)
+    answer = await run_sql(source, args.query, args.format, sample_size=args.sample_size,
+                           memory_limit=args.memory_limit)
     sys.stdout.flush()
     source.progress.close()
     source.check_keys()

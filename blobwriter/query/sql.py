@@ -18,7 +18,7 @@ import queue
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
@@ -50,7 +50,7 @@ class SqlAnswer:
 
 
 async def run_sql(source: RangeSource, query: str, fmt: str, *, sample_size: int = SAMPLE_SIZE,
-                  out: IO[bytes] | None = None) -> SqlAnswer:
+                  memory_limit: str | None = None, out: IO[bytes] | None = None) -> SqlAnswer:
     """Run `query` over the source's range; write the answer to `out` (stdout) as table, json or csv."""
     duckdb = require("duckdb", "blobwriter sql")
     arrow()
@@ -59,7 +59,12 @@ async def run_sql(source: RangeSource, query: str, fmt: str, *, sample_size: int
     try:
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")  # naive timestamps mean UTC, as everywhere in blobwriter
-        con.execute(f"SET temp_directory = '{spill}'")
+        con.execute("SET temp_directory = ?", [spill])
+        if memory_limit:
+            try:
+                con.execute("SET memory_limit = ?", [memory_limit])
+            except duckdb.Error as exc:
+                raise SqlError(f"--memory-limit {memory_limit!r}: {exc}") from None
         try:
             return await _attempt(con, source, query, fmt, out, sample_size, materialize=False)
         except _ScannedTwice:
@@ -185,16 +190,17 @@ def _write(result: Any, fmt: str, out: IO[bytes]) -> int:
     if result.description is None:  # a statement without rows (COPY, CREATE ...)
         return 0
     names = _unique([d[0] for d in result.description])
-    json_columns = [i for i, d in enumerate(result.description) if str(d[1]) == "JSON"]
+    # A JSON value (alone, or inside a list or struct) comes back as its text: output it as JSON.
+    fixes = [(i, fix) for i, d in enumerate(result.description) if (fix := _json_values(d[1])) is not None]
 
     def rows() -> Iterator[tuple[Any, ...]]:
         while chunk := result.fetchmany(FETCH_ROWS):
             for row in chunk:
-                if json_columns and fmt == "json":  # a JSON column's value is JSON, not a string of it
+                if fixes:
                     row = list(row)
-                    for i in json_columns:
+                    for i, fix in fixes:
                         if row[i] is not None:
-                            row[i] = orjson.Fragment(row[i])
+                            row[i] = fix(row[i])
                 yield tuple(row)
 
     if fmt == "json":
@@ -206,6 +212,21 @@ def _write(result: Any, fmt: str, out: IO[bytes]) -> int:
         return write_table(text, names, rows())
     finally:
         text.detach()
+
+
+def _json_values(kind: Any) -> Callable[[Any], Any] | None:
+    """For a DuckDB result type that holds JSON somewhere, a function marking those values as raw JSON."""
+    if str(kind) == "JSON":
+        return orjson.Fragment
+    if kind.id in ("list", "array"):
+        item = _json_values(kind.children[0][1])
+        if item is not None:
+            return lambda v: [None if x is None else item(x) for x in v]
+    elif kind.id == "struct":
+        fields = {name: fix for name, child in kind.children if (fix := _json_values(child)) is not None}
+        if fields:
+            return lambda v: {k: x if x is None or k not in fields else fields[k](x) for k, x in v.items()}
+    return None
 
 
 def _unique(names: list[str]) -> list[str]:

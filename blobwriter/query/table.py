@@ -47,7 +47,7 @@ def json_type() -> Any:
 
 
 def is_json(t: Any) -> bool:
-    return isinstance(t, arrow().ExtensionType) and t.extension_name == "arrow.json"
+    return isinstance(t, arrow().BaseExtensionType) and t.extension_name == "arrow.json"
 
 
 def batches_of(lines: Iterable[bytes], entries: int = BATCH_ENTRIES, size: int = BATCH_BYTES) -> Iterator[list[bytes]]:
