@@ -83,16 +83,20 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
         async for batch in abatches_of(source.lines([day])):
             if partition is None:
                 partition = await destination.partition(partition_name(day))
-            if writer is None:
-                name = part_name(len(result.files), fmt)
-                writer = _PartWriter(partition.path(name), fmt, conversion)
-                result.files.append(name)
-            writer.write(batch)
-            result.entries += len(batch)
-            if writer.rows >= rows_per_file:
-                result.bytes += writer.close()
-                await partition.add(writer.path.name)
-                writer = None
+            start = 0
+            while start < len(batch):
+                if writer is None:
+                    name = part_name(len(result.files), fmt)
+                    writer = _PartWriter(partition.path(name), fmt, conversion)
+                    result.files.append(name)
+                piece = batch[start:start + rows_per_file - writer.rows]
+                writer.write(piece)
+                start += len(piece)
+                result.entries += len(piece)
+                if writer.rows >= rows_per_file:
+                    result.bytes += writer.close()
+                    await partition.add(writer.path.name)
+                    writer = None
         if writer is not None:
             assert partition is not None
             result.bytes += writer.close()
