@@ -21,3 +21,16 @@ app = func.AsgiFunctionApp(
     app=create_app(load_settings(), check_api_key=False, handle_sigterm=True),
     http_auth_level=func.AuthLevel.FUNCTION,
 )
+
+
+# --- Scheduled export (blobwriter.query.schedule; docs/DEPLOY.md, "Scheduled export") -----------------
+# Registered only when BLOBWRITER_EXPORT_DESTINATION is set: every hour, each closed day not yet
+# exported goes to that destination as Parquet. It needs pyarrow (the `query` extra) in the deployment;
+# without it the function logs what to install and fails.
+_export_settings = load_settings()
+if _export_settings.export_destination:
+    from blobwriter.query.schedule import SCHEDULE, run_scheduled_export
+
+    @app.timer_trigger(schedule=SCHEDULE, arg_name="timer", run_on_startup=False)
+    async def scheduled_export(timer: func.TimerRequest) -> None:
+        await run_scheduled_export(_export_settings)
