@@ -40,9 +40,13 @@ class Progress:
         return self._bar is not None
 
     def day(self, day: str) -> None:
+        """A new day starts: show it (and the count so far)."""
         if self._bar is not None:
             where = f" ({self.days.index(day) + 1}/{len(self.days)})" if day in self.days and len(self.days) > 1 else ""
             self._bar.set_description(f"{self.label} {day}{where}", refresh=False)
+            self._bar.update(self._pending)
+            self._pending = 0
+            self._bar.refresh()
 
     def step(self, stored_bytes: int | None = None) -> None:
         """One more entry."""
