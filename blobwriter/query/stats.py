@@ -109,7 +109,8 @@ def percentile(counts: Counter[int | float], q: float) -> int | float | None:
         below_next = below + counts[value]
         if low < below_next:
             upper = value if low + 1 < below_next or i + 1 == len(values) else values[i + 1]
-            result = value + (upper - value) * fraction
+            # Rounded to a millionth: 1787.25, not the 1787.2499999999995 that binary floats give.
+            result = round(value + (upper - value) * fraction, 6)
             return int(result) if float(result).is_integer() else result
         below = below_next
     raise AssertionError("unreachable: rank beyond the counts")
