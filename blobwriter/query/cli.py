@@ -24,7 +24,7 @@ examples:
   blobwriter stats --date 2026-11-24 --until 2026-11-30 --by user,deployment
   blobwriter stats --date 2026-11-25 --by day,deployment --where status_code=429 --format csv
   blobwriter stats --date 2026-11-25 --by hour --where deployment=gpt-4o --where deployment=gpt-4o-mini
-  blobwriter stats --date 2026-11-25 --by request.model --map litellm --format json
+  blobwriter stats --date 2026-11-25 --by team,deployment --map litellm --format json
 
 measures: requests, errors (status_code >= 400 or a non-null error), prompt_tokens, completion_tokens,
 total_tokens, cost, duration_ms_p50, duration_ms_p95. A --map item is a preset ({', '.join(PRESETS)}) or
