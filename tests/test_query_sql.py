@@ -247,3 +247,26 @@ async def test_streams_a_range_much_larger_than_what_it_holds(tmp_path: Path, ke
     assert report["answer"] == [{"n": count, "ids": count, "cost": pytest.approx(expected_cost)}]
     # Streaming: what was held at once is a few batches, far from the whole range.
     assert report["arrow_peak"] < raw / 3, (report["arrow_peak"], raw)
+
+
+
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory: pytest.TempPathFactory, sample_entries: list[dict[str, Any]]) -> Settings:
+    """30,000 entries in one day of a directory store: more than DuckDB gets before it starts answering."""
+    settings = Settings.from_values({"storage": str(tmp_path_factory.mktemp("larger")), "encryption_key": keygen()})
+    entries = [{**sample_entries[i % len(sample_entries)], "id": f"l{i}", "timestamp": "2026-11-25T12:00:00Z"}
+               for i in range(30_000)]
+    asyncio.run(store_entries(settings, entries, batch_size=1000))
+    return settings
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_into_a_closed_pipe_stops_quietly(larger: Settings, fmt: str) -> None:
+    """`| head` closes stdout while entries are still being read: no hang, no traceback, exit 0."""
+    env = {**cli_env(larger), "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{sys.executable} -m blobwriter sql --date 2026-11-25 --sample-size 100 "
+                                         f"'SELECT * FROM logs' --format {fmt} | head -n 1"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1 and result.stderr == ""

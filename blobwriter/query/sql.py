@@ -106,7 +106,12 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
 
     def pull() -> Iterator[Any]:
         while True:
-            item = batches.get()
+            try:
+                item = batches.get(timeout=0.1)
+            except queue.Empty:
+                if stopped:  # the answer is written (or its reader went away): end the scan
+                    return
+                continue
             if item is _END:
                 return
             if isinstance(item, BaseException):
@@ -150,7 +155,12 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
             else:
                 con.execute(f"CREATE OR REPLACE TEMP VIEW {TABLE} AS SELECT * FROM _blobwriter_stream")
             result = con.execute(query)
-            return _write(result, fmt, out)
+            try:
+                return _write(result, fmt, out)
+            except BaseException:  # e.g. `| head` closed stdout: drop the rest of the answer
+                if hasattr(con, "abort"):  # DuckDB 2 keeps an unfinished result until told
+                    con.abort()
+                raise
         except duckdb.InvalidInputException as exc:
             if "already been consumed" in str(exc) and not materialize:
                 raise _ScannedTwice() from exc

@@ -221,8 +221,10 @@ class Schema:
 def _read_json(lines: Sequence[bytes], schema: Any) -> Any:
     options = (pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error") if schema is not None
                else pj.ParseOptions())
+    # Blocks of about a megabyte are parsed in parallel; each must hold the longest line whole.
+    block = max(1 << 20, max(len(x) for x in lines) + 1)
     return pj.read_json(io.BytesIO(b"\n".join(lines)), parse_options=options,
-                        read_options=pj.ReadOptions(block_size=max(1 << 20, sum(len(x) for x in lines) + 1)))
+                        read_options=pj.ReadOptions(block_size=block))
 
 
 class Conversion:
