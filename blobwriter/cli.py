@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "verify":
             sub.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    query_cli.add_commands(commands)  # stats, sql, export
+    query_cli.add_commands(commands, _iso_date)  # stats, sql, export
 
     serve = commands.add_parser("serve", help="serve the HTTP API locally (uvicorn)",
                                 description="Serve POST /api/logs, GET /api/health and GET /api/metrics.")

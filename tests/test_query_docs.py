@@ -20,7 +20,15 @@ from blobwriter.cli import keygen
 from blobwriter.config import Settings
 from blobwriter.query.cli import SQL_EPILOG, STATS_EPILOG
 from tests.conftest import ROOT, connection_string
-from tests.support.query import MEASURES, assert_rows_equal, expected_stats, first, gateway_measures, store_entries
+from tests.support.query import (
+    MEASURES,
+    assert_rows_equal,
+    day_of,
+    expected_stats,
+    first,
+    gateway_measures,
+    store_entries,
+)
 from tests.support.readback import cli_env, run_cli
 
 README = (ROOT / "README.md").read_text()
@@ -77,7 +85,7 @@ def test_every_stats_example_is_right(sample: tuple[Settings, list[dict[str, Any
 
     by = [k for k in ",".join(option(args, "--by")).split(",") if k]
     lo, hi = option(args, "--date")[0], (option(args, "--until") or option(args, "--date"))[0]
-    in_range = [e for e in entries if lo <= _utc_day(e) <= hi]
+    in_range = [e for e in entries if lo <= day_of(e) <= hi]
     expected = expected_stats(in_range, by, option(args, "--where"), measures)
     result = run_cli(*args, env=cli_env(settings))
     assert result.returncode == 0, result.stderr
@@ -97,12 +105,6 @@ def test_every_stats_example_is_right(sample: tuple[Settings, list[dict[str, Any
         assert [line.split()[len(by)] for line in body] == [f"{r['requests']:,}" for r in expected]
         assert [line.split()[:len(by)] for line in body] == [["NULL" if r[k] is None else str(r[k]) for k in by]
                                                              for r in expected]
-
-
-def _utc_day(entry: dict[str, Any]) -> str:
-    from tests.support.query import day_of
-
-    return day_of(entry)
 
 
 def _number(text: str) -> Any:

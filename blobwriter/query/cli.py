@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from datetime import date as Date
 from typing import Any, Final
 
@@ -55,13 +56,6 @@ replaces its partition. Parquet rows have the entry's fields as typed columns pl
 complete entry. The files are NOT encrypted: export to a place only the right people can read."""
 
 
-def _iso_date(text: str) -> Date:
-    try:
-        return Date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
-
-
 def _rows(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -72,15 +66,16 @@ def _rows(text: str) -> int:
     return value
 
 
-def add_commands(commands: Any) -> None:
-    """Add stats, sql and export to the `blobwriter` subcommands (an argparse subparsers object)."""
+def add_commands(commands: Any, date: Callable[[str], Date]) -> None:
+    """Add stats, sql and export to the `blobwriter` subcommands (an argparse subparsers object);
+    `date` parses --date and --until as `read` does."""
 
     def command(name: str, text: str, epilog: str) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = commands.add_parser(
             name, help=text, description=text + ". Needs the query extra: pip install 'blobwriter[query]'.",
             epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("--date", required=True, type=_iso_date, metavar="YYYY-MM-DD", help="first UTC date")
-        sub.add_argument("--until", type=_iso_date, metavar="YYYY-MM-DD", help="last UTC date (inclusive)")
+        sub.add_argument("--date", required=True, type=date, metavar="YYYY-MM-DD", help="first UTC date")
+        sub.add_argument("--until", type=date, metavar="YYYY-MM-DD", help="last UTC date (inclusive)")
         return sub
 
     stats = command("stats", STATS_HELP, STATS_EPILOG)

@@ -35,10 +35,6 @@ class Progress:
             self._bar = tqdm(total=None, unit=" entries", unit_scale=True, file=stream, desc=label, leave=False,
                              dynamic_ncols=True, mininterval=0.25)
 
-    @property
-    def shown(self) -> bool:
-        return self._bar is not None
-
     def day(self, day: str) -> None:
         """A new day starts: show it (and the count so far)."""
         if self._bar is not None:
@@ -80,7 +76,7 @@ def _is_terminal(stream: IO[str]) -> bool:
         return False
 
 
-async def tracked(reader: Reader, dates: Sequence[str], label: str, *,
+async def tracked(reader: Reader, dates: Sequence[str], label: str = "reading", *,
                   progress: Progress | None = None) -> AsyncIterator[bytes]:
     """reader.entries(dates), day by day, drawing a progress bar (for `verify`, and the query commands)."""
     bar = progress or Progress(label, dates)

@@ -15,7 +15,7 @@ from ..config import Settings
 from ..errors import BlobwriterError, ConfigError
 from ..reader import Problem, Reader, ReadReport
 from ..store import open_store
-from .progress import Progress
+from .progress import Progress, tracked
 
 EXIT_OK, EXIT_DAMAGED = 0, 1
 
@@ -32,8 +32,7 @@ class RangeSource:
         self.progress = progress or Progress("reading", dates, enabled=False)
         self.problems: list[Problem] = []
         self.last_report: ReadReport | None = None
-        self.frames = 0
-        self.entries = 0
+        self.frames = 0  # frames decoded by the recorded passes
 
     async def lines(self, days: Sequence[str] | None = None, *, record: bool = True) -> AsyncGenerator[bytes, None]:
         """Each entry (a JSON object, no newline) of `days` (default: the whole range), each once.
@@ -41,11 +40,8 @@ class RangeSource:
         store = open_store(self.settings)
         reader = Reader(store, self.settings.keys)
         try:
-            for day in self.dates if days is None else days:
-                self.progress.day(day)
-                async for line in reader.entries([day]):
-                    self.progress.step(reader.report.bytes)
-                    yield line
+            async for line in tracked(reader, self.dates if days is None else days, progress=self.progress):
+                yield line
         except BlobwriterError:
             raise
         except Exception as exc:  # storage errors: say what failed, no traceback
@@ -61,13 +57,12 @@ class RangeSource:
         if self.last_report is not None:
             self.problems.extend(self.last_report.problems)
             self.frames += self.last_report.frames
-            self.entries += self.last_report.entries
             self.last_report = None
 
     def forget(self) -> None:
         """Drop what earlier passes recorded (a pass about to be read again from the start)."""
         self.problems.clear()
-        self.frames = self.entries = 0
+        self.frames = 0
 
     def check_keys(self) -> None:
         """Fail as `read` does when no configured key opens any frame."""

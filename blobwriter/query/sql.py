@@ -28,7 +28,7 @@ from ..errors import BlobwriterError
 from . import require
 from .output import write_csv, write_json, write_table
 from .source import RangeSource
-from .table import Conversion, Schema, abatches_of, arrow, batches_of
+from .table import BATCH_ENTRIES, Conversion, Schema, abatches_of, arrow
 
 TABLE: Final = "logs"
 SAMPLE_SIZE: Final = 20_480  # DuckDB read_json's default sample_size
@@ -43,7 +43,8 @@ class SqlError(BlobwriterError):
 
 @dataclass
 class SqlAnswer:
-    rows: int
+    """What the answer could not hold: values that did not fit their column, fields it lacked."""
+
     misfits: dict[str, int]
     unknown: dict[str, int]
     sample: int | None  # entries the schema came from; None: all of them
@@ -94,8 +95,8 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
             sample.append(line)
             if len(sample) >= sample_size:
                 break
-        for batch in batches_of(sample):
-            schema.observe(batch)
+        for start in range(0, len(sample), BATCH_ENTRIES):
+            schema.observe(sample[start:start + BATCH_ENTRIES])
     arrow_schema = schema.arrow_schema()
     if len(arrow_schema) == 0:  # no entries at all: still a table, with the one field every entry has
         arrow_schema = pa.schema([pa.field("timestamp", pa.string())])
@@ -145,7 +146,7 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
     stream = pa.RecordBatchReader.from_batches(arrow_schema, pull())
     con.register("_blobwriter_stream", stream)
 
-    def execute() -> int:
+    def execute() -> None:
         import duckdb
 
         try:
@@ -156,7 +157,7 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
                 con.execute(f"CREATE OR REPLACE TEMP VIEW {TABLE} AS SELECT * FROM _blobwriter_stream")
             result = con.execute(query)
             try:
-                return _write(result, fmt, out)
+                _write(result, fmt, out)
             except BaseException:  # e.g. `| head` closed stdout: drop the rest of the answer
                 if hasattr(con, "abort"):  # DuckDB 2 keeps an unfinished result until told
                     con.abort()
@@ -170,7 +171,7 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
 
     producer = asyncio.create_task(produce())
     try:
-        rows = await asyncio.to_thread(execute)
+        await asyncio.to_thread(execute)
     except (SqlError, _ScannedTwice):
         if failure:
             raise failure[0] from None
@@ -183,7 +184,7 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
         while not batches.empty():  # let a producer blocked on a full queue go
             batches.get_nowait()
         con.unregister("_blobwriter_stream")
-    return SqlAnswer(rows, dict(conversion.misfits), dict(conversion.unknown),
+    return SqlAnswer(dict(conversion.misfits), dict(conversion.unknown),
                      None if sample_size < 0 else sample_size)
 
 

@@ -155,11 +155,9 @@ class Stats:
         self._needs_hour = any(k in TIME_KEYS for k in self._keys) or any(w[0] in TIME_KEYS for w in self._where)
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self.ignored = Ignored()
-        self.entries = 0  # entries read, matching or not
         self.unparsable = 0
 
     def add_line(self, line: bytes) -> None:
-        self.entries += 1
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:

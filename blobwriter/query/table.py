@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from itertools import accumulate
 from typing import Any, Final
 
@@ -50,23 +50,9 @@ def is_json(t: Any) -> bool:
     return isinstance(t, arrow().BaseExtensionType) and t.extension_name == "arrow.json"
 
 
-def batches_of(lines: Iterable[bytes], entries: int = BATCH_ENTRIES, size: int = BATCH_BYTES) -> Iterator[list[bytes]]:
-    """Group lines into batches of at most `entries` lines or about `size` bytes."""
-    batch: list[bytes] = []
-    held = 0
-    for line in lines:
-        batch.append(line)
-        held += len(line)
-        if len(batch) >= entries or held >= size:
-            yield batch
-            batch, held = [], 0
-    if batch:
-        yield batch
-
-
 async def abatches_of(lines: AsyncIterator[bytes], entries: int = BATCH_ENTRIES,
                       size: int = BATCH_BYTES) -> AsyncIterator[list[bytes]]:
-    """batches_of for an async iterator of lines."""
+    """Group lines into batches of at most `entries` lines or about `size` bytes."""
     batch: list[bytes] = []
     held = 0
     async for line in lines:
@@ -241,7 +227,6 @@ class Conversion:
         self._fast = not has_json(self._struct)
         self.misfits: Counter[str] = Counter()  # field path -> values that did not fit (now null)
         self.unknown: Counter[str] = Counter()  # field path -> values of fields the schema lacks
-        self.slow_batches = 0
 
     def convert(self, lines: Sequence[bytes]) -> Any:
         pa = arrow()
@@ -258,7 +243,6 @@ class Conversion:
                            else table.column(i).chunk(0) for i in range(table.num_columns)]
                 columns = [c.cast(f.type) if c.type != f.type else c for c, f in zip(columns, self._typed, strict=True)]
             else:
-                self.slow_batches += 1
                 values = [self._coerce_entry(orjson.loads(line)) for line in lines]
                 array = pa.array(values, type=self._storage)
                 if array.type != self._struct:
