@@ -22,7 +22,7 @@ import logging
 import azure.functions as func
 
 from blobwriter.api import create_app, unavailable_app
-from blobwriter.config import load_settings
+from blobwriter.config import Settings, load_settings
 from blobwriter.errors import ConfigError
 
 # The Azure SDK logs every storage request at INFO; under Functions that would all go to App Insights.
@@ -38,3 +38,25 @@ def _asgi_app() -> object:
 
 
 app = func.AsgiFunctionApp(app=_asgi_app(), http_auth_level=func.AuthLevel.FUNCTION)
+
+
+# --- Scheduled export (blobwriter.query.schedule; docs/DEPLOY.md, "Scheduled export") -----------------
+# Registered only when BLOBWRITER_EXPORT_DESTINATION is set: every hour, each closed day not yet
+# exported goes to that destination as Parquet. It needs pyarrow (the `query` extra) in the deployment;
+# without it the function logs what to install and fails.
+def _export_settings() -> Settings | None:
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return None  # already reported: every route answers 503
+    return settings if settings.export_destination else None
+
+
+_export = _export_settings()
+if _export is not None:
+    from blobwriter.query.schedule import SCHEDULE, run_scheduled_export
+
+    @app.timer_trigger(schedule=SCHEDULE, arg_name="timer", run_on_startup=False)
+    async def scheduled_export(timer: func.TimerRequest) -> None:
+        assert _export is not None
+        await run_scheduled_export(_export)

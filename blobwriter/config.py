@@ -184,6 +184,11 @@ class Settings:
     api_key: str | None = _setting(
         None, _optional_secret, "when set, `blobwriter serve` requires it as x-functions-key header or ?code=",
         secret=True)
+    stats_map: str = _setting("", _text, "`blobwriter stats` field map: a preset (gateway, otel, litellm) and/or "
+                              "measure=path items, comma-separated (docs/SCHEMA.md)")
+    export_destination: str | None = _setting(
+        None, _optional_secret, "where the scheduled export writes each closed day (a directory, an https "
+        "container URL, or a connection string with ;Container=NAME); unset: off", secret=True)
 
     def __post_init__(self) -> None:
         if self.max_entry_bytes > self.max_append_bytes - FRAME_OVERHEAD_BYTES:
