@@ -226,24 +226,20 @@ class Appender:
         self._pump()
 
     def _start(self, lane: Lane) -> None:
-        """Take the lane's ready frames, up to max_append_bytes, into one append."""
+        """Take the lane's ready frames, up to max_append_bytes, into one append. A frame sealed for
+        another part (before the lane rolled) is sealed again for this one: the name is authenticated."""
         blob = self.blob_name(lane.date, lane.part)
-        if lane.ready[0].blob != blob:  # sealed before the lane rolled: seal for the new part
-            stale = [f for f in lane.ready if f.blob != blob]
-            lane.ready_bytes -= sum(len(f.data) for f in stale)
-            kept = self._reseal_now(stale, blob)
-            lane.ready_bytes += sum(len(f.data) for f in kept)
-            if len(kept) < len(stale):
-                lane.ready = deque(f for f in lane.ready if f.blob == blob)
-            if not lane.ready:
-                return
-        frames = [lane.ready.popleft()]
-        size = len(frames[0].data)
-        while lane.ready and size + len(lane.ready[0].data) <= self._max_append_bytes:
+        frames: list[Frame] = []
+        size = 0
+        while lane.ready and (not frames or size + len(lane.ready[0].data) <= self._max_append_bytes):
             frame = lane.ready.popleft()
+            lane.ready_bytes -= len(frame.data)
+            if frame.blob != blob and not self._reseal_now([frame], blob):
+                continue  # no attempt number left: settled as failed
             frames.append(frame)
             size += len(frame.data)
-        lane.ready_bytes -= size
+        if not frames:
+            return
         lane.in_flight += 1
         self.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._append(lane, frames, lane.part))
