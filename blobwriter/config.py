@@ -32,6 +32,8 @@ log = logging.getLogger("blobwriter.config")
 ENV_PREFIX = "BLOBWRITER_"
 CONFIG_ENV = "BLOBWRITER_CONFIG"
 FILE_SECTION = "logging"
+# An app setting whose Key Vault reference did not resolve reaches the app as this literal text.
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
 
 StorageKind = Literal["connection_string", "account_url", "directory"]
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
@@ -42,6 +44,11 @@ Cast = Callable[[str, Any], Any]
 # -- casts: each takes the setting's name (for messages) and the raw value ---------------------
 
 
+def _bad(name: str, value: Any, why: str) -> ConfigError:
+    """A bad value: the message shows it (not a secret's), the public form does not."""
+    return ConfigError(f"Config '{name}' has value {value!r}: {why}", public=f"Config '{name}' is invalid: {why}")
+
+
 def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -> Cast:
     """A cast to a number in [low, high]; `parse` is int or float, `noun` names it in errors."""
 
@@ -49,11 +56,9 @@ def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -
         try:
             number = parse(str(value).strip().replace("_", ""))
         except ValueError:
-            raise ConfigError(
-                f"Config '{name}' has value {value!r}: not {noun} (allowed: {low} to {high})."
-            ) from None
+            raise _bad(name, value, f"not {noun} (allowed: {low} to {high}).") from None
         if not low <= number <= high:
-            raise ConfigError(f"Config '{name}' has value {number}: out of range (allowed: {low} to {high}).")
+            raise _bad(name, number, f"out of range (allowed: {low} to {high}).")
         return number
 
     return cast
@@ -71,36 +76,34 @@ def _choice(*allowed: str) -> Cast:
     def cast(name: str, value: Any) -> str:
         text = str(value).strip().lower()
         if text not in allowed:
-            raise ConfigError(f"Config '{name}' has value {value!r}: allowed values are {', '.join(allowed)}.")
+            raise _bad(name, value, f"allowed values are {', '.join(allowed)}.")
         return text
 
     return cast
 
 
+def _text(name: str, value: Any) -> str:
+    return str(value).strip()
+
+
 def _container(name: str, value: Any) -> str:
     text = str(value).strip()
     if not _CONTAINER_RE.match(text):
-        raise ConfigError(
-            f"Config '{name}' has value {text!r}: a container name is 3-63 lowercase letters, "
-            "digits and single hyphens, starting and ending with a letter or digit."
-        )
+        raise _bad(name, text, "a container name is 3-63 lowercase letters, digits and single hyphens, "
+                               "starting and ending with a letter or digit.")
     return text
 
 
 def _prefix(name: str, value: Any) -> str:
     text = str(value or "").strip().replace("\\", "/")
     if text.startswith("/") or ".." in text.split("/"):
-        raise ConfigError(
-            f"Config '{name}' has value {text!r}: a blob-name prefix must be relative and must not contain '..'."
-        )
+        raise _bad(name, text, "a blob-name prefix must be relative and must not contain '..'.")
     # The HTTP stack (and Azure) collapse '.' and empty segments of a blob's URL path, so such a prefix
     # would put blobs where the reader, listing by the literal prefix, does not look.
     segments = text.removesuffix("/").split("/") if text else []
     if any(segment in ("", ".") for segment in segments):
-        raise ConfigError(
-            f"Config '{name}' has value {text!r}: a blob-name prefix must not have empty ('//') or '.' segments "
-            "(the HTTP path would be normalized and blobs would land where readers do not look)."
-        )
+        raise _bad(name, text, "a blob-name prefix must not have empty ('//') or '.' segments (the HTTP path "
+                               "would be normalized and blobs would land where readers do not look).")
     if text and not text.endswith("/"):
         text += "/"
     return text
@@ -141,7 +144,7 @@ def _bool(name: str, value: Any) -> bool:
         return True
     if text in ("false", "0", "no", "off", ""):
         return False
-    raise ConfigError(f"Config '{name}' has value {value!r}: allowed values are true, false.")
+    raise _bad(name, value, "allowed values are true, false.")
 
 
 def _field_name(name: str, value: Any) -> str | None:
@@ -149,8 +152,7 @@ def _field_name(name: str, value: Any) -> str | None:
     if not text:
         return None
     if text == "timestamp" or "." in text:
-        raise ConfigError(f"Config '{name}' has value {text!r}: a top-level field name other than 'timestamp', "
-                          "without '.'.")
+        raise _bad(name, text, "a top-level field name other than 'timestamp', without '.'.")
     return text
 
 
@@ -161,7 +163,8 @@ def _paths(name: str, value: Any) -> tuple[str, ...]:
         try:
             parse_path(path)
         except ValueError as exc:
-            raise ConfigError(f"Config '{name}' has path {path!r}: {exc}.") from None
+            raise ConfigError(f"Config '{name}' has path {path!r}: {exc}.",
+                              public=f"Config '{name}' has an invalid path: {exc}.") from None
     return paths
 
 
@@ -178,6 +181,11 @@ def _keys(name: str, value: Any) -> tuple[SecretKey, ...]:
         if text:
             keys.append(parse_key(text, f"{name}[{index}]"))
     return tuple(keys)
+
+
+def _optional_text(name: str, value: Any) -> str | None:
+    text = str(value or "").strip()
+    return text or None
 
 
 def _optional_secret(name: str, value: Any) -> str | None:
@@ -235,6 +243,12 @@ class Settings:
         "blob, ...) is retried before its entries are reported failed")
     stop_timeout: float = _setting(60.0, _float(0.0, 3600.0),
                                    "seconds stop() keeps retrying unwritten entries before reporting them as failed")
+    id_field: str | None = _setting(
+        None, _optional_text, "an entry field that identifies a request (e.g. 'id'): read, stats and export keep "
+        "the first entry of each value (a client's retry after a lost answer is not counted twice)")
+    ack: str = _setting("queued", _choice("queued", "written"),
+                        "when POST /api/logs answers: 'queued' (202 once queued) or 'written' (200 once appended); "
+                        "a request's ?wait=true|false overrides it")
     api_key: str | None = _setting(
         None, _optional_secret, "when set, `blobwriter serve` requires it as x-functions-key header or ?code=",
         secret=True, serve_only=True)
@@ -266,6 +280,11 @@ class Settings:
     max_concurrent_bodies: int = _setting(
         32, _int(1, 100_000), "most request bodies `blobwriter serve` reads at once (each up to max_body_bytes); "
         "past it 503 with Retry-After", serve_only=True)
+    stats_map: str = _setting("", _text, "`blobwriter stats` field map: a preset (gateway, otel, litellm) and/or "
+                              "measure=path items, comma-separated (docs/SCHEMA.md)")
+    export_destination: str | None = _setting(
+        None, _optional_secret, "where the scheduled export writes each closed day (a directory, an https "
+        "container URL, or a connection string with ;Container=NAME); unset: off", secret=True)
 
     def __post_init__(self) -> None:
         if self.max_entry_bytes > self.max_append_bytes - FRAME_OVERHEAD_BYTES:
@@ -286,9 +305,10 @@ class Settings:
         for name in ("drop_fields", "mask_fields"):
             for path in getattr(self, name):
                 if parse_path(path)[0] in protected | {"*"}:
-                    raise ConfigError(
-                        f"Config '{name}' has path {path!r}: 'timestamp' (it decides the entry's blob) and "
-                        f"received_at_field are kept; a path cannot start with them or with '*'.")
+                    why = ("'timestamp' (it decides the entry's blob) and received_at_field are kept; a path "
+                           "cannot start with them or with '*'.")
+                    raise ConfigError(f"Config '{name}' has path {path!r}: {why}",
+                                      public=f"Config '{name}' has an invalid path: {why}")
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:
@@ -299,6 +319,13 @@ class Settings:
             raise ConfigError(
                 f"Unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(FIELDS_BY_NAME)}."
             )
+        for name, value in values.items():
+            if isinstance(value, str) and value.strip().startswith(KEY_VAULT_REFERENCE):
+                raise ConfigError(
+                    f"Config '{name}' is an unresolved Key Vault reference: the platform could not read the "
+                    "secret (the app's identity lacks access to it yet, or it does not exist); its status is "
+                    "under the function app's Settings > Environment variables."
+                )
         # None (a YAML key left empty) means not set: the default applies, not the text 'None'.
         cast = {name: FIELDS_BY_NAME[name].cast(name, value) for name, value in values.items() if value is not None}
         return cls(**cast)
