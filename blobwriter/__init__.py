@@ -15,6 +15,7 @@ from .errors import (
     WriterStoppedError,
 )
 from .keys import SecretKey, generate_key, keygen, parse_key
+from .privacy import Privacy
 from .reader import Reader, ReadReport, date_range
 from .store import DirectoryStore, Store, open_store
 from .writer import LogWriter, WriterState
@@ -30,6 +31,7 @@ __all__ = [
     "EntryTooLargeError",
     "FrameError",
     "LogWriter",
+    "Privacy",
     "QueueFullError",
     "ReadReport",
     "Reader",
