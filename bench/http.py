@@ -183,3 +183,37 @@ def count_stored(azurite_url: str, container: str) -> dict[str, int]:
     client.close()
     return {"blobs": blobs, "frames": frames, "entries": entries, "duplicate_frames": duplicates,
             "index_frames": index_frames, "bytes_stored": stored}
+
+
+def post_bodies(url: str, bodies: list[bytes], connections: int = 4, until_full: bool = False,
+                ctype: str = "application/x-ndjson", limit: int | None = None) -> dict[str, Any]:
+    """POST `bodies` to /api/logs from `connections` concurrent clients: each body once, or (until_full)
+    cycling through them until the server first answers 503, or `limit` bodies were sent. Status counts."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> dict[str, Any]:
+        status: dict[str, int] = {}
+        sent = 0
+        full = asyncio.Event()
+        total = limit if limit is not None else (1 << 62 if until_full else len(bodies))
+        started = time.monotonic()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
+                                         timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+            async def client() -> None:
+                nonlocal sent
+                while sent < total and not full.is_set():
+                    body = bodies[sent % len(bodies)]
+                    sent += 1
+                    async with session.post(url + "/api/logs", data=body, headers={"Content-Type": ctype}) as answer:
+                        await answer.read()
+                        status[str(answer.status)] = status.get(str(answer.status), 0) + 1
+                        if answer.status == 503 and until_full:
+                            full.set()
+
+            await asyncio.gather(*(client() for _ in range(connections)))
+        return {"status": status, "requests": sent, "seconds": round(time.monotonic() - started, 2)}
+
+    return asyncio.run(run())
