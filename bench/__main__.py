@@ -41,9 +41,9 @@ from blobwriter.config import Settings
 log = logging.getLogger("bench")
 
 DEFAULTS: dict[str, Any] = {}  # blobwriter's own defaults: batch_size 10, max_concurrent_writes 16, ...
-# Chosen from the tuning sweep (see report.TUNED_WHY): the limit at 1.5 s is CPU, so the biggest batches
-# (cheapest to encode per entry, best compressed) and enough appends in flight to cover the latency, with
-# a queue that holds what is in flight (Little's law: ~100,000 entries/s x ~3 s).
+# Why these (report.tuned_why says it with the run's figures): appends in flight x 4 MiB per round trip
+# must cover 100,000 entries/s (16 cannot at 1.5 s); batch_size 1000 costs the least CPU per entry, and
+# CPU is the limit; the queue must hold what is in the system (Little's law: ~100,000 entries/s x ~3 s).
 TUNED = {"batch_size": 1000, "max_concurrent_writes": 64, "max_queue_size": 400_000, "max_queue_bytes": 1 << 30}
 BULK_HTTP = {"max_concurrent_writes": 32}  # issue 10: the bulk HTTP goal is with 32 appends in flight
 OFFERED_RATE = 150_000  # entries/s offered to the LogWriter peers: above what they take on this machine
@@ -64,8 +64,8 @@ AZURITE_RSS_RESTART = int(os.environ.get("BENCH_AZURITE_RESTART_MIB", "1536")) <
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "warmup": 10, "measure": 10, "drain": 40,
-        "sweep_latencies": [0.0, 0.5], "sweep_peers": ["otel", "default", "tuned"],
-        "sweep_warmup": 3, "sweep_measure": 4,
+        "sweep_latencies": [0.0, 0.5], "sweep_peers": ["default", "tuned"],
+        "sweep_warmup": 8, "sweep_measure": 4,
         "tuning": {"batch_sizes": [100, 1000], "concurrency": [16, 64], "warmup": 10, "measure": 6},
         "p99_rate": 20_000, "p99_warmup": 8, "p99_measure": 6,
         "http_seconds": 8, "parse_seconds": 1.5, "encode_rounds": 5,
@@ -77,7 +77,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {
         "warmup": 15, "measure": 45, "drain": 90,
         "sweep_latencies": [0.0, 0.05, 0.5], "sweep_peers": ["sync", "batch10", "otel", "default", "tuned"],
-        "sweep_warmup": 5, "sweep_measure": 20,
+        "sweep_warmup": 10, "sweep_measure": 20,
         "tuning": {"batch_sizes": [10, 100, 1000], "concurrency": [16, 32, 64, 128], "warmup": 15, "measure": 20},
         "p99_rate": 20_000, "p99_warmup": 10, "p99_measure": 30,
         "http_seconds": 30, "parse_seconds": 5, "encode_rounds": 15,
