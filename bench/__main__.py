@@ -441,21 +441,7 @@ class Bench:
         server, container = self.serve(0.0, DEFAULTS)
         out: dict[str, Any] = {"settings": DEFAULTS, "max_queue_bytes": budget, "overhead_allowed": MEMORY_OVERHEAD,
                                "entry_bytes_mean": sum(map(len, lines)) / len(lines)}
-        timeline: list[dict[str, Any]] = []
-        stop = threading.Event()
-        t0 = time.monotonic()
-
-        def sample() -> None:
-            while not stop.is_set():
-                try:
-                    m = http.metrics(server)
-                except Exception:
-                    m = {}
-                timeline.append({"t": round(time.monotonic() - t0, 2), "rss": server.rss(),
-                                 "queue_bytes": m.get("queue_bytes"), "queue_depth": m.get("queue_depth")})
-                stop.wait(0.2)
-
-        sampler = threading.Thread(target=sample, daemon=True)
+        sampler = http.Sampler(server, 0.2)
         try:
             time.sleep(1.0)
             out["rss_idle"] = server.rss()
@@ -469,10 +455,10 @@ class Bench:
             values, drained = http.wait_drained(server, self.p["drain"] + 60)
             out["metrics_after_drain"], out["drained_s"] = values, drained
         finally:
-            stop.set()
+            sampler.stop()
             self.proxy.plan.down = False
             out["exit_code"] = server.stop()
-        out["timeline"] = timeline
+        timeline = out["timeline"] = sampler.timeline
         out["rss_peak"] = max((p["rss"] for p in timeline), default=0)
         out["queue_bytes_peak"] = max((p["queue_bytes"] or 0 for p in timeline), default=0)
         out["overhead_full"] = out["rss_full"] - out["queue_bytes_full"]
@@ -490,22 +476,8 @@ class Bench:
         log.info("Outage: %ds up, %ds down, %ds up, bulk POSTs throughout", phases["before"], phases["down"],
                  phases["after"])
         server, container = self.serve(STORE_LATENCY, DEFAULTS)
-        timeline: list[dict[str, Any]] = []
+        sampler = http.Sampler(server, 0.5, extra=lambda: {"down": self.proxy.plan.down})
         stop = threading.Event()
-        t0 = time.monotonic()
-
-        def sample() -> None:
-            while not stop.is_set():
-                try:
-                    m = http.metrics(server)
-                except Exception:
-                    m = {}
-                timeline.append({"t": round(time.monotonic() - t0, 2), "rss": server.rss(),
-                                 "queue_depth": m.get("queue_depth"), "queue_bytes": m.get("queue_bytes"),
-                                 "accepted": m.get("accepted"),
-                                 "written": m.get("written"), "rejected": m.get("rejected"),
-                                 "down": self.proxy.plan.down})
-                stop.wait(0.5)
 
         def toggle() -> None:
             if not stop.wait(phases["before"]):
@@ -513,7 +485,6 @@ class Bench:
                 if not stop.wait(phases["down"]):
                     self.proxy.plan.down = False
 
-        sampler = threading.Thread(target=sample, daemon=True)
         toggler = threading.Thread(target=toggle, daemon=True)
         out: dict[str, Any] = {"phases_s": phases, "settings": DEFAULTS, "latency_s": STORE_LATENCY,
                                "max_queue_size": Settings().max_queue_size,
@@ -523,6 +494,7 @@ class Bench:
             toggler.start()
             out["load"] = http.load(server.url, self.entries_file, 100, total, connections=8, threads=1, count=True)
             stop.set()
+            sampler.stop()
             toggler.join()
             self.proxy.plan.down = False
             values, drained = http.wait_drained(server, self.p["drain"] + 60)
@@ -531,9 +503,10 @@ class Bench:
             out["rss_end"] = server.rss()
         finally:
             stop.set()
+            sampler.stop()
             self.proxy.plan.down = False
             out["exit_code"] = server.stop()
-        out["timeline"] = timeline
+        timeline = out["timeline"] = sampler.timeline
         out["stored"] = read_entries(self.azurite.url, container, self.key, self.dates)
         delete_container(self.azurite.url, container)
         out["rss_peak"] = max((p["rss"] for p in timeline), default=0)
