@@ -82,7 +82,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "p99_rate": 20_000, "p99_warmup": 10, "p99_measure": 30,
         "http_seconds": 30, "parse_seconds": 5, "encode_rounds": 15,
         "outage": {"before": 10, "down": 60, "after": 60},
-        "fleet": {"sizes": [1, 2, 4, 8, 16], "latencies": [0.0, 1.5], "rate": 3000, "warmup": 5, "measure": 20,
+        "fleet": {"sizes": [1, 2, 4, 8, 16], "latencies": [0.0, 1.5], "rate": 3000, "warmup": 10, "measure": 20,
                   "stop_timeout": 60},
         "memory_hold": 10,
     },
