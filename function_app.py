@@ -6,18 +6,57 @@ FUNCTION), so the app does not check BLOBWRITER_API_KEY here. Routes are /api/lo
 /api/health and /api/metrics: host.json keeps the "api" route prefix, and the ASGI app sees
 the full path, the same URLs `blobwriter serve` answers.
 
+A bad or missing setting (or a Key Vault reference that did not resolve) must not make the app
+vanish: an exception here would leave the worker with no function and the host answering 404
+everywhere. Instead the app is indexed as always and every route answers 503 naming the setting
+and the reason, which is also logged once at ERROR.
+
 The LogWriter starts on the first request (the host runs ASGI lifespan startup lazily) and
-flushes on SIGTERM. The Python worker has no supported shutdown hook, so entries accepted with
-202 but still queued when an instance is killed without SIGTERM are lost; clients that need a
-guarantee post with ?wait=true and get 200 only once their entries are appended.
+flushes on SIGTERM. The Python worker has no supported shutdown hook, so entries answered 202
+(queued) and still queued when an instance is stopped are lost: the deployment sets
+BLOBWRITER_ACK=written, so callers get 200 only once their entries are appended (docs/DEPLOY.md).
 """
+
+import logging
 
 import azure.functions as func
 
-from blobwriter.api import create_app
-from blobwriter.config import load_settings
+from blobwriter.api import create_app, unavailable_app
+from blobwriter.config import Settings, load_settings
+from blobwriter.errors import ConfigError
 
-app = func.AsgiFunctionApp(
-    app=create_app(load_settings(), check_api_key=False, handle_sigterm=True),
-    http_auth_level=func.AuthLevel.FUNCTION,
-)
+# The Azure SDK logs every storage request at INFO; under Functions that would all go to App Insights.
+logging.getLogger("azure").setLevel(logging.WARNING)
+
+
+def _asgi_app() -> object:
+    try:
+        return create_app(load_settings(), check_api_key=False, handle_sigterm=True)
+    except ConfigError as exc:
+        logging.getLogger("blobwriter").error("blobwriter is not configured; every route answers 503: %s", exc)
+        return unavailable_app(exc)
+
+
+app = func.AsgiFunctionApp(app=_asgi_app(), http_auth_level=func.AuthLevel.FUNCTION)
+
+
+# --- Scheduled export (blobwriter.query.schedule; docs/DEPLOY.md, "Scheduled export") -----------------
+# Registered only when BLOBWRITER_EXPORT_DESTINATION is set: every hour, each closed day not yet
+# exported goes to that destination as Parquet. It needs pyarrow (the `query` extra) in the deployment;
+# without it the function logs what to install and fails.
+def _export_settings() -> Settings | None:
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return None  # already reported: every route answers 503
+    return settings if settings.export_destination else None
+
+
+_export = _export_settings()
+if _export is not None:
+    from blobwriter.query.schedule import SCHEDULE, run_scheduled_export
+
+    @app.timer_trigger(schedule=SCHEDULE, arg_name="timer", run_on_startup=False)
+    async def scheduled_export(timer: func.TimerRequest) -> None:
+        assert _export is not None
+        await run_scheduled_export(_export)

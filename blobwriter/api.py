@@ -1,7 +1,8 @@
 """The HTTP API, one ASGI app for both hosts: `blobwriter serve` (uvicorn) and Azure Functions.
 
-POST /api/logs    one JSON object, a JSON array of objects, or NDJSON -> 202 {"accepted": N}
-                  with ?wait=true -> 200 {"written": N} once appended
+POST /api/logs    one JSON object, a JSON array of objects, or NDJSON -> 202 {"accepted": N} once
+                  queued, or 200 {"written": N} once appended: the `ack` setting chooses, and a
+                  request's ?wait=true|false overrides it
 GET  /api/health  200 while the writer runs and storage answers, else 503
 GET  /api/metrics Prometheus text exposition of the writer's counters
 
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings
 from .errors import (
+    ConfigError,
     EntryError,
     EntryTooLargeError,
     QueueFullError,
@@ -225,6 +227,7 @@ class IngestEndpoint:
 
     def __init__(self, settings: Settings, writer: Callable[[], Awaitable[LogWriter]], check_key: bool) -> None:
         self._max_body = settings.max_body_bytes
+        self._ack_written = settings.ack == "written"
         self._api_key = settings.api_key.encode() if check_key and settings.api_key else None
         self._writer = writer
 
@@ -260,8 +263,7 @@ class IngestEndpoint:
             prepared = await asyncio.to_thread(writer.admit, values, where=where)
         else:
             prepared = writer.admit(values, where=where)
-        wait = query.get("wait", ["false"])[0].lower() in ("true", "1", "yes")
-        future = writer.submit(prepared, durable=wait)
+        future = writer.submit(prepared, durable=self._wait(query))
         if future is None:
             return _Accepted(len(prepared))
         try:
@@ -269,6 +271,18 @@ class IngestEndpoint:
         except TimeoutError:
             raise DurableWaitTimeout(len(prepared)) from None
         return _json(200, {"written": len(prepared)})
+
+    def _wait(self, query: dict[str, list[str]]) -> bool:
+        """Answer once written (200) or once queued (202): ?wait= if given, else the `ack` setting."""
+        given = query.get("wait")
+        if not given:
+            return self._ack_written
+        text = given[0].strip().lower()
+        if text in ("true", "1", "yes", ""):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+        raise HTTPError(400, f"wait must be true or false, not {given[0][:20]!r}")
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         """Read the body, refusing (413) as soon as it passes max_body_bytes."""
@@ -385,9 +399,32 @@ def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm
     return app
 
 
+def unavailable_app(error: ConfigError) -> ASGIApp:
+    """The app that runs when the settings are bad (under Functions, where failing at import would
+    make every route vanish with a 404): every route answers 503 naming the setting and the reason,
+    never a value."""
+    body = orjson.dumps({"ok": False, "state": "not configured",
+                         "error": f"blobwriter is not configured: {error.public}"})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await Response(body, status_code=503, media_type="application/json",
+                       headers={"Retry-After": "60"})(scope, receive, send)
+
+    return app
+
+
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_level: str = "info") -> None:
     """Run the API under uvicorn until SIGINT/SIGTERM; the writer flushes on shutdown."""
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError("`blobwriter serve` needs uvicorn, which the Functions deployment leaves out: "
+                          "pip install 'blobwriter[serve]'") from None
 
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
     app = create_app(settings, check_api_key=True)

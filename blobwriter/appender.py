@@ -18,7 +18,9 @@ never will.
   success widens it by 1/window, up to `max_concurrent_writes`.
 - **Retries are sealed anew.** A failed append's frames go back to the front of their lane,
   each sealed again with the next attempt number: the failed attempt may have landed, and a
-  reader drops the second copy as a retry instead of flagging a replay. Errors that retrying
+  reader drops the second copy as a retry instead of flagging a replay. A frame is sealed for
+  the blob it goes to (the name is authenticated), so frames waiting when their lane rolls to a
+  new part are sealed again too; each seal uses a new attempt number (and so a new nonce). Errors that retrying
   cannot heal (403, a block blob or leased or sealed blob in the way, ...) roll to a new part
   where that helps, and otherwise fail their frames after `give_up_after` seconds; a failing
   lane never holds up another date's.
@@ -36,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from . import layout
-from .codec import Body, Encoder
+from .codec import MAX_ATTEMPT, Body, Encoder
 from .errors import StoreError, WriteFailedError
 from .limits import FRAME_OVERHEAD_BYTES
 from .metrics import WriterMetrics
@@ -66,12 +68,13 @@ class Frame:
     """One frame on its way to storage: its body, the sealed bytes of its current attempt, and what
     the writer needs back (`settle`, called once; `carry`, opaque to the appender)."""
 
-    __slots__ = ("attempt", "body", "carry", "data", "date", "failing_since", "settle")
+    __slots__ = ("attempt", "blob", "body", "carry", "data", "date", "failing_since", "settle")
 
-    def __init__(self, date: str, body: Body, data: bytes, settle: Settle, carry: Any = None) -> None:
+    def __init__(self, date: str, body: Body, data: bytes, blob: str, settle: Settle, carry: Any = None) -> None:
         self.date = date
         self.body = body
         self.data = data
+        self.blob = blob  # the blob `data` is sealed for
         self.attempt = 0
         self.settle = settle
         self.carry = carry
@@ -114,6 +117,7 @@ class Appender:
         self._writer = encoder.writer_id.hex()
         self._sequence = itertools.count(1)
         self._lanes: dict[str, Lane] = {}
+        self._parts: dict[str, int] = {}  # date -> the current part (read by encoding threads too)
         self._waiting: dict[str, Lane] = {}  # lanes with frames ready, in the order they got them
         self._tasks: set[asyncio.Task[None]] = set()
         self._frames = 0  # frames submitted and not yet settled
@@ -145,14 +149,16 @@ class Appender:
     def encode_index(self, date: str, records: Sequence[bytes], settle: Settle) -> Frame:
         """An index frame for a blob of `date` (see index.py)."""
         body = self.encoder.body(records, next(self._sequence), date=date, index=True)
-        return Frame(date, body, self.encoder.seal(body), settle)
+        blob = self.blob_name(date, self._parts.get(date, 0))
+        return Frame(date, body, self.encoder.seal(body, blob=blob), blob, settle)
 
     def _frame(self, date: str, lines: Sequence[bytes], settle: Settle, carry: Any) -> Frame:
         body = self.encoder.body(lines, next(self._sequence), date=date)
-        data = self.encoder.seal(body)
+        blob = self.blob_name(date, self._parts.get(date, 0))
+        data = self.encoder.seal(body, blob=blob)
         if len(data) > self._max_append_bytes:  # cannot happen: max_entry_bytes leaves room for the overhead
             raise ValueError(f"a frame encodes to {len(data)} bytes, over max_append_bytes={self._max_append_bytes}")
-        return Frame(date, body, data, settle, carry)
+        return Frame(date, body, data, blob, settle, carry)
 
     # -- appending ------------------------------------------------------------------------------
 
@@ -173,6 +179,7 @@ class Appender:
             lane = self._lanes.get(frame.date)
             if lane is None:
                 lane = self._lanes[frame.date] = Lane(frame.date, self._max_in_flight)
+                lane.part = self._parts.setdefault(frame.date, 0)
             lane.ready.append(frame)
             lane.ready_bytes += len(frame.data)
             self._waiting.setdefault(frame.date, lane)
@@ -219,14 +226,20 @@ class Appender:
         self._pump()
 
     def _start(self, lane: Lane) -> None:
-        """Take the lane's ready frames, up to max_append_bytes, into one append."""
-        frames = [lane.ready.popleft()]
-        size = len(frames[0].data)
-        while lane.ready and size + len(lane.ready[0].data) <= self._max_append_bytes:
+        """Take the lane's ready frames, up to max_append_bytes, into one append. A frame sealed for
+        another part (before the lane rolled) is sealed again for this one: the name is authenticated."""
+        blob = self.blob_name(lane.date, lane.part)
+        frames: list[Frame] = []
+        size = 0
+        while lane.ready and (not frames or size + len(lane.ready[0].data) <= self._max_append_bytes):
             frame = lane.ready.popleft()
+            lane.ready_bytes -= len(frame.data)
+            if frame.blob != blob and not self._reseal_now([frame], blob):
+                continue  # no attempt number left: settled as failed
             frames.append(frame)
             size += len(frame.data)
-        lane.ready_bytes -= size
+        if not frames:
+            return
         lane.in_flight += 1
         self.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._append(lane, frames, lane.part))
@@ -238,7 +251,7 @@ class Appender:
         return layout.writer_blob(self.store.prefix, date, self._writer, part)
 
     async def _append(self, lane: Lane, frames: list[Frame], part: int) -> None:
-        name = self.blob_name(lane.date, part)
+        name = frames[0].blob
         data = frames[0].data if len(frames) == 1 else b"".join([f.data for f in frames])
         started = time.monotonic()
         try:
@@ -247,7 +260,7 @@ class Appender:
             except StoreError as exc:
                 frames = self._failed(lane, frames, part, exc, started)
                 if frames:  # retried: sealed anew, back to the front of the lane
-                    await self._reseal(frames)
+                    frames = await self._reseal(frames, self.blob_name(lane.date, lane.part))
                     lane.ready.extendleft(reversed(frames))
                     lane.ready_bytes += sum(len(f.data) for f in frames)
                     self._waiting[lane.date] = lane
@@ -325,20 +338,29 @@ class Appender:
         return keep
 
     def _roll(self, lane: Lane, full: int, why: str) -> None:
-        lane.part = full + 1
+        lane.part = self._parts[lane.date] = full + 1
         log.info("Rolling %s to part %d (%s)", lane.date, lane.part, why)
 
-    async def _reseal(self, frames: list[Frame]) -> None:
-        """Seal each frame again with its next attempt number (in a thread when there is much)."""
-        def reseal() -> None:
-            for frame in frames:
-                frame.attempt += 1
-                frame.data = self.encoder.seal(frame.body, frame.attempt)
-
+    async def _reseal(self, frames: list[Frame], blob: str) -> list[Frame]:
+        """Seal frames again for `blob` with their next attempt number (in a thread when there is
+        much); return those that can be retried."""
         if sum(len(f.data) for f in frames) > RESEAL_IN_THREAD_BYTES:
-            await asyncio.to_thread(reseal)
-        else:
-            reseal()
+            return await asyncio.to_thread(self._reseal_now, frames, blob)
+        return self._reseal_now(frames, blob)
+
+    def _reseal_now(self, frames: list[Frame], blob: str) -> list[Frame]:
+        kept, spent = [], []
+        for frame in frames:
+            if frame.attempt >= MAX_ATTEMPT:  # a nonce must never repeat: give up instead
+                spent.append(frame)
+                continue
+            frame.attempt += 1
+            frame.data = self.encoder.seal(frame.body, frame.attempt, blob=blob)
+            frame.blob = blob
+            kept.append(frame)
+        if spent:
+            self._settle(spent, WriteFailedError(f"storage refused them {MAX_ATTEMPT} times"))
+        return kept
 
     def _settle(self, frames: list[Frame], outcome: BaseException) -> None:
         for frame in frames:

@@ -1,4 +1,4 @@
-"""The `blobwriter` command: keygen, read, verify, serve."""
+"""The `blobwriter` command: keygen, read, verify, serve, and stats, sql, export (blobwriter.query)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from . import __version__
 from .config import Settings, load_settings
 from .errors import BlobwriterError, ConfigError
 from .keys import keygen
+from .query import cli as query_cli
+from .query.progress import tracked
 from .reader import Reader, ReadReport, date_range
 from .store import open_store
 
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "verify":
             sub.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    query_cli.add_commands(commands, _iso_date)  # stats, sql, export
+
     serve = commands.add_parser("serve", help="serve the HTTP API locally (uvicorn)",
                                 description="Serve POST /api/logs, GET /api/health and GET /api/metrics.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -75,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             serve(settings, host=args.host, port=args.port, log_level=args.log_level)
             return EXIT_OK
+        if args.command in query_cli.COMMANDS:
+            return query_cli.run(args, settings)
         if not settings.keys:
             settings.require("encryption_key")
         dates = date_range(args.date, args.until)
@@ -89,10 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: bool) -> int:
     store = open_store(settings)
-    reader = Reader(store, settings.keys, check_index=verify)
+    reader = Reader(store, settings.keys, check_index=verify, id_field=settings.id_field)
     out = sys.stdout.buffer
+    entries = tracked(reader, dates, "verify") if verify else reader.entries(dates)  # a bar on a terminal
     try:
-        async for line in reader.entries(dates):
+        async for line in entries:
             if not verify:
                 out.write(line + b"\n")
         out.flush()
@@ -119,6 +126,7 @@ def _print_report(report: ReadReport, dates: list[str], *, verbose: bool, as_jso
             "dates": [dates[0], dates[-1]], "parts": report.parts, "frames": report.frames,
             "entries": report.entries, "duplicates_dropped": report.duplicates, "bytes": report.bytes,
             "index_frames": report.index_frames, "unindexed_frames": report.unindexed,
+            "open_chains": report.open_chains, "id_duplicates_dropped": report.id_duplicates,
             "problems": [{"blob": p.blob, "offset": p.offset, "message": p.message} for p in report.problems],
             "ok": report.ok,
         }, indent=2))
@@ -129,7 +137,10 @@ def _print_report(report: ReadReport, dates: list[str], *, verbose: bool, as_jso
     if verbose:
         print(f"{dates[0]}..{dates[-1]}: {report.parts} parts, {report.frames} frames, {report.entries} entries, "
               f"{report.duplicates} duplicate frames dropped, {len(report.problems)} damaged; "
-              f"{report.index_frames} index frames, {report.unindexed} frames not yet indexed", file=stream)
+              f"{report.index_frames} index frames, {report.unindexed} frames not yet indexed, "
+              f"{report.open_chains} writers without a final index"
+              + (f"; {report.id_duplicates} entries dropped as repeated ids" if report.id_duplicates else ""),
+              file=stream)
         print("OK" if report.ok else "FAILED", file=stream)
     elif report.problems:
         print(f"blobwriter: {len(report.problems)} damaged frame(s) skipped; run `blobwriter verify` for details",

@@ -4,6 +4,11 @@ The byte layout is specified in docs/FORMAT.md; the constants here are its singl
 is self-delimiting and carries (writer id, sequence) so that a reader can drop a frame that a
 retried append wrote twice. This module also finds frames in a stream of stored bytes
 (`FrameScanner`, resynchronizing after damage) and walks undamaged ones (`walk_frames`).
+
+Writers seal version 2: each writer's own key (HKDF of the configured key and its writer id), a
+nonce made of the frame's sequence and attempt (never random, never repeated: no volume limit),
+and the full blob name authenticated with the header. Readers still open version 1 (the
+configured key itself, random nonces, the date authenticated).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import FrameError, UnknownKeyError
-from .keys import SecretKey, key_id
+from .keys import SecretKey, key_id, writer_key
 from .limits import APPEND_BLOCK_LIMIT
 
 _fast_gzip: ModuleType | None
@@ -31,7 +36,8 @@ except ImportError:  # pragma: no cover - isal ships wheels for the supported pl
     _fast_gzip = None
 
 MAGIC = b"BLWF"
-VERSION = 1
+VERSION = 2  # what writers seal
+VERSIONS = (1, 2)  # what readers open
 FLAG_GZIP = 0x01
 FLAG_INDEX = 0x02  # an index frame: where its writer's frames landed, not log entries
 # magic, version, flags, append attempt, key id, writer id, sequence, entries, plaintext length,
@@ -43,7 +49,7 @@ CRC_OFFSET = HEADER_SIZE - 4
 WRITER_ID_SIZE = 16
 NONCE_SIZE = 12
 TAG_SIZE = 16
-MAX_FRAME_BYTES = APPEND_BLOCK_LIMIT  # version 1 frames fit one classic Append Block
+MAX_FRAME_BYTES = APPEND_BLOCK_LIMIT  # a frame fits one classic Append Block
 GZIP_LEVEL = 1  # isal level 1 (or zlib level 1): the cheap end; logs still compress ~4x.
 
 
@@ -56,6 +62,7 @@ def new_writer_id() -> bytes:
 class FrameHeader:
     """The parsed, CRC-checked header of one frame."""
 
+    version: int
     flags: int
     attempt: int
     key_id: bytes
@@ -99,44 +106,72 @@ class Body:
     index: bool = False
 
 
-class Encoder:
-    """Turns serialized entries into frames for one writer (one key, one writer id)."""
+def plaintext_of(lines: Sequence[bytes]) -> bytes:
+    """JSON Lines: each serialized entry (one JSON object, no newline) followed by a newline."""
+    return b"\n".join(lines) + b"\n"
 
-    def __init__(self, key: SecretKey, *, compression: str = "gzip", writer_id: bytes | None = None) -> None:
-        self._aead = AESGCM(key.raw)
+
+def frame_nonce(sequence: int, attempt: int) -> bytes:
+    """A version 2 frame's nonce: its sequence (8 bytes), its attempt (2 bytes), two zero bytes."""
+    return struct.pack(">QHH", sequence, attempt, 0)
+
+
+class Encoder:
+    """Turns serialized entries into frames for one writer (one key, one writer id).
+
+    An Encoder belongs to the process that made it: sealing in a forked child would reuse the
+    parent's writer id, sequences and so its nonces, so it refuses (make a new writer there).
+    """
+
+    def __init__(self, key: SecretKey, *, compression: str = "gzip", writer_id: bytes | None = None,
+                 version: int = VERSION) -> None:
+        if version not in VERSIONS:
+            raise ValueError(f"unknown frame version {version}")
+        self.writer_id = writer_id or new_writer_id()
+        self.version = version
+        self._aead = AESGCM(writer_key(key, self.writer_id) if version >= 2 else key.raw)
         self._key_id = key_id(key)
         self._flags = FLAG_GZIP if compression == "gzip" else 0
-        self.writer_id = writer_id or new_writer_id()
+        self._pid = os.getpid()
 
     def body(self, lines: Sequence[bytes], sequence: int, *, date: str, index: bool = False) -> Body:
         """Join serialized entries (each one JSON object, no newline) into JSON Lines and compress."""
-        plaintext = b"\n".join(lines) + b"\n"
+        plaintext = plaintext_of(lines)
         data = compress(plaintext) if self._flags & FLAG_GZIP else plaintext
         return Body(data, len(lines), len(plaintext), sequence, date, index)
 
-    def seal(self, body: Body, attempt: int = 0) -> bytes:
-        """Encrypt a body into a frame. Each append attempt is sealed anew (fresh nonce, its number
-        in the header), so a reader tells a retry that landed twice from a replayed frame."""
-        nonce = os.urandom(NONCE_SIZE)
+    def seal(self, body: Body, attempt: int = 0, *, blob: str) -> bytes:
+        """Encrypt a body into a frame for blob `blob`. Each append attempt is sealed anew, with its
+        number in the header (and, in version 2, in the nonce), so a reader tells a retry that landed
+        twice from a replayed frame. Raises ValueError past MAX_ATTEMPT: a nonce must never repeat."""
+        if os.getpid() != self._pid:
+            raise RuntimeError("this writer was created in another process (before a fork): its frames would "
+                               "reuse the parent's writer id and nonces; create a new LogWriter in this process")
+        if not 0 <= attempt <= MAX_ATTEMPT:
+            raise ValueError(f"attempt {attempt} is out of range (0 to {MAX_ATTEMPT})")
+        nonce = frame_nonce(body.sequence, attempt) if self.version >= 2 else os.urandom(NONCE_SIZE)
         flags = self._flags | (FLAG_INDEX if body.index else 0)
-        header = _pack_header(flags, min(attempt, MAX_ATTEMPT), self._key_id, self.writer_id, body.sequence,
+        header = _pack_header(self.version, flags, attempt, self._key_id, self.writer_id, body.sequence,
                               body.entries, body.plaintext_length, nonce, len(body.data) + TAG_SIZE)
-        return header + self._aead.encrypt(nonce, body.data, associated_data(header, body.date))
+        return header + self._aead.encrypt(nonce, body.data, associated_data(header, blob=blob, date=body.date))
 
-    def encode(self, lines: Sequence[bytes], sequence: int, *, date: str, attempt: int = 0) -> tuple[bytes, int]:
+    def encode(self, lines: Sequence[bytes], sequence: int, *, blob: str, date: str,
+               attempt: int = 0) -> tuple[bytes, int]:
         """One frame from serialized entries; returns the frame and the plaintext length."""
         body = self.body(lines, sequence, date=date)
-        return self.seal(body, attempt), body.plaintext_length
+        return self.seal(body, attempt, blob=blob), body.plaintext_length
 
 
-def associated_data(header: bytes | memoryview, date: str) -> bytes:
-    """What GCM authenticates besides the body: the whole header, then the part's UTC date."""
-    return bytes(header[:HEADER_SIZE]) + date.encode("ascii")
+def associated_data(header: bytes | memoryview, *, blob: str, date: str) -> bytes:
+    """What GCM authenticates besides the body: the whole header, then (version 2) the full name of
+    the blob the frame is written to, or (version 1) the UTC date of that blob."""
+    head = bytes(header[:HEADER_SIZE])
+    return head + (blob.encode("utf-8") if head[4] >= 2 else date.encode("ascii"))
 
 
-def _pack_header(flags: int, attempt: int, kid: bytes, writer_id: bytes, sequence: int, entries: int,
+def _pack_header(version: int, flags: int, attempt: int, kid: bytes, writer_id: bytes, sequence: int, entries: int,
                  plaintext_length: int, nonce: bytes, ciphertext_length: int) -> bytes:
-    head = HEADER.pack(MAGIC, VERSION, flags, attempt, kid, writer_id, sequence, entries,
+    head = HEADER.pack(MAGIC, version, flags, attempt, kid, writer_id, sequence, entries,
                        plaintext_length, nonce, ciphertext_length, 0)[:CRC_OFFSET]
     return head + struct.pack(">I", zlib.crc32(head))
 
@@ -152,34 +187,52 @@ def parse_header(buffer: bytes | bytearray | memoryview, offset: int = 0) -> Fra
         raise FrameError("bad magic")
     if zlib.crc32(raw[:CRC_OFFSET]) != crc:
         raise FrameError("header checksum mismatch")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise FrameError(f"unsupported frame version {version}")
+    if flags & ~(FLAG_GZIP | FLAG_INDEX):
+        raise FrameError(f"unsupported frame flags 0x{flags:02x}")
     if not TAG_SIZE <= ciphertext_length <= MAX_FRAME_BYTES - HEADER_SIZE:
         raise FrameError(f"implausible ciphertext length {ciphertext_length}")
-    return FrameHeader(flags, attempt, kid, writer_id, sequence, entries, plaintext_length, nonce, ciphertext_length)
+    return FrameHeader(version, flags, attempt, kid, writer_id, sequence, entries, plaintext_length, nonce,
+                       ciphertext_length)
 
 
 class Decoder:
     """Decrypts and decompresses frames with any of the configured keys."""
 
     def __init__(self, keys: Iterable[SecretKey]) -> None:
-        self._aeads = {key_id(k): AESGCM(k.raw) for k in keys}
+        self._keys = {key_id(k): k for k in keys}
+        self._aeads: dict[tuple[bytes, bytes], AESGCM] = {}  # (key id, writer id, or b"" for v1) -> cipher
 
     @property
     def key_ids(self) -> list[bytes]:
-        return list(self._aeads)
+        return list(self._keys)
 
-    def decode(self, header: FrameHeader, frame: bytes | memoryview, date: str) -> bytes:
-        """Return the frame's JSON Lines; raise FrameError if it fails authentication (altered, or
-        not written for a part of `date`)."""
-        aead = self._aeads.get(header.key_id)
-        if aead is None:
+    def _aead(self, header: FrameHeader) -> AESGCM:
+        key = self._keys.get(header.key_id)
+        if key is None:
             raise UnknownKeyError(f"no configured key has key id {header.key_id.hex()}")
+        which = (header.key_id, header.writer_id if header.version >= 2 else b"")
+        aead = self._aeads.get(which)
+        if aead is None:
+            if len(self._aeads) > 65_536:  # a writer's cipher is cheap to make again; keep memory bounded
+                self._aeads.clear()
+            aead = self._aeads[which] = AESGCM(writer_key(key, header.writer_id) if header.version >= 2 else key.raw)
+        return aead
+
+    def decode(self, header: FrameHeader, frame: bytes | memoryview, *, blob: str, date: str) -> bytes:
+        """Return the frame's JSON Lines; raise FrameError if it fails authentication (altered, or not
+        written for this blob: version 2 binds the blob's full name, version 1 its date)."""
+        aead = self._aead(header)
+        if header.version >= 2 and header.nonce != frame_nonce(header.sequence, header.attempt):
+            raise FrameError("nonce does not match the frame's sequence and attempt")
         frame = bytes(frame)
         try:
-            body = aead.decrypt(header.nonce, frame[HEADER_SIZE:header.frame_length], associated_data(frame, date))
+            body = aead.decrypt(header.nonce, frame[HEADER_SIZE:header.frame_length],
+                                associated_data(frame, blob=blob, date=date))
         except InvalidTag:
-            raise FrameError(f"authentication failed (frame altered, or not written for {date})") from None
+            where = f"blob {blob}" if header.version >= 2 else date
+            raise FrameError(f"authentication failed (frame altered, or not written for {where})") from None
         try:
             plaintext = decompress(body) if header.flags & FLAG_GZIP else body
         except (OSError, EOFError, zlib.error) as exc:  # authenticated yet undecodable: a writer bug

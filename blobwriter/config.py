@@ -31,6 +31,8 @@ log = logging.getLogger("blobwriter.config")
 ENV_PREFIX = "BLOBWRITER_"
 CONFIG_ENV = "BLOBWRITER_CONFIG"
 FILE_SECTION = "logging"
+# An app setting whose Key Vault reference did not resolve reaches the app as this literal text.
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
 
 StorageKind = Literal["connection_string", "account_url", "directory"]
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
@@ -41,6 +43,11 @@ Cast = Callable[[str, Any], Any]
 # -- casts: each takes the setting's name (for messages) and the raw value ---------------------
 
 
+def _bad(name: str, value: Any, why: str) -> ConfigError:
+    """A bad value: the message shows it (not a secret's), the public form does not."""
+    return ConfigError(f"Config '{name}' has value {value!r}: {why}", public=f"Config '{name}' is invalid: {why}")
+
+
 def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -> Cast:
     """A cast to a number in [low, high]; `parse` is int or float, `noun` names it in errors."""
 
@@ -48,11 +55,9 @@ def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -
         try:
             number = parse(str(value).strip().replace("_", ""))
         except ValueError:
-            raise ConfigError(
-                f"Config '{name}' has value {value!r}: not {noun} (allowed: {low} to {high})."
-            ) from None
+            raise _bad(name, value, f"not {noun} (allowed: {low} to {high}).") from None
         if not low <= number <= high:
-            raise ConfigError(f"Config '{name}' has value {number}: out of range (allowed: {low} to {high}).")
+            raise _bad(name, number, f"out of range (allowed: {low} to {high}).")
         return number
 
     return cast
@@ -70,7 +75,7 @@ def _choice(*allowed: str) -> Cast:
     def cast(name: str, value: Any) -> str:
         text = str(value).strip().lower()
         if text not in allowed:
-            raise ConfigError(f"Config '{name}' has value {value!r}: allowed values are {', '.join(allowed)}.")
+            raise _bad(name, value, f"allowed values are {', '.join(allowed)}.")
         return text
 
     return cast
@@ -83,19 +88,15 @@ def _text(name: str, value: Any) -> str:
 def _container(name: str, value: Any) -> str:
     text = str(value).strip()
     if not _CONTAINER_RE.match(text):
-        raise ConfigError(
-            f"Config '{name}' has value {text!r}: a container name is 3-63 lowercase letters, "
-            "digits and single hyphens, starting and ending with a letter or digit."
-        )
+        raise _bad(name, text, "a container name is 3-63 lowercase letters, digits and single hyphens, "
+                               "starting and ending with a letter or digit.")
     return text
 
 
 def _prefix(name: str, value: Any) -> str:
     text = str(value or "").strip().replace("\\", "/")
     if text.startswith("/") or ".." in text.split("/"):
-        raise ConfigError(
-            f"Config '{name}' has value {text!r}: a blob-name prefix must be relative and must not contain '..'."
-        )
+        raise _bad(name, text, "a blob-name prefix must be relative and must not contain '..'.")
     if text and not text.endswith("/"):
         text += "/"
     return text
@@ -114,6 +115,11 @@ def _keys(name: str, value: Any) -> tuple[SecretKey, ...]:
         if text:
             keys.append(parse_key(text, f"{name}[{index}]"))
     return tuple(keys)
+
+
+def _optional_text(name: str, value: Any) -> str | None:
+    text = str(value or "").strip()
+    return text or None
 
 
 def _optional_secret(name: str, value: Any) -> str | None:
@@ -169,9 +175,20 @@ class Settings:
         "blob, ...) is retried before its entries are reported failed")
     stop_timeout: float = _setting(60.0, _float(0.0, 3600.0),
                                    "seconds stop() keeps retrying unwritten entries before reporting them as failed")
+    id_field: str | None = _setting(
+        None, _optional_text, "an entry field that identifies a request (e.g. 'id'): read, stats and export keep "
+        "the first entry of each value (a client's retry after a lost answer is not counted twice)")
+    ack: str = _setting("queued", _choice("queued", "written"),
+                        "when POST /api/logs answers: 'queued' (202 once queued) or 'written' (200 once appended); "
+                        "a request's ?wait=true|false overrides it")
     api_key: str | None = _setting(
         None, _optional_secret, "when set, `blobwriter serve` requires it as x-functions-key header or ?code=",
         secret=True)
+    stats_map: str = _setting("", _text, "`blobwriter stats` field map: a preset (gateway, otel, litellm) and/or "
+                              "measure=path items, comma-separated (docs/SCHEMA.md)")
+    export_destination: str | None = _setting(
+        None, _optional_secret, "where the scheduled export writes each closed day (a directory, an https "
+        "container URL, or a connection string with ;Container=NAME); unset: off", secret=True)
 
     def __post_init__(self) -> None:
         if self.max_entry_bytes > self.max_append_bytes - FRAME_OVERHEAD_BYTES:
@@ -198,6 +215,13 @@ class Settings:
             raise ConfigError(
                 f"Unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(FIELDS_BY_NAME)}."
             )
+        for name, value in values.items():
+            if isinstance(value, str) and value.strip().startswith(KEY_VAULT_REFERENCE):
+                raise ConfigError(
+                    f"Config '{name}' is an unresolved Key Vault reference: the platform could not read the "
+                    "secret (the app's identity lacks access to it yet, or it does not exist); its status is "
+                    "under the function app's Settings > Environment variables."
+                )
         # None (a YAML key left empty) means not set: the default applies, not the text 'None'.
         cast = {name: FIELDS_BY_NAME[name].cast(name, value) for name, value in values.items() if value is not None}
         return cls(**cast)

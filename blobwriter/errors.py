@@ -8,7 +8,14 @@ class BlobwriterError(Exception):
 
 
 class ConfigError(BlobwriterError):
-    """A setting is missing or has a bad value; the message names it (never a secret's value)."""
+    """A setting is missing or has a bad value; the message names it (never a secret's value).
+
+    `public` says the same without any value at all: what an HTTP answer may show.
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public or message
 
 
 class EntryError(BlobwriterError, ValueError):

@@ -1,20 +1,24 @@
 """Index frames: each writer's record of where its frames landed, so `verify` can tell a frame
-swapped, moved or removed.
+swapped, moved or removed, and a removed index frame or tail.
 
-An index frame is an ordinary frame (flag bit 1) whose lines are `IndexRecord`s. The writer keeps
-the records of frames not yet indexed in an `IndexBook` (plain data: it never appends anything
-itself) and turns them into an index frame per part every INDEX_INTERVAL seconds, every
-INDEX_MAX_RECORDS frames, and at stop. The reader decodes the records back (docs/FORMAT.md).
+An index frame is an ordinary frame (flag bit 1) whose lines are JSON objects. In format version
+2 its first line is a `ChainLink`: the frame's number in its writer's chain for that date, the
+SHA-256 of the previous index frame's plaintext, the running count of data frames indexed, and
+whether it is the writer's last for the date. The other lines are `IndexRecord`s, one per data
+frame. The writer keeps what is not yet indexed in an `IndexBook` (plain data: it never appends
+anything itself) and turns it into an index frame per date every INDEX_INTERVAL seconds, every
+INDEX_MAX_RECORDS frames, and at stop (the final one). The reader decodes both (docs/FORMAT.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
 from dataclasses import dataclass
 
 import orjson
 
-from .codec import iter_lines
+from .codec import iter_lines, plaintext_of
+from .errors import FrameError
 
 INDEX_INTERVAL = 30.0  # seconds between a writer's index frames
 INDEX_MAX_RECORDS = 1000  # records in one index frame at most
@@ -36,43 +40,81 @@ class IndexRecord:
                              "sequence": self.sequence, "attempt": self.attempt, "tag": self.tag})
 
 
-def read_records(plaintext: bytes) -> Iterator[IndexRecord]:
-    """The records of a decoded index frame."""
-    for line in iter_lines(plaintext):
-        r = orjson.loads(line)
-        yield IndexRecord(r["blob"], r["offset"], r.get("length", 0), r["sequence"], r["attempt"], r["tag"])
+@dataclass(frozen=True, slots=True)
+class ChainLink:
+    """An index frame's place in its writer's chain for one date."""
+
+    number: int  # 1, 2, ... per writer and date
+    previous: str  # hex SHA-256 of the previous index frame's plaintext ("" for the first)
+    frames: int  # data frames indexed by this and all earlier index frames of the chain
+    final: bool  # the writer's last index frame for the date (written at stop)
+
+    def to_line(self) -> bytes:
+        return orjson.dumps({"chain": {"number": self.number, "previous": self.previous, "frames": self.frames,
+                                       "final": self.final}})
+
+
+def chain_hash(plaintext: bytes) -> str:
+    """What the next index frame's `previous` holds: SHA-256 of this one's plaintext, hex."""
+    return hashlib.sha256(plaintext).hexdigest()
+
+
+def read_index(plaintext: bytes) -> tuple[ChainLink | None, list[IndexRecord]]:
+    """The chain link (None in version 1 index frames) and records of a decoded index frame;
+    FrameError if a line is not what the format says."""
+    link: ChainLink | None = None
+    records = []
+    for number, line in enumerate(iter_lines(plaintext), start=1):
+        try:
+            r = orjson.loads(line)
+            if number == 1 and "chain" in r:
+                c = r["chain"]
+                link = ChainLink(int(c["number"]), str(c["previous"]), int(c["frames"]), bool(c["final"]))
+            else:
+                records.append(IndexRecord(str(r["blob"]), int(r["offset"]), int(r.get("length", 0)),
+                                           int(r["sequence"]), int(r["attempt"]), str(r["tag"])))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise FrameError(
+                f"index frame line {number} is not an index record ({type(exc).__name__}: {exc})") from None
+    return link, records
 
 
 @dataclass(frozen=True, slots=True)
 class PendingIndex:
-    """The records one index frame will carry, and the date of the part they describe."""
+    """The lines one index frame will carry (its chain link first), and the date it is for."""
 
-    part: str
     date: str
     lines: list[bytes]
 
 
 class IndexBook:
-    """Records of landed frames not yet covered by an index frame, per part."""
+    """Records of landed frames not yet covered by an index frame, and each date's chain so far."""
 
     def __init__(self) -> None:
-        self._parts: dict[str, tuple[str, list[bytes]]] = {}  # part name -> (date, record lines)
+        self._records: dict[str, list[bytes]] = {}  # date -> record lines waiting
+        self._chains: dict[str, tuple[int, str, int]] = {}  # date -> (last number, its hash, frames indexed)
 
     def record(self, date: str, record: IndexRecord) -> bool:
-        """Note where a frame landed; True once its part has INDEX_MAX_RECORDS waiting (write them)."""
-        _, lines = self._parts.setdefault(record.blob, (date, []))
+        """Note where a frame landed; True once its date has INDEX_MAX_RECORDS waiting (write them)."""
+        lines = self._records.setdefault(date, [])
         lines.append(record.to_line())
         return len(lines) >= INDEX_MAX_RECORDS
 
-    def take(self, part: str | None = None) -> list[PendingIndex]:
-        """Remove and return the waiting records of one part (or of every part)."""
-        names = [part] if part is not None else list(self._parts)
+    def take(self, date: str | None = None, *, final: bool = False) -> list[PendingIndex]:
+        """Remove the waiting records of one date (or of every date) as index frames to write. With
+        `final`, every date this writer has indexed gets one, records or not: its chain's last."""
+        dates = [date] if date is not None else sorted(set(self._records) | (set(self._chains) if final else set()))
         taken = []
-        for name in names:
-            if name in self._parts:
-                date, lines = self._parts.pop(name)
-                taken.append(PendingIndex(name, date, lines))
+        for day in dates:
+            records = self._records.pop(day, [])
+            if not records and not final:
+                continue
+            number, previous, frames = self._chains.get(day, (0, "", 0))
+            link = ChainLink(number + 1, previous, frames + len(records), final)
+            lines = [link.to_line(), *records]
+            self._chains[day] = (link.number, chain_hash(plaintext_of(lines)), link.frames)
+            taken.append(PendingIndex(day, lines))
         return taken
 
     def __len__(self) -> int:
-        return sum(len(lines) for _, lines in self._parts.values())
+        return sum(len(lines) for lines in self._records.values())

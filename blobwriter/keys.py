@@ -17,6 +17,7 @@ from .errors import ConfigError
 KEY_BYTES = 32
 KEY_ID_SIZE = 8
 KEY_ID_CONTEXT = b"blobwriter key id v1\x00"
+WRITER_KEY_CONTEXT = b"blobwriter writer key v2\x00"
 
 
 class SecretKey:
@@ -63,6 +64,17 @@ def keygen() -> str:
 def key_id(key: SecretKey) -> bytes:
     """The 8-byte fingerprint that names a key inside frames: SHA-256 of a context string and the key."""
     return hashlib.sha256(KEY_ID_CONTEXT + key.raw).digest()[:KEY_ID_SIZE]
+
+
+def writer_key(key: SecretKey, writer_id: bytes) -> bytes:
+    """The AES-256 key one writer seals its frames with (format version 2): HKDF-SHA256 of the
+    configured key, no salt, info = WRITER_KEY_CONTEXT followed by the 16-byte writer id. A key of its
+    own per writer is what makes deterministic nonces safe: no two writers share a (key, nonce)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=WRITER_KEY_CONTEXT + writer_id).derive(key.raw)
 
 
 def parse_key(text: str, setting: str = "encryption_key") -> SecretKey:

@@ -1,22 +1,26 @@
-"""Read frames back: stream each date's parts, decrypt, drop duplicates, report damage.
+"""Read frames back: stream each date's blobs, decrypt, drop duplicates, report damage.
 
 A corrupt, truncated or unauthenticated frame is reported with its blob and offset and
 never stops the reader: it scans on to the next valid frame header. Memory stays bounded by
-one frame plus one download chunk, whatever the size of the day.
+one frame plus one download range, whatever the size of the day (verify also holds each
+indexed frame's place; `id_field` holds each entry's id digest).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
 
+import orjson
+
 from .codec import Damage, Decoder, FrameHeader, FrameScanner, iter_lines
 from .errors import FrameError, UnknownKeyError
-from .index import read_records
+from .index import ChainLink, chain_hash, read_index
 from .keys import SecretKey
 from .store import Store
 
@@ -45,6 +49,8 @@ class ReadReport:
     bytes: int = 0
     index_frames: int = 0
     unindexed: int = 0  # data frames no index frame vouches for yet (the newest ones), when checked
+    open_chains: int = 0  # (writer, date) whose last index frame is not final: crashed, running, or cut
+    id_duplicates: int = 0  # entries dropped because an entry with the same id_field value came first
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -135,21 +141,29 @@ class Reader:
     """Streams the entries of a range of dates from a store, each exactly once.
 
     With check_index (verify), it also holds every frame's position against the index frames
-    its writer appended, which reveals frames swapped, moved or removed.
+    its writer appended, which reveals frames swapped, moved or removed, and follows each writer's
+    chain of index frames, which reveals index frames removed. With `id_field`, an entry whose
+    value of that field was seen before, in its date or the day before, is dropped (a client's
+    retry after a lost answer).
     """
 
-    def __init__(self, store: Store, keys: Iterable[SecretKey], *, check_index: bool = False) -> None:
+    def __init__(self, store: Store, keys: Iterable[SecretKey], *, check_index: bool = False,
+                 id_field: str | None = None) -> None:
         self.store = store
         self._decoder = Decoder(keys)
         self._check_index = check_index
+        self._id_field = id_field
         self.report = ReadReport()
 
     async def entries(self, dates: Iterable[str]) -> AsyncIterator[bytes]:
         """Yield each stored entry (a JSON object, without newline) of the dates, in blob order."""
+        ids_before: set[bytes] = set()
         for day in dates:
-            seen = SeenFrames()  # a frame is duplicated only within its own date's parts
+            seen = SeenFrames()  # a frame is duplicated only within its own date's blobs
             claims: dict[tuple[str, int], _Landed] = {}
             landed: dict[tuple[str, int], _Landed] = {}
+            chains: dict[bytes, list[tuple[ChainLink, str, int, int, str]]] = {}
+            ids: set[bytes] = set()
             for name in await self.store.parts(day):
                 self.report.parts += 1
                 async for offset, header, plaintext, tag in self._frames(name, day):
@@ -166,14 +180,67 @@ class Reader:
                     if header.is_index:
                         self.report.index_frames += 1
                         if self._check_index:
-                            claims.update(_index_claims(header.writer_id, plaintext))
+                            self._take_index(name, offset, header, plaintext, claims, chains)
                         continue
                     self.report.frames += 1
                     self.report.entries += header.entries
                     for line in iter_lines(plaintext):
-                        yield line
+                        if self._id_field is None or self._first(line, ids, ids_before):
+                            yield line
             if self._check_index:
                 self._check_claims(claims, landed)
+                self._check_chains(chains)
+            ids_before = ids
+
+    def _first(self, line: bytes, ids: set[bytes], ids_before: set[bytes]) -> bool:
+        """False if an entry with this id_field value was read before (this date or the day before)."""
+        value = orjson.loads(line).get(self._id_field)
+        if value is None:
+            return True
+        digest = hashlib.blake2b(orjson.dumps(value), digest_size=12).digest()
+        if digest in ids or digest in ids_before:
+            self.report.id_duplicates += 1
+            return False
+        ids.add(digest)
+        return True
+
+    def _take_index(self, name: str, offset: int, header: FrameHeader, plaintext: bytes,
+                    claims: dict[tuple[str, int], _Landed],
+                    chains: dict[bytes, list[tuple[ChainLink, str, int, int, str]]]) -> None:
+        try:
+            link, records = read_index(plaintext)
+        except FrameError as exc:  # authenticated, yet not what the format says: a writer bug; report it
+            self._problem(name, offset, str(exc))
+            return
+        for r in records:
+            claims[(r.blob, r.offset)] = (header.writer_id, r.sequence, r.attempt, r.tag)
+        if link is not None:
+            chains.setdefault(header.writer_id, []).append((link, chain_hash(plaintext), len(records), offset, name))
+
+    def _check_chains(self, chains: dict[bytes, list[tuple[ChainLink, str, int, int, str]]]) -> None:
+        """Each writer's index frames of a date must be numbered 1, 2, ... with no gap, each naming the
+        previous one's hash and counting every data frame indexed so far."""
+        for writer, found in chains.items():
+            found.sort(key=lambda item: item[0].number)
+            expected, previous, frames = 1, "", 0
+            for link, digest, records, offset, name in found:
+                if link.number != expected:
+                    missing = f"{expected}" if link.number == expected + 1 else f"{expected} to {link.number - 1}"
+                    self._problem(name, offset, f"index frame(s) {missing} of writer {writer.hex()} missing before "
+                                                f"this one (removed, or cut with the frames they indexed)")
+                    frames = link.frames  # what the missing ones indexed is unknown: count on from here
+                else:
+                    if link.previous != previous:
+                        self._problem(name, offset, f"index chain of writer {writer.hex()} broken at index frame "
+                                                    f"{link.number}: the previous one is not the one it names")
+                    frames += records
+                    if link.frames != frames:
+                        self._problem(name, offset, f"index frame {link.number} of writer {writer.hex()} counts "
+                                                    f"{link.frames} frames indexed, its chain holds {frames}")
+                        frames = link.frames
+                expected, previous = link.number + 1, digest
+            if not found[-1][0].final:
+                self.report.open_chains += 1
 
     def _check_claims(self, claims: dict[tuple[str, int], _Landed], landed: dict[tuple[str, int], _Landed]) -> None:
         damaged = {(p.blob, p.offset) for p in self.report.problems}
@@ -210,7 +277,7 @@ class Reader:
                     self._problem(name, found.offset, found.message)
                     continue
                 try:
-                    plaintext = self._decoder.decode(found.header, found.data, date)
+                    plaintext = self._decoder.decode(found.header, found.data, blob=name, date=date)
                 except UnknownKeyError as exc:  # intact but unreadable: skip exactly this frame
                     self._problem(name, found.offset, str(exc), found.header.key_id)
                     continue
@@ -223,9 +290,3 @@ class Reader:
 
     def _problem(self, name: str, offset: int, message: str, unknown_key: bytes | None = None) -> None:
         self.report.problems.append(Problem(name, offset, message, unknown_key))
-
-
-def _index_claims(writer_id: bytes, plaintext: bytes) -> Iterator[tuple[tuple[str, int], _Landed]]:
-    """What an index frame says: at (part, offset) its writer appended (sequence, attempt, tag)."""
-    for r in read_records(plaintext):
-        yield (r.blob, r.offset), (writer_id, r.sequence, r.attempt, r.tag)

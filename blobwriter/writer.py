@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -54,17 +55,14 @@ class LogWriter:
     """Batching, encrypting writer of log entries to a Store (append blobs or a directory)."""
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
-        key = settings.require("encryption_key")
+        settings.require("encryption_key")
         self.settings = settings
         self.store = store if store is not None else open_store(settings)
         self._queue = EntryQueue(settings.max_queue_size, settings.max_queue_bytes)
         self.metrics = WriterMetrics(queue_depth=lambda: self._queue.depth, queue_bytes=lambda: self._queue.bytes,
                                      in_flight=lambda: self._appender.in_flight)
-        self._appender = Appender(
-            self.store, Encoder(key, compression=settings.compression), self.metrics,
-            max_append_bytes=settings.max_append_bytes, max_in_flight=settings.max_concurrent_writes,
-            max_blocks=settings.max_blocks_per_blob, retry_backoff_max=settings.retry_backoff_max,
-            give_up_after=settings.give_up_after)
+        self._appender = self._make_appender()
+        self._pid = os.getpid()
         self._wakeup = asyncio.Event()
         self._encoders = asyncio.Semaphore(ENCODE_JOBS)
         self._encoding: set[asyncio.Task[None]] = set()
@@ -73,6 +71,13 @@ class LogWriter:
         self._index_timer: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[None] | None = None
         self._state = WriterState.NEW
+
+    def _make_appender(self) -> Appender:
+        s = self.settings
+        return Appender(self.store, Encoder(s.require("encryption_key"), compression=s.compression), self.metrics,
+                        max_append_bytes=s.max_append_bytes, max_in_flight=s.max_concurrent_writes,
+                        max_blocks=s.max_blocks_per_blob, retry_backoff_max=s.retry_backoff_max,
+                        give_up_after=s.give_up_after)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -93,6 +98,8 @@ class LogWriter:
         """Open the store and start the batch task."""
         if self._state != WriterState.NEW:
             raise WriterStoppedError(f"writer cannot start from state {self._state.value!r}")
+        if os.getpid() != self._pid:  # made before a fork, started in the child: a writer id of its own
+            self._appender, self._pid = self._make_appender(), os.getpid()
         try:
             await self.store.open()
         except StoreError as exc:  # storage may come back: keep opening (creating the container) meanwhile
@@ -129,7 +136,7 @@ class LogWriter:
                     await asyncio.shield(self._task)
                 await asyncio.gather(*self._encoding)
                 await self._appender.drain()
-                self._write_indexes()  # now that every data frame has landed and is recorded
+                self._write_indexes(final=True)  # now that every data frame has landed and is recorded
                 await self._appender.drain()
         except (TimeoutError, Exception):  # storage kept failing, or the batch task died: reported below
             pass
@@ -333,7 +340,7 @@ class LogWriter:
             record = IndexRecord(outcome.name, outcome.offset, len(frame.data), frame.body.sequence, frame.attempt,
                                  frame_tag(frame.data).hex())
             if self._index.record(frame.date, record):
-                self._write_indexes(outcome.name)
+                self._write_indexes(frame.date)
             m = self.metrics
             m.batch_entries.observe(carry.count)
             m.frames += 1
@@ -353,10 +360,11 @@ class LogWriter:
 
     # -- index frames ----------------------------------------------------------------------
 
-    def _write_indexes(self, part: str | None = None) -> None:
-        """Append index frames for one blob (default: every blob with records waiting)."""
+    def _write_indexes(self, date: str | None = None, *, final: bool = False) -> None:
+        """Append index frames for one date (default: every date with records waiting; with `final`,
+        every date this writer has indexed, closing its chain)."""
         self._appender.submit([self._appender.encode_index(p.date, p.lines, self._index_settled)
-                               for p in self._index.take(part)])
+                               for p in self._index.take(date, final=final)])
 
     def _index_settled(self, frame: Frame, outcome: Landed | BaseException) -> None:
         if isinstance(outcome, Landed):

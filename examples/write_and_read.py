@@ -7,12 +7,13 @@ BLOBWRITER_STORAGE overrides the storage (default: UseDevelopmentStorage=true).
 
 import asyncio
 import os
+import sys
 import uuid
 from datetime import UTC, datetime
 
 import orjson
 
-from blobwriter import LogWriter, Reader, Settings, date_range, keygen, open_store
+from blobwriter import LogWriter, Reader, Settings, StoreError, date_range, keygen, open_store
 
 
 async def main(count: int = 10_000) -> None:
@@ -22,6 +23,13 @@ async def main(count: int = 10_000) -> None:
         "encryption_key": keygen(),
         "batch_size": 500,
     })
+    probe = open_store(settings)
+    try:
+        await probe.open()  # fail fast, and clearly, when storage is not there
+    except StoreError as exc:
+        sys.exit(f"storage is not reachable ({exc});\nstart Azurite first, e.g. with `make run`")
+    finally:
+        await probe.close()
     started = datetime.now(UTC).date()
     async with LogWriter(settings) as writer:  # start() ... stop(): stop flushes the queue
         for n in range(count):
@@ -32,8 +40,10 @@ async def main(count: int = 10_000) -> None:
     store = open_store(settings)
     reader = Reader(store, settings.keys)
     days = date_range(started, datetime.now(UTC).date())  # entries carry the UTC time they were written
-    ids = [orjson.loads(line)["id"] async for line in reader.entries(days)]
-    await store.close()
+    try:
+        ids = [orjson.loads(line)["id"] async for line in reader.entries(days)]
+    finally:
+        await store.close()
     assert sorted(ids) == list(range(count)), "every entry exactly once"
     print(f"read back {len(ids)} entries, each once, from container {settings.container!r} "
           f"({reader.report.frames} frames, {reader.report.bytes} bytes stored)")

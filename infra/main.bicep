@@ -163,6 +163,16 @@ param giveUpAfter string = '300.0'
 @description('BLOBWRITER_STOP_TIMEOUT: seconds shutdown keeps retrying unwritten entries.')
 param stopTimeout string = '60.0'
 
+@description('BLOBWRITER_ID_FIELD: an entry field that identifies a request (e.g. id): readers and the scheduled export keep the first entry of each value. Empty = off.')
+param idField string = ''
+
+@description('BLOBWRITER_ACK: when POST /api/logs answers. written = 200 once appended (nothing answered can be lost to a deploy or restart); queued = 202 once queued in memory. A request\'s ?wait=true|false overrides it.')
+@allowed([
+  'written'
+  'queued'
+])
+param ack string = 'written'
+
 // ---------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +375,14 @@ var appSettings = [
   {
     name: 'BLOBWRITER_STOP_TIMEOUT'
     value: stopTimeout
+  }
+  {
+    name: 'BLOBWRITER_ID_FIELD'
+    value: idField
+  }
+  {
+    name: 'BLOBWRITER_ACK'
+    value: ack
   }
 ]
 

@@ -238,3 +238,20 @@ async def test_health_recovers_with_storage_even_without_traffic(make_settings: 
                 await asyncio.sleep(0.1)
             assert statuses[-1] == 200, statuses
         await stop(app)
+
+
+async def test_ack_setting_and_wait_override_either_way(api: Callable[..., Any]) -> None:
+    """ack: written answers 200 once appended; ?wait=false asks for 202 instead; with ack: queued,
+    ?wait=true asks for 200. A wait that is neither true nor false is a 400."""
+    app, client, settings = await api(ack="written", batch_timeout=60)
+    written = await client.post("/api/logs", json=entry(timestamp="2026-11-24T10:00:00Z"))
+    assert (written.status_code, written.json()) == (200, {"written": 1})
+    assert [e["id"] for e in await read_all(settings, ["2026-11-24"])]  # readable as soon as answered
+    queued = await client.post("/api/logs?wait=false", json=entry(timestamp="2026-11-24T10:00:00Z"))
+    assert (queued.status_code, queued.json()) == (202, {"accepted": 1})
+    bad = await client.post("/api/logs?wait=maybe", json=entry())
+    assert bad.status_code == 400 and "wait" in bad.json()["error"]
+
+    app, client, settings = await api(ack="queued", batch_timeout=60)
+    assert (await client.post("/api/logs", json=entry())).status_code == 202
+    assert (await client.post("/api/logs?wait=true", json=entry())).status_code == 200

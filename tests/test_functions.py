@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,3 +109,61 @@ async def test_post_and_health_through_the_registered_function(function_module: 
     await module.app.middleware.notify_shutdown()
     stored = await read_all(settings, [TODAY])
     assert sorted(e["id"] for e in stored) == sorted(e["id"] for e in entries)
+
+
+# -- configuration errors: the app stays indexed and says what is wrong ------------------------------
+
+KEY_VAULT_REFERENCE = ("@Microsoft.KeyVault(SecretUri=https://kv-blobwriter.vault.azure.net/secrets/"
+                       "blobwriter-encryption-key/)")
+
+
+def load_function_app(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> ModuleType:
+    """Import function_app.py the way the worker does, with exactly these BLOBWRITER_* settings."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("BLOBWRITER_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    sys.modules.pop("function_app", None)
+    return importlib.import_module("function_app")
+
+
+@pytest.mark.parametrize(("env", "setting", "never_shown"), [
+    ({}, "storage", None),
+    ({"BLOBWRITER_STORAGE": "UseDevelopmentStorage=true", "BLOBWRITER_ENCRYPTION_KEY": KEY_VAULT_REFERENCE},
+     "encryption_key", KEY_VAULT_REFERENCE),
+    ({"BLOBWRITER_STORAGE": "UseDevelopmentStorage=true", "BLOBWRITER_ENCRYPTION_KEY": "bm90LWEta2V5"},
+     "encryption_key", "bm90LWEta2V5"),
+    ({"BLOBWRITER_STORAGE": "UseDevelopmentStorage=true", "BLOBWRITER_ENCRYPTION_KEY": "A" * 43 + "=",
+      "BLOBWRITER_BATCH_SIZE": "77777"}, "batch_size", "77777"),
+])
+async def test_a_configuration_error_answers_503_on_every_route(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, env: dict[str, str], setting: str,
+        never_shown: str | None) -> None:
+    caplog.set_level(logging.ERROR, logger="blobwriter")
+    module = load_function_app(monkeypatch, env)
+    try:
+        handler = http_function(module).get_user_function()  # indexed as always: no 404 on every route
+        answers = [
+            await handler(func.HttpRequest("GET", "http://localhost:7071/api/health", body=b""), None),
+            await handler(func.HttpRequest("GET", "http://localhost:7071/api/metrics", body=b""), None),
+            await handler(func.HttpRequest("POST", "http://localhost:7071/api/logs",
+                                           headers={"content-type": "application/json"}, body=b"{}"), None),
+        ]
+        for answer in answers:
+            assert answer.status_code == 503
+            body = answer.get_body().decode()
+            assert f"Config '{setting}'" in json.loads(body)["error"]
+            if never_shown:
+                assert never_shown not in body
+        if setting == "encryption_key" and never_shown == KEY_VAULT_REFERENCE:
+            assert "Key Vault reference" in json.loads(answers[0].get_body())["error"]
+        errors = [r for r in caplog.records if r.name == "blobwriter" and r.levelno == logging.ERROR]
+        assert len(errors) == 1 and f"Config '{setting}'" in errors[0].getMessage()
+        if never_shown and setting != "batch_size":  # a secret's value is never logged either
+            assert never_shown not in errors[0].getMessage()
+    finally:
+        module.app.startup_task_done = False  # no lifespan to shut down (see the fixture above)
+        sys.modules.pop("function_app", None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from blobwriter.codec import parse_header
+from blobwriter.codec import Encoder, parse_header
 from blobwriter.config import Settings
 from blobwriter.errors import StoreError
 from blobwriter.layout import writer_blob
@@ -96,16 +96,82 @@ async def test_a_frame_cut_out_is_flagged(tmp_path: Path, key: str) -> None:
 
 
 async def test_frames_after_the_last_index_are_counted_as_unindexed(tmp_path: Path, key: str) -> None:
-    part = await write_frames(tmp_path, key, 2)
-    first = part.read_bytes()
-    # A writer that crashed before its index frame: its data frame is there, unvouched for.
-    other = await write_frames(tmp_path / "other", key, 1)
-    extra_offset, extra_length, _ = frame_spans(other.read_bytes())[0]
-    part.write_bytes(first + other.read_bytes()[extra_offset:extra_offset + extra_length])
+    """A writer that crashed before its index frame: its data frame is there, unvouched for (not an error)."""
+    await write_frames(tmp_path, key, 2)
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    crashed = LogWriter(settings)
+    await crashed.start()
+    await crashed.write_many([entry(timestamp=f"{DAY}T12:00:00Z") for _ in range(3)], wait=True)
+    # no stop(): no index frame for it, as after a crash (the writer object is simply dropped)
     code, report = verify(tmp_path, key)
     assert code == 0, report
     assert report["unindexed_frames"] == 1
     assert report["entries"] == 9
+
+
+async def test_a_genuine_frame_moved_into_another_writers_blob_is_reported(tmp_path: Path, key: str) -> None:
+    """Format version 2 authenticates the full blob name: a frame copied between blobs no longer opens."""
+    part = await write_frames(tmp_path, key, 2)
+    other = await write_frames(tmp_path / "other", key, 1)
+    offset, length, _ = frame_spans(other.read_bytes())[0]
+    data = part.read_bytes()
+    part.write_bytes(data + other.read_bytes()[offset:offset + length])
+    code, report = verify(tmp_path, key)
+    assert code == 1
+    [problem] = report["problems"]
+    assert problem["offset"] == len(data) and "not written for blob" in problem["message"]
+
+
+def write_with_index_every(monkeypatch: Any, records: int) -> None:
+    monkeypatch.setattr("blobwriter.index.INDEX_MAX_RECORDS", records)
+
+
+def index_spans(part: Path) -> list[tuple[int, int]]:
+    return [(offset, length) for offset, length, is_index in frame_spans(part.read_bytes()) if is_index]
+
+
+async def test_index_frames_form_a_chain_and_a_removed_one_is_reported(tmp_path: Path, key: str,
+                                                                         monkeypatch: Any) -> None:
+    write_with_index_every(monkeypatch, 2)  # an index frame every two data frames
+    part = await write_frames(tmp_path, key, 6)
+    spans = index_spans(part)
+    assert len(spans) == 4  # three on the way, one final at stop
+    code, report = verify(tmp_path, key)
+    assert code == 0 and report["index_frames"] == 4 and report["open_chains"] == 0, report
+
+    offset, length = spans[1]  # cut the second index frame out: every data frame is still in place
+    data = part.read_bytes()
+    part.write_bytes(data[:offset] + data[offset + length:])
+    code, report = verify(tmp_path, key)
+    assert code == 1
+    messages = [p["message"] for p in report["problems"]]
+    assert any("index frame(s) 2 of writer" in m and "missing" in m for m in messages), messages
+    assert report["entries"] == 18
+
+
+async def test_a_cut_tail_leaves_an_open_chain(tmp_path: Path, key: str, monkeypatch: Any) -> None:
+    """Without the final index frame (a crash, or the tail cut together with it), the chain stays open:
+    reported, not an error, since a crash looks the same; what was cut before a surviving index is."""
+    write_with_index_every(monkeypatch, 2)
+    part = await write_frames(tmp_path, key, 6)
+    final_offset, _ = index_spans(part)[-1]
+    data = part.read_bytes()
+    part.write_bytes(data[:final_offset])
+    code, report = verify(tmp_path, key)
+    assert code == 0 and report["open_chains"] == 1 and report["entries"] == 18, report
+
+
+async def test_an_index_record_that_is_not_one_is_reported_not_a_crash(tmp_path: Path, key: str) -> None:
+    part = await write_frames(tmp_path, key, 1)
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    encoder = Encoder(settings.encryption_key)  # type: ignore[arg-type]
+    name = str(part.relative_to(tmp_path))
+    body = encoder.body([b'{"blob": "x", "offset": 0}'], 99, date=DAY, index=True)  # no sequence, attempt, tag
+    data = part.read_bytes()
+    part.write_bytes(data + encoder.seal(body, blob=name))
+    code, report = verify(tmp_path, key)
+    assert code == 1
+    assert any("not an index record" in p["message"] and p["offset"] == len(data) for p in report["problems"])
 
 
 class LandsThenTimesOut(DirectoryStore):

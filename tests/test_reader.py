@@ -133,7 +133,7 @@ async def test_reads_across_tiny_chunks(dir_settings: Settings, monkeypatch: pyt
         groups = [day_entries(n % 3 + 1) for n in range(8)]
         chunks = (1, 7, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 1, 100)
     for sequence, group in enumerate(groups, start=1):
-        await store.append(OLD, encoder.encode(lines(group), sequence, date=DAY)[0])
+        await store.append(OLD, encoder.encode(lines(group), sequence, blob=OLD, date=DAY)[0])
     expected = [e["id"] for group in groups for e in group]
     for chunk in chunks:
         monkeypatch.setattr(store_module, "READ_RANGE_BYTES", chunk)
@@ -147,9 +147,9 @@ async def test_retried_frame_dropped_replayed_frame_reported(dir_settings: Setti
     store = DirectoryStore(Path(dir_settings.require("storage")))
     first, second = day_entries(3), day_entries(2)
     body = encoder.body(lines(first), 1, date=DAY)
-    landed = [await store.append(OLD, encoder.seal(body, 0)),  # timed out, but landed
-              await store.append(OLD, encoder.seal(body, 1)),  # the retry landed too
-              await store.append(OLD, encoder.encode(lines(second), 2, date=DAY)[0])]
+    landed = [await store.append(OLD, encoder.seal(body, 0, blob=OLD)),  # timed out, but landed
+              await store.append(OLD, encoder.seal(body, 1, blob=OLD)),  # the retry landed too
+              await store.append(OLD, encoder.encode(lines(second), 2, blob=OLD, date=DAY)[0])]
     found, report = await read_back(dir_settings, [DAY])
     assert_each_once(found, [e["id"] for e in first + second])
     assert report.duplicates == 1 and report.ok
@@ -167,23 +167,23 @@ async def test_duplicates_dropped_across_parts_of_a_date_only(dir_settings: Sett
     root = Path(dir_settings.require("storage"))
     entries = day_entries(4)
     body = encoder.body(lines(entries), 9, date=DAY)
-    (root / f"{DAY}.0000.log").write_bytes(encoder.seal(body, 0))
-    (root / f"{DAY}.0001.log").write_bytes(encoder.seal(body, 1))
+    (root / f"{DAY}.0000.log").write_bytes(encoder.seal(body, 0, blob=f"{DAY}.0000.log"))
+    (root / f"{DAY}.0001.log").write_bytes(encoder.seal(body, 1, blob=f"{DAY}.0001.log"))
     found, report = await read_back(dir_settings, [DAY])
     assert_each_once(found, [e["id"] for e in entries])
     assert (report.parts, report.duplicates, report.ok) == (2, 1, True)
     # A copy moved into another date's part fails authentication there: the date is bound to the frame.
-    (root / "2026-05-18.0000.log").write_bytes(encoder.seal(body, 2))
+    (root / "2026-05-18.0000.log").write_bytes(encoder.seal(body, 2, blob=f"{DAY}.0002.log"))
     found, report = await read_back(dir_settings, [DAY, "2026-05-18"])
     assert len(found) == 4 and report.duplicates == 1
     [problem] = report.problems
-    assert problem.blob == "2026-05-18.0000.log" and "not written for 2026-05-18" in problem.message
+    assert problem.blob == "2026-05-18.0000.log" and "not written for blob 2026-05-18.0000.log" in problem.message
 
 
 async def test_garbage_between_frames_skipped(dir_settings: Settings) -> None:
     encoder = encoder_for(dir_settings)
     groups = [day_entries(3) for _ in range(3)]
-    frames = [encoder.encode(lines(g), n, date=DAY)[0] for n, g in enumerate(groups, start=1)]
+    frames = [encoder.encode(lines(g), n, blob=OLD, date=DAY)[0] for n, g in enumerate(groups, start=1)]
     junk = b"\x00junk BLWF not a header" + bytes(100)
     data = frames[0] + junk + frames[1] + b"BLWF" + frames[2]
     (Path(dir_settings.require("storage")) / f"{DAY}.0000.log").write_bytes(data)
@@ -210,11 +210,11 @@ async def write_frames(settings: Settings, count: int, per_frame: int) -> tuple[
     return entries, writer_blob(settings.blob_prefix, DAY, writer.writer_id, 0)
 
 
-def ids_in_frame(settings: Settings, data: bytes, offset: int) -> set[str]:
+def ids_in_frame(settings: Settings, data: bytes, offset: int, blob: str) -> set[str]:
     from blobwriter.codec import Decoder, iter_lines, parse_header
 
     header = parse_header(data, offset)
-    plaintext = Decoder(settings.keys).decode(header, data[offset:offset + header.frame_length], DAY)
+    plaintext = Decoder(settings.keys).decode(header, data[offset:offset + header.frame_length], blob=blob, date=DAY)
     return {orjson.loads(line)["id"] for line in iter_lines(plaintext)}
 
 
@@ -231,7 +231,7 @@ async def test_tampered_byte_in_blob_detected(make_settings: Callable[..., Setti
     frames = frames_in(bytes(data))
     offset, header = frames[4]  # a frame in the middle of the blob
     assert not header.is_index
-    lost = ids_in_frame(settings, bytes(data), offset)
+    lost = ids_in_frame(settings, bytes(data), offset, name)
     position = offset + (HEADER_SIZE + header.frame_length // 2 if where == "ciphertext" else 40)
     data[position] ^= 0x10
     await replace_blob(settings, name, bytes(data))
@@ -263,7 +263,7 @@ async def test_truncated_tail_detected(tmp_path: Path, make_settings: Callable[.
     data = path.read_bytes()
     frames = frames_in(data)
     offset, header = [(o, h) for o, h in frames if not h.is_index][-1]  # the last data frame
-    lost = ids_in_frame(settings, data, offset)
+    lost = ids_in_frame(settings, data, offset, name)
     cut = offset + (header.frame_length // 2 if keep == "half a frame" else HEADER_SIZE // 2)
     path.write_bytes(data[:cut])  # a crash mid-write: the rest of the file never made it
 
@@ -326,3 +326,35 @@ def test_reader_with_base64_of_previous_keys_only(tmp_path: Path) -> None:
     reader = Reader(open_store(settings), settings.keys)
     assert reader._decoder.key_ids == [key_id(parse_key(old))]
     assert base64.b64decode(old) == settings.keys[0].raw
+
+
+# -- format versions and repeated ids ----------------------------------------------------------
+
+V1_STORE = Path(__file__).resolve().parent / "data" / "v1-store"
+V1_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+
+async def test_blobs_written_by_version_0_1_are_read_and_verified(make_settings: Callable[..., Settings]) -> None:
+    """tests/data/v1-store: frame format version 1 in the shared layout, written by blobwriter 0.1."""
+    settings = make_settings(storage=str(V1_STORE), encryption_key=V1_KEY, blob_prefix="gw/")
+    days = ["2026-01-10", "2026-01-11"]
+    found, report = await read_back(settings, days, verify=True)
+    expected = [f"v1-{day}-{n}-{k}" for day in days for n in range(3) for k in range(4)]
+    assert_each_once(found, expected)
+    assert report.ok and report.frames == 6 and report.index_frames == 2 and report.unindexed == 0
+
+
+async def test_id_field_drops_a_clients_retry(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    """A client that lost the answer posts the same entries again: with id_field they are read once."""
+    settings = make_settings(storage=str(tmp_path), batch_size=5)
+    first = day_entries(5)
+    midnight = {**day_entries(1)[0], "id": "late", "timestamp": "2026-05-17T23:59:59Z"}
+    async with LogWriter(settings) as writer:
+        await writer.write_many([*first, midnight], wait=True)
+        await writer.write_many([*first[:3], {**midnight, "timestamp": "2026-05-18T00:00:01Z"}], wait=True)
+        await writer.write_many([{"no": "id", "timestamp": TS}] * 2, wait=True)
+    found, report = await read_back(settings, [DAY, "2026-05-18"])
+    assert len(found) == 12 and report.id_duplicates == 0  # without id_field: as stored
+    found, report = await read_back(settings.with_overrides(id_field="id"), [DAY, "2026-05-18"])
+    assert sorted(e.get("id", "-") for e in found) == sorted([*(e["id"] for e in first), "late", "-", "-"])
+    assert report.id_duplicates == 4  # three repeats of the day, one across midnight

@@ -50,12 +50,12 @@ async def write_dates(root: Path, key: str, per_date: int = 100) -> tuple[dict[s
     return ids, {day: root / writer_blob("", day, writer.writer_id, 0) for day in DATES}
 
 
-def frame_ids(data: bytes, key: str, day: str) -> list[tuple[int, int, list[str]]]:
+def frame_ids(data: bytes, key: str, day: str, blob: str) -> list[tuple[int, int, list[str]]]:
     """(offset, length, ids) of each frame of an intact blob (an index frame has no ids)."""
     decoder = Decoder([parse_key(key)])
     out = []
     for offset, header in frames_in(data):
-        plaintext = decoder.decode(header, data[offset:offset + header.frame_length], day)
+        plaintext = decoder.decode(header, data[offset:offset + header.frame_length], blob=blob, date=day)
         ids = [] if header.is_index else [orjson.loads(line)["id"] for line in iter_lines(plaintext)]
         out.append((offset, header.frame_length, ids))
     return out
@@ -84,7 +84,7 @@ async def test_tampering_is_reported_by_blob_and_offset_and_intact_entries_survi
     key = keygen()
     root = tmp_path / "store"
     ids, blobs = await write_dates(root, key)
-    layout = {day: frame_ids(blobs[day].read_bytes(), key, day) for day in DATES}
+    layout = {day: frame_ids(blobs[day].read_bytes(), key, day, name(blobs[day])) for day in DATES}
     for day in DATES:  # 5 data frames of 20 entries, then the writer's index frame
         assert [len(f[2]) for f in layout[day]] == [20] * 5 + [0], layout[day]
     expected: dict[str, tuple[int, str]] = {}
@@ -152,8 +152,8 @@ async def test_cut_and_inserted_bytes_move_later_frames_and_are_reported(tmp_pat
     root = tmp_path / "store"
     ids, blobs = await write_dates(root, key)
     cut_blob, insert_blob = blobs[DATES[0]], blobs[DATES[1]]
-    cut = frame_ids(cut_blob.read_bytes(), key, DATES[0])
-    inserted = frame_ids(insert_blob.read_bytes(), key, DATES[1])
+    cut = frame_ids(cut_blob.read_bytes(), key, DATES[0], name(cut_blob))
+    inserted = frame_ids(insert_blob.read_bytes(), key, DATES[1], name(insert_blob))
     off, length, lost = cut[2]
     data = cut_blob.read_bytes()
     cut_blob.write_bytes(data[:off + 100] + data[off + 200:])  # 100 bytes cut out of the third frame

@@ -33,11 +33,13 @@ WRITER = "ab" * 16
 NAME = writer_blob("", DAY, WRITER, 0)  # 2026-05-17/abab...ab.0000.log
 
 
-def frame_maker(settings: Settings) -> Callable[[int], bytes]:
+def frame_maker(settings: Settings) -> Callable[..., bytes]:
+    """Frames numbered n, sealed for `blob` (NAME unless given): format version 2 binds the name."""
     encoder = Encoder(settings.encryption_key)  # type: ignore[arg-type]
 
-    def make(n: int) -> bytes:
-        return encoder.encode([orjson.dumps({"id": f"f{n}", "n": n})], n, date=DAY)[0]
+    def make(n: int, blob: str | None = None) -> bytes:
+        blob = blob or writer_blob(settings.blob_prefix, DAY, WRITER, 0)
+        return encoder.encode([orjson.dumps({"id": f"f{n}", "n": n})], n, blob=blob, date=DAY)[0]
 
     return make
 
@@ -60,7 +62,7 @@ async def test_append_creates_container_blob_and_reads_back(make_settings: Calla
     try:
         await store.open()
         await store.open()  # idempotent: the container already exists
-        frames = [make(n) for n in range(1, 6)]
+        frames = [make(n, name) for n in range(1, 6)]
         appended = [await store.append(name, f) for f in frames]
         assert [a.offset for a in appended] == [sum(len(f) for f in frames[:i]) for i in range(5)]
         assert [a.blocks for a in appended] == [1, 2, 3, 4, 5]
@@ -103,7 +105,7 @@ async def test_parts_lists_both_layouts_in_reading_order(make_settings: Callable
     try:
         await store.open()
         for n, name in enumerate(names, start=1):
-            await store.append(name, make(n))
+            await store.append(name, make(n, name))
         assert await store.parts(DAY) == [shared_blob("gw/", DAY, 0), shared_blob("gw/", DAY, 1),
                                           writer_blob("gw/", DAY, WRITER, 0), writer_blob("gw/", DAY, WRITER, 1),
                                           writer_blob("gw/", DAY, other, 0)]
@@ -124,7 +126,7 @@ async def test_read_while_another_instance_appends(make_settings: Callable[..., 
     try:
         await writer.open()
         for n in range(1, 13):
-            await writer.append(name, encoder.encode([line], n, date=DAY)[0])
+            await writer.append(name, encoder.encode([line], n, blob=name, date=DAY)[0])
         before = await blob_bytes(writer, name)
         assert len(before) > 32 * 1024 * 1024
         chunks = []
@@ -142,7 +144,7 @@ async def test_read_while_another_instance_appends(make_settings: Callable[..., 
 
 
 def make_small(encoder: Encoder, n: int) -> bytes:
-    return encoder.encode([orjson.dumps({"id": f"s{n}"})], n, date=DAY)[0]
+    return encoder.encode([orjson.dumps({"id": f"s{n}"})], n, blob=NAME, date=DAY)[0]
 
 
 async def test_check_reports_missing_container(make_settings: Callable[..., Settings]) -> None:
@@ -211,7 +213,7 @@ async def test_racing_stores_never_erase_each_other(make_settings: Callable[...,
         async def one() -> str:
             n = next(numbers)
             name = shared_blob("", DAY, n % 3)
-            await store.append(name, make(n))
+            await store.append(name, make(n, name))
             return name
 
         return list(await asyncio.gather(*(one() for _ in range(per_store))))
@@ -246,13 +248,13 @@ async def test_directory_store(tmp_path: Path, make_settings: Callable[..., Sett
         await store.check()
     await store.open()
     await store.check()
-    frames = [make(n) for n in range(1, 4)]
     name = writer_blob("gw/", DAY, WRITER, 0)
+    frames = [make(n, name) for n in range(1, 4)]
     appended = [await store.append(name, f) for f in frames]
     assert [a.offset for a in appended] == [0, len(frames[0]), len(frames[0]) + len(frames[1])]
     (tmp_path / "logs" / "gw" / "notes.txt").write_text("not a part")
     (tmp_path / "logs" / "gw" / DAY / "notes.txt").write_text("not a part")
-    (tmp_path / "logs" / "gw" / "2026-05-17.0003.log").write_bytes(make(9))  # version 0.1's layout
+    (tmp_path / "logs" / "gw" / "2026-05-17.0003.log").write_bytes(make(9, "gw/2026-05-17.0003.log"))  # v0.1 layout
     assert await store.parts(DAY) == ["gw/2026-05-17.0003.log", name]
     assert await store.parts("2026-05-18") == []
     assert (tmp_path / "logs" / name).read_bytes() == b"".join(frames)

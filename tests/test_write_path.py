@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +18,9 @@ from aiohttp import web
 from blobwriter.api import create_app
 from blobwriter.codec import Encoder
 from blobwriter.config import Settings
-from blobwriter.errors import EntryTooLargeError, QueueFullError, WriteFailedError
+from blobwriter.errors import EntryTooLargeError, QueueFullError, StoreError, WriteFailedError
 from blobwriter.layout import writer_blob
+from blobwriter.store import Appended, DirectoryStore
 from blobwriter.writer import LogWriter
 from tests.conftest import connection_string, entry
 from tests.support.proxy import FaultPlan, StorageProxy, is_append
@@ -283,3 +285,43 @@ async def test_an_oversize_batch_is_split_before_encoding(make_settings: Callabl
     found, _ = await read_back(settings, [DAY])
     assert_each_once(found, [e["id"] for e in entries])
     assert max(len(orjson.dumps(e)) for e in entries) < limit
+
+
+async def test_frames_waiting_when_the_blob_rolls_are_sealed_for_the_new_part(tmp_path: Path, key: str) -> None:
+    """Regression: frames sealed for part 0 while an append to it was failing with BlockCountExceedsLimit
+    went into part 1 with part 0's name authenticated, and read as damage. Each is sealed again."""
+
+    class FullPartZero(DirectoryStore):
+        def __init__(self, root: Path) -> None:
+            super().__init__(root)
+            self.gate = asyncio.Event()
+            self.waiting = 0
+
+        async def append(self, name: str, data: bytes) -> Appended:
+            if name.endswith(".0000.log"):
+                self.waiting += 1
+                await self.gate.wait()
+                raise StoreError("full", code="BlockCountExceedsLimit", status=409)
+            return await super().append(name, data)
+
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key, "batch_size": 5,
+                                     "batch_timeout": 0.1, "max_concurrent_writes": 1})
+    store = FullPartZero(tmp_path)
+    writer = LogWriter(settings, store=store)
+    await writer.start()
+    batches = [[day_entry(b=b) for _ in range(10)] for b in range(3)]
+    await writer.write_many(batches[0])
+    for _ in range(200):  # until the first append waits on part 0
+        if store.waiting:
+            break
+        await asyncio.sleep(0.01)
+    await writer.write_many(batches[1])  # these frames are sealed for part 0 while it waits
+    await writer.write_many(batches[2])
+    await asyncio.sleep(0.3)
+    store.gate.set()
+    await writer.stop()
+    assert writer.metrics.failed == 0 and writer.metrics.written == 30
+    found, report = await read_back(settings, [DAY], verify=True)
+    assert_each_once(found, [e["id"] for batch in batches for e in batch])
+    assert report.ok, report.problems
+    assert report.parts == 1  # part 0 never got a byte

@@ -531,8 +531,11 @@ async def test_storage_faults_lose_and_duplicate_nothing(make_settings: Callable
     everything = [*sample_entries, *extra]
     days = sorted({utc_day(e["timestamp"]) for e in everything})
     async with StorageProxy(azurite_upstream, plan) as proxy:
+        # 64 KiB appends, so that there are enough of them to meet every kind of fault (an append
+        # carries every frame that is ready: at 4 MiB this run would be a few dozen appends).
         settings = make_settings(storage=proxied(proxy), storage_timeout=1.0, retry_backoff_max=0.5,
-                                 batch_size=50, max_concurrent_writes=32)
+                                 batch_size=50, max_concurrent_writes=32, max_append_bytes=65536,
+                                 max_entry_bytes=32768)
         async with LogWriter(settings) as writer:
             for start in range(0, len(everything), 100):
                 await writer.write_many(everything[start:start + 100])
@@ -584,3 +587,29 @@ async def test_many_frames_per_append_and_one_file_per_writer(tmp_path: Path,
     found, report = await read_back(settings, [DAY])
     assert_each_once(found, [e["id"] for batch in entries for e in batch])
     assert report.ok
+
+
+def test_a_writer_made_before_a_fork_gets_its_own_id_in_the_child(tmp_path: Path,
+                                                                   make_settings: Callable[..., Settings]) -> None:
+    """An app made at import and forked into workers (a preload server): each child that starts the
+    writer gets a writer id of its own, so children never share nonces, sequences or blobs."""
+    settings = make_settings(storage=str(tmp_path))
+    writer = LogWriter(settings)  # made, not started, before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            async def child() -> str:
+                async with writer:
+                    await writer.write(day_entry(), wait=True)
+                return writer.writer_id
+
+            os.write(write, asyncio.run(child()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 100).decode()
+    os.close(read)
+    assert len(child_id) == 32 and child_id != writer.writer_id
+    assert (tmp_path / writer_blob("", DAY, child_id, 0)).exists()

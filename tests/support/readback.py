@@ -27,7 +27,7 @@ async def read_back(settings: Settings, dates: Iterable[str], keys: Iterable[Sec
     verify=True also checks frames against the writers' index frames, as `blobwriter verify` does."""
     own = store is None
     store = open_store(settings) if store is None else store
-    reader = Reader(store, settings.keys if keys is None else keys, check_index=verify)
+    reader = Reader(store, settings.keys if keys is None else keys, check_index=verify, id_field=settings.id_field)
     try:
         entries = [orjson.loads(line) async for line in reader.entries(list(dates))]
     finally:

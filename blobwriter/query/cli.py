@@ -1,0 +1,191 @@
+"""The `stats`, `sql` and `export` subcommands, wired into `blobwriter` by `add_commands` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from datetime import date as Date
+from typing import Any, Final
+
+from ..config import Settings
+from ..reader import date_range
+from . import output
+from .fields import PRESETS, SOURCES
+from .progress import Progress
+from .source import EXIT_OK, RangeSource
+
+COMMANDS: Final = ("stats", "sql", "export")
+
+STATS_HELP = "requests, errors, tokens, cost and duration percentiles of a date range, per group"
+STATS_EPILOG = f"""\
+examples:
+  blobwriter stats --date 2026-11-24 --until 2026-11-30 --by user,deployment
+  blobwriter stats --date 2026-11-25 --by day,deployment --where status_code=429 --format csv
+  blobwriter stats --date 2026-11-25 --by hour --where deployment=gpt-4o --where deployment=gpt-4o-mini
+  blobwriter stats --date 2026-11-25 --by team,deployment --map litellm --format json
+
+measures: requests, errors (status_code >= 400 or a non-null error), prompt_tokens, completion_tokens,
+total_tokens, cost, duration_ms_p50, duration_ms_p95. A --map item is a preset ({', '.join(PRESETS)}) or
+NAME=PATH[|PATH...] with NAME one of {', '.join(SOURCES)} or an alias for --by/--where; a PATH may
+end in *FACTOR (response_time*1000). The stats_map setting holds the same items. See docs/SCHEMA.md."""
+
+SQL_HELP = "answer any SQL question over a date range with DuckDB (the table is `logs`)"
+SQL_EPILOG = """\
+examples:
+  blobwriter sql --date 2026-11-25 "SELECT * FROM logs WHERE id = 'e0000042'" --format json
+  blobwriter sql --date 2026-11-24 --until 2026-11-30 \\
+      "SELECT user, sum(cost_eur) AS cost FROM logs GROUP BY user ORDER BY cost DESC LIMIT 5"
+  blobwriter sql --date 2026-11-25 "SELECT response.usage.total_tokens, error FROM logs WHERE status_code >= 400"
+
+`logs` has one column per top-level field, typed as DuckDB's read_json types them (objects are
+structs: request.model); a field whose type varies is JSON. The session time zone is UTC:
+timestamp::TIMESTAMPTZ reads the entries' timestamps (naive ones as UTC)."""
+
+EXPORT_HELP = "write a date range as hive-style Parquet or gzip JSON Lines partitions (plaintext)"
+EXPORT_EPILOG = """\
+examples:
+  blobwriter export --date 2026-11-24 --until 2026-11-30 --format parquet --out ./lake/gateway
+  blobwriter export --date 2026-11-25 --format parquet --out https://<account>.blob.core.windows.net/exports/gateway
+  blobwriter export --date 2026-11-25 --format jsonl --out 'UseDevelopmentStorage=true;Container=exports'
+
+Each day becomes <out>/date=YYYY-MM-DD/part-NNNN.parquet (or .jsonl.gz); exporting a day again
+replaces its partition. Parquet rows have the entry's fields as typed columns plus entry_json, the
+complete entry. The files are NOT encrypted: export to a place only the right people can read."""
+
+
+def _rows(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of rows")
+    return value
+
+
+def add_commands(commands: Any, date: Callable[[str], Date]) -> None:
+    """Add stats, sql and export to the `blobwriter` subcommands (an argparse subparsers object);
+    `date` parses --date and --until as `read` does."""
+
+    def command(name: str, text: str, epilog: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(
+            name, help=text, description=text + ". Needs the query extra: pip install 'blobwriter[query]'.",
+            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--date", required=True, type=date, metavar="YYYY-MM-DD", help="first UTC date")
+        sub.add_argument("--until", type=date, metavar="YYYY-MM-DD", help="last UTC date (inclusive)")
+        return sub
+
+    stats = command("stats", STATS_HELP, STATS_EPILOG)
+    stats.add_argument("--by", default="", metavar="FIELDS",
+                       help="comma-separated group keys: day, hour (UTC, from timestamp) or dotted field paths")
+    stats.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                       help="keep entries whose FIELD equals VALUE (FIELD!=VALUE: differs); repeat a field for "
+                            "any of several values, different fields must all match; null matches missing")
+    stats.add_argument("--map", action="append", default=[], metavar="ITEM",
+                       help="field map item: a preset or MEASURE=PATH (see below); repeatable")
+    stats.add_argument("--format", choices=output.FORMATS, default="table", help="output format (default: table)")
+
+    sql = command("sql", SQL_HELP, SQL_EPILOG)
+    sql.add_argument("query", metavar="SQL", help="the query; the date range is the table `logs`")
+    sql.add_argument("--format", choices=output.FORMATS, default="table", help="output format (default: table)")
+    sql.add_argument("--sample-size", type=int, default=20_480, metavar="N",
+                     help="entries the column types are inferred from, like read_json's sample_size "
+                          "(default: 20480; -1: all, reading the range twice)")
+    sql.add_argument("--memory-limit", metavar="SIZE",
+                     help="DuckDB's memory_limit, e.g. 1GB (default: 80%% of RAM); past it DuckDB spills to disk")
+
+    export = command("export", EXPORT_HELP, EXPORT_EPILOG)
+    export.add_argument("--format", choices=("parquet", "jsonl"), default="parquet",
+                        help="parquet (typed columns + entry_json) or jsonl (.jsonl.gz); default: parquet")
+    export.add_argument("--out", required=True, metavar="DIR_OR_URL",
+                        help="a directory, https://<account>.blob.core.windows.net/<container>[/<prefix>], or a "
+                             "connection string with ;Container=NAME[;Prefix=PATH]")
+    export.add_argument("--rows-per-file", type=_rows, default=250_000, metavar="N",
+                        help="start a new part file after N rows (default: 250000)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one of COMMANDS; BlobwriterError/ValueError propagate to `blobwriter`'s handler (exit 2)."""
+    dates = date_range(args.date, args.until)
+    handlers = {"stats": _stats, "sql": _sql, "export": _export}
+    try:
+        return asyncio.run(handlers[args.command](args, settings, dates))
+    except BrokenPipeError:  # `| head`: the consumer stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str]) -> int:
+    from .fields import FieldMap
+    from .stats import MEASURES, Condition, Stats
+
+    fields = FieldMap.from_setting(settings.stats_map, args.map)
+    by = [name.strip() for name in args.by.split(",") if name.strip()]
+    stats = Stats(fields, by, [Condition.parse(w) for w in args.where])
+    source = RangeSource(settings, dates, Progress("stats", dates))
+    async for line in source.lines():
+        stats.add_line(line)
+    source.progress.close()
+    source.check_keys()
+    rows = stats.rows()
+    columns = [*stats.by, *MEASURES]
+    values = [[row[c] for c in columns] for row in rows]
+    if args.format == "json":
+        output.write_json(sys.stdout.buffer, columns, values)
+    elif args.format == "csv":
+        output.write_csv(sys.stdout, columns, values)
+    else:
+        formats = {"requests": output.grouped_int, "errors": output.grouped_int, "prompt_tokens": output.grouped_int,
+                   "completion_tokens": output.grouped_int, "total_tokens": output.grouped_int,
+                   "cost": output.money, "duration_ms_p50": output.millis, "duration_ms_p95": output.millis}
+        totals = None
+        if stats.by:
+            total = stats.totals()
+            totals = ["total" if i == 0 else "" for i in range(len(stats.by))] + [total[m] for m in MEASURES]
+        output.write_table(sys.stdout, columns, values, formats=formats, totals=totals)
+    sys.stdout.flush()
+    for name, count in stats.ignored.counts.items():
+        print(f"blobwriter: note: {count} value(s) of {name} were not numbers and counted as missing "
+              f"(e.g. {stats.ignored.examples[name]})", file=sys.stderr)
+    if stats.unparsable:
+        print(f"blobwriter: note: {stats.unparsable} entries were not JSON objects and were skipped", file=sys.stderr)
+    return source.finish()
+
+
+async def _sql(args: argparse.Namespace, settings: Settings, dates: list[str]) -> int:
+    from .sql import run_sql
+
+    source = RangeSource(settings, dates, Progress("sql", dates))
+    answer = await run_sql(source, args.query, args.format, sample_size=args.sample_size,
+                           memory_limit=args.memory_limit)
+    sys.stdout.flush()
+    source.progress.close()
+    source.check_keys()
+    hint = ("" if answer.sample is None else
+            f" (types came from the first {answer.sample:,} entries; --sample-size -1 types every column from all)")
+    if answer.misfits:
+        fields = ", ".join(f"{path} ({n})" for path, n in sorted(answer.misfits.items(), key=lambda x: -x[1])[:5])
+        print(f"blobwriter: note: values that did not fit their column's type are NULL: {fields}{hint}",
+              file=sys.stderr)
+    if answer.unknown:
+        fields = ", ".join(f"{path} ({n})" for path, n in sorted(answer.unknown.items(), key=lambda x: -x[1])[:5])
+        print(f"blobwriter: note: fields missing from `logs`: {fields}{hint}", file=sys.stderr)
+    return source.finish()
+
+
+async def _export(args: argparse.Namespace, settings: Settings, dates: list[str]) -> int:
+    from .destination import open_destination
+    from .export import export_range
+
+    destination = open_destination(args.out)
+    source = RangeSource(settings, dates, Progress("export", dates))
+    try:
+        await export_range(source, destination, args.format, rows_per_file=args.rows_per_file)
+    finally:
+        source.progress.close()
+        await destination.close()
+    source.check_keys()
+    return source.finish()

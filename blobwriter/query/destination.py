@@ -1,0 +1,296 @@
+"""Where an export goes: a local directory or a blob container, one partition swapped in at a time.
+
+A destination is given as one string (`--out`, or the `export_destination` setting):
+
+- a directory path: `./exports`, `/mnt/lake/gateway`;
+- a container URL, optionally with a prefix: `https://<account>.blob.core.windows.net/<container>[/<prefix>]`,
+  signed in with `DefaultAzureCredential` (or a SAS if the URL carries one);
+- a connection string naming the container (and optionally a prefix):
+  `UseDevelopmentStorage=true;Container=exports` or `DefaultEndpointsProtocol=https;...;Container=exports;Prefix=gw/`.
+
+A day's partition is replaced as a whole: the new files are written aside (a staging directory;
+uncommitted blocks of the final blobs), then swapped in (two directory renames; one Put Block List
+per file), then the old partition's other files are deleted. Readers never see a mix for longer
+than the swap takes, and a re-export never duplicates a day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from ..config import storage_kind
+from ..errors import ConfigError, StoreError
+
+MARKERS: Final = "_blobwriter/exported"  # one small JSON per exported day, outside the partitions
+BLOCK_BYTES: Final = 8 << 20
+
+
+class Partition(Protocol):
+    """The files of one new partition, staged until commit()."""
+
+    def path(self, name: str) -> Path:
+        """A local path to write the file `name` to."""
+
+    async def add(self, name: str) -> None:
+        """The file `name` is complete."""
+
+    async def commit(self) -> None:
+        """Swap the staged files in for the partition's old ones."""
+
+    async def abort(self) -> None:
+        """Drop what was staged; the old partition stays as it was."""
+
+
+class Destination(Protocol):
+    description: str
+
+    async def partition(self, name: str) -> Partition:
+        """Stage a new version of the partition `name` (e.g. `date=2026-11-24`)."""
+
+    async def read_marker(self, day: str) -> bytes | None:
+        """The marker of an exported day, or None."""
+
+    async def write_marker(self, day: str, data: bytes) -> None:
+        """Record that `day` was exported."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def open_destination(text: str) -> Destination:
+    """The destination a `--out` / export_destination value names."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("the export destination is empty")
+    kind = storage_kind(text)
+    if kind == "directory":
+        return DirectoryDestination(Path(text.removeprefix("file://")))
+    if kind == "connection_string":
+        items = [p for p in text.split(";") if p.strip()]
+        extra = {}
+        rest = []
+        for item in items:
+            key, _, value = item.partition("=")
+            if key.strip().lower() in ("container", "prefix"):
+                extra[key.strip().lower()] = value.strip()
+            else:
+                rest.append(item)
+        if not extra.get("container"):
+            raise ConfigError("the export destination is a connection string without ';Container=NAME': "
+                              "name the container to export to (e.g. UseDevelopmentStorage=true;Container=exports)")
+        return BlobDestination(container=extra["container"], prefix=extra.get("prefix", ""),
+                               connection_string=";".join(rest) + ";")
+    parts = urlsplit(text)
+    segments = [s for s in parts.path.split("/") if s]
+    host = parts.hostname or ""
+    path_style = host == "localhost" or _is_ip(host)  # Azurite-style: /<account>/<container>/...
+    account_segments = 1 if path_style else 0
+    if len(segments) <= account_segments:
+        raise ConfigError(f"the export destination URL {urlunsplit(parts._replace(query=''))!r} names no container "
+                          "(https://<account>.blob.core.windows.net/<container>[/<prefix>])")
+    container = segments[account_segments]
+    prefix = "/".join(segments[account_segments + 1:])
+    account_url = urlunsplit((parts.scheme, parts.netloc, "/".join([""] + segments[:account_segments]), "", ""))
+    return BlobDestination(container=container, prefix=prefix, account_url=account_url, sas=parts.query or None)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+# -- a local (or mounted) directory ------------------------------------------------------------
+
+class DirectoryDestination:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = str(root)
+
+    async def partition(self, name: str) -> Partition:
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        return _DirectoryPartition(self.root, name)
+
+    async def read_marker(self, day: str) -> bytes | None:
+        path = self.root / MARKERS / f"{day}.json"
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+
+    async def write_marker(self, day: str, data: bytes) -> None:
+        path = self.root / MARKERS / f"{day}.json"
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+
+        await asyncio.to_thread(write)
+
+    async def close(self) -> None:
+        return None
+
+
+class _DirectoryPartition:
+    """Files go to ROOT/.staging-<id>/<partition>/; commit renames the old partition away and this one in."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.name = name
+        self.run = uuid.uuid4().hex[:12]
+        self.staging = root / f".staging-{self.run}"
+        self.folder = self.staging / name
+        self.folder.mkdir(parents=True)
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    async def add(self, name: str) -> None:
+        return None
+
+    async def commit(self) -> None:
+        def swap() -> None:
+            final = self.root / self.name
+            old = self.root / f".replaced-{self.run}"
+            if final.exists():
+                os.rename(final, old)
+            os.rename(self.folder, final)
+            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+        await asyncio.to_thread(swap)
+
+    async def abort(self) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.staging, True)
+
+
+# -- a blob container ----------------------------------------------------------------------------
+
+class BlobDestination:
+    """Block blobs `<prefix>/<partition>/<file>` in a container (created if missing)."""
+
+    def __init__(self, *, container: str, prefix: str = "", connection_string: str | None = None,
+                 account_url: str | None = None, sas: str | None = None) -> None:
+        self.container_name = container
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._connection_string = connection_string
+        self._account_url = account_url
+        self._sas = sas
+        self._service: Any = None
+        self._container: Any = None
+        self._credential: Any = None
+        self._ready = False
+        where = account_url or "storage account"
+        self.description = f"{where.rstrip('/')}/{container}/{self.prefix}".rstrip("/")
+
+    async def _client(self) -> Any:
+        if self._container is None:
+            from azure.storage.blob.aio import BlobServiceClient
+
+            if self._connection_string is not None:
+                self._service = BlobServiceClient.from_connection_string(self._connection_string)
+            elif self._account_url is None:
+                raise ConfigError("an export destination needs a connection string or an account URL")
+            elif self._sas:
+                self._service = BlobServiceClient(self._account_url, credential=self._sas)
+            else:
+                from azure.identity.aio import DefaultAzureCredential
+
+                self._credential = DefaultAzureCredential()
+                self._service = BlobServiceClient(self._account_url, credential=self._credential)
+            self._container = self._service.get_container_client(self.container_name)
+            self.description = f"{self._service.url.rstrip('/')}/{self.container_name}/{self.prefix}".rstrip("/")
+        if not self._ready:
+            from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+            try:
+                await self._container.create_container()
+            except ResourceExistsError:
+                pass
+            except HttpResponseError as exc:
+                if exc.status_code != 403:  # a writer scoped to one existing container may not create any
+                    raise StoreError(f"cannot create container {self.description}: {exc.message}") from exc
+            self._ready = True
+        return self._container
+
+    async def partition(self, name: str) -> Partition:
+        return _BlobPartition(self, await self._client(), self.prefix + name + "/")
+
+    async def read_marker(self, day: str) -> bytes | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        container = await self._client()
+        try:
+            downloader = await container.get_blob_client(f"{self.prefix}{MARKERS}/{day}.json").download_blob()
+            return bytes(await downloader.readall())
+        except ResourceNotFoundError:
+            return None
+
+    async def write_marker(self, day: str, data: bytes) -> None:
+        container = await self._client()
+        await container.get_blob_client(f"{self.prefix}{MARKERS}/{day}.json").upload_blob(data, overwrite=True)
+
+    async def close(self) -> None:
+        if self._service is not None:
+            await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
+        self._service = self._container = self._credential = None
+
+
+class _BlobPartition:
+    """Each file is staged as uncommitted blocks of its final blob (invisible to readers); commit
+    puts every block list, then deletes the partition's blobs this export did not write."""
+
+    def __init__(self, destination: BlobDestination, container: Any, folder: str) -> None:
+        self.container = container
+        self.folder = folder
+        self.run = uuid.uuid4().hex[:16]
+        self.local = Path(tempfile.mkdtemp(prefix="blobwriter-export-"))
+        self.blocks: dict[str, list[str]] = {}
+
+    def path(self, name: str) -> Path:
+        return self.local / name
+
+    async def add(self, name: str) -> None:
+        blob = self.container.get_blob_client(self.folder + name)
+        ids: list[str] = []
+        path = self.path(name)
+        with path.open("rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, BLOCK_BYTES):
+                block_id = base64.b64encode(f"{self.run}-{len(ids):08d}".encode()).decode()
+                await blob.stage_block(block_id, chunk, length=len(chunk))
+                ids.append(block_id)
+        path.unlink()
+        self.blocks[name] = ids
+
+    async def commit(self) -> None:
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        kinds = {".parquet": "application/vnd.apache.parquet", ".gz": "application/gzip"}
+        for name, ids in self.blocks.items():
+            blob = self.container.get_blob_client(self.folder + name)
+            settings = ContentSettings(content_type=kinds.get(Path(name).suffix, "application/octet-stream"))
+            await blob.commit_block_list([BlobBlock(block_id=i) for i in ids], content_settings=settings)
+        stale = [b.name async for b in self.container.list_blobs(name_starts_with=self.folder)
+                 if b.name[len(self.folder):] not in self.blocks]
+        for name in stale:
+            await self.container.delete_blob(name)
+        shutil.rmtree(self.local, ignore_errors=True)
+
+    async def abort(self) -> None:
+        # Uncommitted blocks are dropped by storage within a week, or by the next commit of the blob.
+        shutil.rmtree(self.local, ignore_errors=True)

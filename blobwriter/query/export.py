@@ -1,0 +1,198 @@
+"""`blobwriter export`: each day of a range as a hive-style partition of Parquet or gzip JSON Lines.
+
+Layout: `<out>/date=YYYY-MM-DD/part-0000.parquet` (or `.jsonl.gz`), which Synapse, Fabric, Azure
+Data Explorer, Spark and DuckDB read directly (`read_parquet('<out>/*/*.parquet', hive_partitioning=true)`).
+A Parquet row holds the entry's top-level fields as typed columns (structs and lists for nested
+values, JSON for a field whose type varies) plus `entry_json`, the entry's complete JSON, so nothing
+is ever lost. Parquet types come from the whole day (a first pass reads the day to infer them, a
+second converts), so every file of a day has one schema. JSON Lines files hold the entries as stored.
+
+The export is plaintext: whoever can read the destination can read the logs (docs/DEPLOY.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+
+from .. import __version__
+from .destination import Destination, Partition
+from .source import RangeSource
+from .table import Conversion, Schema, abatches_of, arrow
+
+FORMATS: Final = ("parquet", "jsonl")
+ROWS_PER_FILE: Final = 250_000
+ROW_GROUP_BATCHES: Final = 4  # batches of 8,192 entries per Parquet row group
+PARQUET_COMPRESSION: Final = "snappy"  # the codec every engine named above reads
+GZIP_LEVEL: Final = 2  # ISA-L level 2: close to zlib's default ratio at many times its speed
+
+
+@dataclass
+class DayExport:
+    """What one day's export wrote."""
+
+    day: str
+    entries: int = 0
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    misfits: Counter[str] = field(default_factory=Counter)
+    unknown: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def written(self) -> bool:
+        return bool(self.files)
+
+
+def partition_name(day: str) -> str:
+    return f"date={day}"
+
+
+def part_name(index: int, fmt: str) -> str:
+    return f"part-{index:04d}." + ("parquet" if fmt == "parquet" else "jsonl.gz")
+
+
+async def export_day(source: RangeSource, destination: Destination, day: str, fmt: str, *,
+                     rows_per_file: int = ROWS_PER_FILE) -> DayExport:
+    """Replace `day`'s partition at the destination with the day's entries; a day without entries
+    leaves the destination as it is (nothing to replace it with)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r} (allowed: {', '.join(FORMATS)})")
+    result = DayExport(day)
+    conversion: Conversion | None = None
+    if fmt == "parquet":
+        arrow()
+        schema = Schema()
+        source.progress.note("pass 1 of 2: column types")
+        async for batch in abatches_of(source.lines([day], record=False)):
+            schema.observe(batch)
+        if schema.entries == 0:
+            source.record_last()  # no second pass: this one's damage (or unknown keys) is the day's
+            return result
+        conversion = Conversion(schema.arrow_schema(raw=True), raw=True)
+        source.progress.note("pass 2 of 2: writing")
+    partition: Partition | None = None
+    writer: _PartWriter | None = None
+    try:
+        async for batch in abatches_of(source.lines([day])):
+            if partition is None:
+                partition = await destination.partition(partition_name(day))
+            start = 0
+            while start < len(batch):
+                if writer is None:
+                    name = part_name(len(result.files), fmt)
+                    writer = _PartWriter(partition.path(name), fmt, conversion)
+                    result.files.append(name)
+                piece = batch[start:start + rows_per_file - writer.rows]
+                writer.write(piece)
+                start += len(piece)
+                result.entries += len(piece)
+                if writer.rows >= rows_per_file:
+                    result.bytes += writer.close()
+                    await partition.add(writer.path.name)
+                    writer = None
+        if writer is not None:
+            assert partition is not None
+            result.bytes += writer.close()
+            await partition.add(writer.path.name)
+            writer = None
+        if partition is not None:
+            await partition.commit()
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        if partition is not None:
+            await partition.abort()
+        raise
+    if conversion is not None:
+        result.misfits, result.unknown = conversion.misfits, conversion.unknown
+    if result.written:
+        marker = {"date": day, "format": fmt, "entries": result.entries, "files": result.files,
+                  "bytes": result.bytes, "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                  "blobwriter": __version__}
+        await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+    return result
+
+
+async def export_range(source: RangeSource, destination: Destination, fmt: str, *,
+                       rows_per_file: int = ROWS_PER_FILE, log: IO[str] | None = None) -> list[DayExport]:
+    """Export every day of the source's range, one partition per day; a line per day on `log`."""
+    log = log or sys.stderr
+    done = []
+    for day in source.dates:
+        result = await export_day(source, destination, day, fmt, rows_per_file=rows_per_file)
+        done.append(result)
+        if result.written:
+            where = f"{destination.description.rstrip('/')}/{partition_name(day)}"
+            print(f"{day}: {result.entries:,} entries -> {where} ({len(result.files)} file(s), "
+                  f"{result.bytes / 1e6:,.1f} MB)", file=log)
+        else:
+            print(f"{day}: no entries; nothing written", file=log)
+        for what, counts in (("did not fit their column and are null there (entry_json has them)", result.misfits),
+                             ("belong to fields that appeared during the export (entry_json has them)",
+                              result.unknown)):
+            if counts:
+                fields = ", ".join(f"{path} ({n})" for path, n in counts.most_common(5))
+                print(f"{day}: note: values of {fields} {what}", file=log)
+    return done
+
+
+class _PartWriter:
+    """One file of a partition: Parquet (row groups of a few batches) or gzip JSON Lines."""
+
+    def __init__(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
+        self.path = path
+        self.rows = 0
+        self._conversion = conversion
+        self._pending: list[Any] = []
+        self._handle: Any = None
+        self._parquet: Any = None
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            assert conversion is not None
+            self._parquet = pq.ParquetWriter(path, conversion.schema, compression=PARQUET_COMPRESSION)
+        else:
+            from isal import igzip
+
+            self._handle = igzip.open(path, "wb", compresslevel=GZIP_LEVEL)
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        self.rows += len(lines)
+        if self._parquet is not None:
+            assert self._conversion is not None
+            self._pending.append(self._conversion.convert(lines))
+            if len(self._pending) >= ROW_GROUP_BATCHES:
+                self._flush()
+        else:
+            self._handle.write(b"\n".join(lines) + b"\n")
+
+    def _flush(self) -> None:
+        if self._pending:
+            table = arrow().Table.from_batches(self._pending)
+            self._parquet.write_table(table, row_group_size=table.num_rows)
+            self._pending = []
+
+    def close(self) -> int:
+        """Finish the file; its size in bytes."""
+        if self._parquet is not None:
+            self._flush()
+            self._parquet.close()
+        else:
+            self._handle.close()
+        return self.path.stat().st_size
+
+    def discard(self) -> None:
+        try:
+            if self._parquet is not None:
+                self._parquet.close()
+            elif self._handle is not None:
+                self._handle.close()
+        finally:
+            self.path.unlink(missing_ok=True)

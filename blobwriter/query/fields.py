@@ -1,0 +1,261 @@
+"""Where `stats` finds things in an entry: dotted paths, the field map and its presets.
+
+A path is dotted (`request.model`, `response.usage.prompt_tokens`); a list element is a number
+(`response.choices.0.finish_reason`); a key that itself contains dots, as OpenTelemetry attribute
+names do (`{"gen_ai.usage.input_tokens": 12}`), is found too. The field map says which paths feed
+each measure (several alternatives, the first non-null wins, optionally scaled: `response_time*1000`)
+and may name aliases for `--by`/`--where` (`user=metadata.user_api_key_user_id`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from ..errors import ConfigError
+
+# What the measures are computed from (docs/SCHEMA.md explains each).
+SOURCES: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cost", "duration_ms", "status_code", "error")
+# Computed from the entry's `timestamp` (UTC), never mapped.
+TIME_KEYS: Final = ("day", "hour")
+
+_MISSING: Final = object()
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_FACTOR_RE = re.compile(r"^(?P<path>.+?)\s*\*\s*(?P<factor>[0-9.eE+-]+)$")
+
+
+class FieldPath:
+    """One dotted path, compiled once, looked up in many entries."""
+
+    __slots__ = ("segments", "text")
+
+    def __init__(self, text: str) -> None:
+        text = text.strip()
+        segments = tuple(text.split("."))
+        if not text or any(not s for s in segments):
+            raise ValueError(f"{text!r} is not a dotted field path (e.g. request.model)")
+        self.text = text
+        self.segments = segments
+
+    def __repr__(self) -> str:
+        return f"FieldPath({self.text!r})"
+
+    def get(self, entry: Any) -> Any:
+        """The value at this path, or None if any step is missing."""
+        current = entry
+        for segment in self.segments:  # the common case: plain nested objects
+            if type(current) is dict and segment in current:
+                current = current[segment]
+            elif type(current) is list and segment.isdigit() and int(segment) < len(current):
+                current = current[int(segment)]
+            else:
+                break
+        else:
+            return current
+        found = _lookup(entry, self.segments, 0)
+        return None if found is _MISSING else found
+
+
+def _lookup(value: Any, segments: tuple[str, ...], start: int) -> Any:
+    """Walk segments[start:], trying keys that contain dots (`gen_ai.usage.input_tokens`) too."""
+    if start == len(segments):
+        return value
+    if type(value) is list:
+        segment = segments[start]
+        if segment.isdigit() and int(segment) < len(value):
+            return _lookup(value[int(segment)], segments, start + 1)
+        return _MISSING
+    if type(value) is not dict:
+        return _MISSING
+    for end in range(start + 1, len(segments) + 1):
+        key = ".".join(segments[start:end])
+        if key in value:
+            found = _lookup(value[key], segments, end)
+            if found is not _MISSING:
+                return found
+    return _MISSING
+
+
+@dataclass(frozen=True)
+class Source:
+    """Alternative paths for one value: the first that is present and not null wins, times its factor."""
+
+    alternatives: tuple[tuple[FieldPath, float | None], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Source:
+        alternatives = []
+        for part in text.split("|"):
+            part = part.strip()
+            factor: float | None = None
+            match = _FACTOR_RE.match(part)
+            if match:
+                try:
+                    factor = float(match["factor"])
+                except ValueError:
+                    raise ValueError(f"{part!r}: the factor after '*' is not a number") from None
+                part = match["path"]
+            alternatives.append((FieldPath(part), factor))
+        return cls(tuple(alternatives))
+
+    def __str__(self) -> str:
+        return "|".join(p.text + (f"*{f:g}" if f is not None else "") for p, f in self.alternatives)
+
+    def get(self, entry: Any) -> Any:
+        for path, factor in self.alternatives:
+            value = path.get(entry)
+            if value is not None:
+                if factor is not None:
+                    number = to_number(value)
+                    return number * factor if number is not None and number is not BAD else value
+                return value
+        return None
+
+
+# Gateway entries (../shared/data, docs/SCHEMA.md): our own `tokens` object, else the OpenAI usage object.
+GATEWAY: Final = {
+    "prompt_tokens": "tokens.prompt|response.usage.prompt_tokens|response.usage.input_tokens",
+    "completion_tokens": "tokens.completion|response.usage.completion_tokens|response.usage.output_tokens",
+    "total_tokens": "tokens.total|response.usage.total_tokens",
+    "cost": "cost_eur|cost",
+    "duration_ms": "duration_ms",
+    "status_code": "status_code",
+    "error": "error",
+}
+# OpenTelemetry GenAI semantic conventions, attributes flat (`"gen_ai.usage.input_tokens": 12`) or nested.
+OTEL: Final = {
+    "prompt_tokens": "gen_ai.usage.input_tokens|attributes.gen_ai.usage.input_tokens",
+    "completion_tokens": "gen_ai.usage.output_tokens|attributes.gen_ai.usage.output_tokens",
+    "total_tokens": "gen_ai.usage.total_tokens|attributes.gen_ai.usage.total_tokens",
+    "cost": "gen_ai.usage.cost|attributes.gen_ai.usage.cost|cost",
+    "duration_ms": "gen_ai.client.operation.duration*1000|attributes.gen_ai.client.operation.duration*1000"
+                   "|duration_ms",
+    "status_code": "http.response.status_code|attributes.http.response.status_code",
+    "error": "error.type|attributes.error.type",
+    "model": "gen_ai.request.model|attributes.gen_ai.request.model",
+    "response_model": "gen_ai.response.model|attributes.gen_ai.response.model",
+    "provider": "gen_ai.provider.name|gen_ai.system|attributes.gen_ai.provider.name|attributes.gen_ai.system",
+    "operation": "gen_ai.operation.name|attributes.gen_ai.operation.name",
+    "user": "user.id|enduser.id|attributes.user.id|attributes.enduser.id",
+}
+# LiteLLM's StandardLoggingPayload (its `standard_logging_object`).
+LITELLM: Final = {
+    "prompt_tokens": "prompt_tokens",
+    "completion_tokens": "completion_tokens",
+    "total_tokens": "total_tokens",
+    "cost": "response_cost",
+    "duration_ms": "response_time*1000",
+    "status_code": "error_information.error_code",
+    "error": "error_str",
+    "model": "model",
+    "deployment": "model_group|model",
+    "user": "metadata.user_api_key_user_id|end_user",
+    "team": "metadata.user_api_key_team_alias|metadata.user_api_key_team_id",
+    "key": "metadata.user_api_key_alias|metadata.user_api_key_hash",
+}
+PRESETS: Final[Mapping[str, Mapping[str, str]]] = {"gateway": GATEWAY, "otel": OTEL, "litellm": LITELLM}
+
+
+class FieldMap:
+    """The sources of the measures plus aliases for `--by`/`--where`; see docs/SCHEMA.md."""
+
+    def __init__(self, specs: Mapping[str, str]) -> None:
+        self.specs = dict(specs)
+        self.sources = {name: Source.parse(spec) for name, spec in self.specs.items() if spec}
+
+    @classmethod
+    def parse(cls, items: Iterable[str], origin: str = "--map") -> FieldMap:
+        """Start from the gateway preset; a bare word picks a preset, `name=path|path*factor` sets one
+        field, `name=` unsets it. Later items win."""
+        specs: dict[str, str] = dict(GATEWAY)
+        for raw in items:
+            item = raw.strip()
+            if not item:
+                continue
+            if "=" not in item:
+                preset = PRESETS.get(item.lower())
+                if preset is None:
+                    raise ConfigError(f"{origin} {item!r}: not a preset ({', '.join(PRESETS)}) nor name=path")
+                specs = dict(preset)
+                continue
+            name, _, spec = (s.strip() for s in item.partition("="))
+            if not _NAME_RE.match(name):
+                raise ConfigError(f"{origin} {item!r}: {name!r} is not a field name")
+            if name in TIME_KEYS:
+                raise ConfigError(f"{origin} {item!r}: {name} always comes from the entry's timestamp")
+            try:
+                Source.parse(spec) if spec else None
+            except ValueError as exc:
+                raise ConfigError(f"{origin} {item!r}: {exc}") from None
+            specs[name] = spec
+        return cls(specs)
+
+    @classmethod
+    def from_setting(cls, setting: str, items: Iterable[str] = ()) -> FieldMap:
+        """The `stats_map` setting (comma-separated items), then the command line's --map items."""
+        from_setting = setting.split(",") if setting else []
+        cls.parse(from_setting, origin="Config 'stats_map':")  # so that a bad item names the setting
+        return cls.parse([*from_setting, *items])
+
+    def source(self, name: str) -> Source | None:
+        return self.sources.get(name)
+
+    def field(self, name: str) -> Source:
+        """What `--by NAME` or `--where NAME=...` reads: the map's entry for NAME, else the path NAME."""
+        return self.sources.get(name) or Source(((FieldPath(name), None),))
+
+
+class _Bad:
+    """A value that should be a number and is not (a string of letters, an object, a boolean)."""
+
+    def __repr__(self) -> str:
+        return "BAD"
+
+
+BAD: Final = _Bad()
+
+
+def to_number(value: Any) -> Any:
+    """int/float as they are; numeric strings converted; None for null; BAD for anything else."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return value
+    if value is None:
+        return None
+    if kind is str:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            number = float(value)
+        except ValueError:
+            return BAD
+        return number if math.isfinite(number) else BAD
+    return BAD
+
+
+def group_value(value: Any) -> Any:
+    """A hashable group key: scalars as they are, objects and lists as their JSON text."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return value
+
+
+def matches(value: Any, wanted: str) -> bool:
+    """Does an entry's value equal the text given on the command line (`--where user=alice`)?"""
+    if value is None:
+        return wanted == "null"
+    if isinstance(value, bool):
+        return wanted.lower() == ("true" if value else "false")
+    if isinstance(value, int | float):
+        number = to_number(wanted)
+        return number is not BAD and number is not None and number == value
+    if isinstance(value, str):
+        return value == wanted
+    return group_value(value) == wanted

@@ -1,0 +1,139 @@
+"""Rows out: an aligned table for people, a JSON array, or CSV with a header row.
+
+JSON and CSV stream row by row (a large `sql` answer is never held whole); the table needs its
+rows to size the columns, so it shows at most TABLE_ROWS of them and says how many it left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, Final
+
+import orjson
+
+FORMATS: Final = ("table", "json", "csv")
+TABLE_ROWS: Final = 10_000
+CELL_WIDTH: Final = 80  # a table cell longer than this is cut (with an ellipsis); json/csv never cut
+
+Formatter = Callable[[Any], str]
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, uuid.UUID | dt.timedelta | dt.time):
+        return str(value)
+    raise TypeError(f"cannot show a {type(value).__name__} as JSON")
+
+
+def json_text(value: Any) -> str:
+    """A value as JSON text (objects, lists, dates, decimals included)."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def plain(value: Any) -> str:
+    """A value as one cell of text: null empty, booleans lower-case, nested values as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float | decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return json_text(value)
+
+
+def write_json(out: IO[bytes], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """A JSON array of objects, one per row, keys in column order; returns the row count."""
+    count = 0
+    out.write(b"[")
+    for row in rows:
+        out.write(b",\n  " if count else b"\n  ")
+        out.write(orjson.dumps(dict(zip(columns, row, strict=True)), default=_default,
+                               option=orjson.OPT_NON_STR_KEYS))
+        count += 1
+    out.write(b"\n]\n" if count else b"]\n")
+    return count
+
+
+def write_csv(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """RFC 4180 CSV with a header row; nested values as JSON text, null as an empty field."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    count = 0
+    for row in rows:
+        writer.writerow([plain(v) for v in row])
+        count += 1
+    return count
+
+
+def write_table(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
+                formats: Mapping[str, Formatter] | None = None, totals: Sequence[Any] | None = None,
+                limit: int = TABLE_ROWS) -> int:
+    """Columns aligned (numbers right, text left), a rule under the header, an optional totals line."""
+    formats = formats or {}
+    shown: list[list[str]] = []
+    numeric = [True] * len(columns)
+    count = 0
+    cells_of = [formats.get(c, _cell) for c in columns]
+    for row in rows:
+        count += 1
+        if len(shown) < limit:
+            shown.append([cell(v) for cell, v in zip(cells_of, row, strict=True)])
+            for i, v in enumerate(row):
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int | float | decimal.Decimal)):
+                    numeric[i] = False
+    footer = [cell(v) for cell, v in zip(cells_of, totals, strict=True)] if totals is not None else None
+    widths = [len(c) for c in columns]
+    for line in shown + ([footer] if footer else []):
+        widths = [max(w, len(text)) for w, text in zip(widths, line, strict=True)]
+
+    def render(line: Sequence[str]) -> str:
+        return "  ".join(text.rjust(w) if num else text.ljust(w)
+                         for text, w, num in zip(line, widths, numeric, strict=True)).rstrip()
+
+    out.write(render(columns) + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for line in shown:
+        out.write(render(line) + "\n")
+    if footer is not None:
+        out.write("  ".join("-" * w for w in widths) + "\n")
+        out.write(render(footer) + "\n")
+    if count > len(shown):
+        out.write(f"({count - len(shown)} more rows not shown; use --format csv or json for all)\n")
+    elif count == 0 and not footer:
+        out.write("(no rows)\n")
+    return count
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    text = plain(value).replace("\n", "\\n")
+    return text if len(text) <= CELL_WIDTH else text[:CELL_WIDTH - 1] + "…"
+
+
+def grouped_int(value: Any) -> str:
+    """1234567 -> 1,234,567 (tables only)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{int(value):,}"
+
+
+def money(value: Any) -> str:
+    return "" if value is None else f"{value:,.6f}"
+
+
+def millis(value: Any) -> str:
+    return "-" if value is None else f"{value:,.1f}"

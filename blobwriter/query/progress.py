@@ -1,0 +1,91 @@
+"""A progress bar on stderr for the long reading commands, only when stderr is a terminal.
+
+It uses tqdm (part of the `query` extra); without tqdm, or when stderr is a file or a pipe,
+nothing is drawn, so logs and CI output stay clean.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import IO, Any
+
+from ..reader import Reader
+
+UPDATE_EVERY = 2048  # entries between bar updates: tqdm's own cost stays out of the profile
+
+
+class Progress:
+    """Entries read so far, the day being read (i of n), and the decrypted bytes."""
+
+    def __init__(self, label: str, days: Sequence[str], *, stream: IO[str] | None = None,
+                 enabled: bool | None = None) -> None:
+        self.label = label
+        self.days = list(days)
+        stream = stream if stream is not None else sys.stderr
+        if enabled is None:
+            enabled = _is_terminal(stream)
+        self._bar: Any = None
+        self._pending = 0
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(total=None, unit=" entries", unit_scale=True, file=stream, desc=label, leave=False,
+                             dynamic_ncols=True, mininterval=0.25)
+
+    def day(self, day: str) -> None:
+        """A new day starts: show it (and the count so far)."""
+        if self._bar is not None:
+            where = f" ({self.days.index(day) + 1}/{len(self.days)})" if day in self.days and len(self.days) > 1 else ""
+            self._bar.set_description(f"{self.label} {day}{where}", refresh=False)
+            self._bar.update(self._pending)
+            self._pending = 0
+            self._bar.refresh()
+
+    def step(self, stored_bytes: int | None = None) -> None:
+        """One more entry."""
+        if self._bar is None:
+            return
+        self._pending += 1
+        if self._pending >= UPDATE_EVERY:
+            self._flush(stored_bytes)
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
+    def _flush(self, stored_bytes: int | None) -> None:
+        if stored_bytes is not None:
+            self._bar.set_postfix_str(f"{stored_bytes / 1e6:,.1f} MB read", refresh=False)
+        self._bar.update(self._pending)
+        self._pending = 0
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._pending)
+            self._bar.close()
+            self._bar = None
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+async def tracked(reader: Reader, dates: Sequence[str], label: str = "reading", *,
+                  progress: Progress | None = None) -> AsyncIterator[bytes]:
+    """reader.entries(dates), day by day, drawing a progress bar (for `verify`, and the query commands)."""
+    bar = progress or Progress(label, dates)
+    try:
+        for day in dates:
+            bar.day(day)
+            async for line in reader.entries([day]):
+                bar.step(reader.report.bytes)
+                yield line
+    finally:
+        if progress is None:
+            bar.close()

@@ -1,0 +1,86 @@
+"""The entries of a date range, read through the public Reader, with damage reported as `read` does.
+
+Every pass opens its own store and Reader, so a command may read a day twice (export infers the
+day's exact column types first). Damaged frames are skipped and collected; `finish()` prints
+them on stderr the way `blobwriter read` does and gives the exit code (1 if any).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncGenerator, Sequence
+from typing import IO
+
+from ..config import Settings
+from ..errors import BlobwriterError, ConfigError
+from ..reader import Problem, Reader, ReadReport
+from ..store import open_store
+from .progress import Progress, tracked
+
+EXIT_OK, EXIT_DAMAGED = 0, 1
+
+
+class RangeSource:
+    """A date range of the configured store: entries day by day, plus what the reads reported."""
+
+    def __init__(self, settings: Settings, dates: Sequence[str], progress: Progress | None = None) -> None:
+        if not settings.keys:
+            settings.require("encryption_key")
+        settings.require("storage")
+        self.settings = settings
+        self.dates = list(dates)
+        self.progress = progress or Progress("reading", dates, enabled=False)
+        self.problems: list[Problem] = []
+        self.last_report: ReadReport | None = None
+        self.frames = 0  # frames decoded by the recorded passes
+
+    async def lines(self, days: Sequence[str] | None = None, *, record: bool = True) -> AsyncGenerator[bytes, None]:
+        """Each entry (a JSON object, no newline) of `days` (default: the whole range), each once.
+        record=False: a look-ahead pass whose damage the recorded pass reports again."""
+        store = open_store(self.settings)
+        reader = Reader(store, self.settings.keys, id_field=self.settings.id_field)
+        try:
+            async for line in tracked(reader, self.dates if days is None else days, progress=self.progress):
+                yield line
+        except BlobwriterError:
+            raise
+        except Exception as exc:  # storage errors: say what failed, no traceback
+            raise BlobwriterError(f"reading from {store.description} failed: {exc}") from exc
+        finally:
+            await store.close()
+            self.last_report = reader.report
+            if record:
+                self.record_last()
+
+    def record_last(self) -> None:
+        """Count the damage of the last pass (one read with record=False that no other pass follows)."""
+        if self.last_report is not None:
+            self.problems.extend(self.last_report.problems)
+            self.frames += self.last_report.frames
+            self.last_report = None
+
+    def forget(self) -> None:
+        """Drop what earlier passes recorded (a pass about to be read again from the start)."""
+        self.problems.clear()
+        self.frames = 0
+
+    def check_keys(self) -> None:
+        """Fail as `read` does when no configured key opens any frame."""
+        if self.problems and self.frames == 0 and all(p.unknown_key for p in self.problems):
+            ids = sorted({p.unknown_key.hex() for p in self.problems if p.unknown_key})
+            raise ConfigError(
+                f"none of the configured keys can decrypt these logs ({len(self.problems)} frames use key id(s) "
+                f"{', '.join(ids)}); set encryption_key (and previous_keys after a rotation) to the key that wrote "
+                "them.")
+
+    def finish(self, stream: IO[str] | None = None) -> int:
+        """Print the damaged frames skipped (as `read` does) and return the exit code."""
+        stream = stream or sys.stderr
+        self.progress.close()
+        for problem in self.problems:
+            print(f"DAMAGED {problem}", file=stream)
+        if self.problems:
+            print(f"blobwriter: {len(self.problems)} damaged frame(s) skipped; run `blobwriter verify` for details",
+                  file=stream)
+            return EXIT_DAMAGED
+        return EXIT_OK

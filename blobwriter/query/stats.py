@@ -1,0 +1,248 @@
+"""`blobwriter stats`: requests, errors, tokens, cost and duration percentiles per group.
+
+One pass over the entries, in constant memory per group: the sums, and the durations as a
+value -> count table (exact percentiles; its size is the number of distinct durations, not of
+entries). Missing or null tokens and cost count as 0; a missing duration is left out of the
+percentiles; a value that is not a number is counted as missing and reported, never an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from ..errors import ConfigError
+from .fields import BAD, TIME_KEYS, FieldMap, Source, group_value, matches, to_number
+
+MEASURES: Final = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
+                   "duration_ms_p50", "duration_ms_p95")
+COST_DECIMALS: Final = 10
+_NUMERIC: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cost", "duration_ms")
+
+
+def utc_hour(timestamp: Any) -> str | None:
+    """`YYYY-MM-DDTHH` of an ISO-8601 timestamp in UTC (naive means UTC), or None if it is not one."""
+    if type(timestamp) is not str or len(timestamp) < 13:
+        return None
+    tail = timestamp[13:]  # after the hour, a '+' or '-' can only start an offset
+    if timestamp[10] in "Tt " and "+" not in tail and "-" not in tail:
+        # UTC (`Z`) or naive (which means UTC): the text is the UTC hour already.
+        if timestamp[4] == "-" and timestamp[7] == "-" and timestamp[11:13].isdigit():
+            return timestamp[:10] + "T" + timestamp[11:13]
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One `--where FIELD=VALUE` (or `FIELD!=VALUE`)."""
+
+    name: str
+    value: str
+    negate: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        name, op, value = text.partition("=")
+        negate = name.endswith("!")
+        name = name.rstrip("!").strip()
+        if not op or not name:
+            raise ConfigError(f"--where {text!r}: expected FIELD=VALUE or FIELD!=VALUE")
+        return cls(name, value, negate)
+
+
+class _Group:
+    """The running measures of one group."""
+
+    __slots__ = ("completion", "cost", "durations", "errors", "prompt", "requests", "total")
+
+    def __init__(self) -> None:
+        self.requests = self.errors = 0
+        self.prompt: int | float = 0
+        self.completion: int | float = 0
+        self.total: int | float = 0
+        self.cost: int | float = 0
+        self.durations: Counter[int | float] = Counter()
+
+    def merge(self, other: _Group) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.prompt += other.prompt
+        self.completion += other.completion
+        self.total += other.total
+        self.cost += other.cost
+        self.durations.update(other.durations)
+
+    def measures(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests, "errors": self.errors, "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion, "total_tokens": self.total,
+            # A sum of binary floats: 0.1 + 0.2 is 0.30000000000000004. Ten decimals keep any currency exact.
+            "cost": round(self.cost, COST_DECIMALS) if isinstance(self.cost, float) else self.cost,
+            "duration_ms_p50": percentile(self.durations, 0.50), "duration_ms_p95": percentile(self.durations, 0.95),
+        }
+
+
+def percentile(counts: Counter[int | float], q: float) -> int | float | None:
+    """The q-quantile by linear interpolation between closest ranks (numpy's default, DuckDB's
+    quantile_cont), from a value -> count table; None if it is empty."""
+    n = sum(counts.values())
+    if n == 0:
+        return None
+    rank = (n - 1) * q
+    low = math.floor(rank)
+    fraction = rank - low
+    below = 0  # entries with smaller values than the current one
+    values = sorted(counts)
+    for i, value in enumerate(values):
+        below_next = below + counts[value]
+        if low < below_next:
+            upper = value if low + 1 < below_next or i + 1 == len(values) else values[i + 1]
+            # Rounded to a millionth: 1787.25, not the 1787.2499999999995 that binary floats give.
+            result = round(value + (upper - value) * fraction, 6)
+            return int(result) if float(result).is_integer() else result
+        below = below_next
+    raise AssertionError("unreachable: rank beyond the counts")
+
+
+@dataclass
+class Ignored:
+    """Values that should have been numbers and were not: how many per field, and an example."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, value: Any) -> None:
+        self.counts[name] += 1
+        if name not in self.examples:
+            text = orjson.dumps(value).decode()
+            self.examples[name] = text if len(text) <= 40 else text[:37] + "..."
+
+
+class Stats:
+    """Aggregates entries (JSON lines) into rows of MEASURES per group of `by`."""
+
+    def __init__(self, fields: FieldMap, by: Sequence[str] = (), where: Iterable[Condition] = ()) -> None:
+        clash = [name for name in by if name in MEASURES]
+        if clash:
+            raise ConfigError(f"--by {','.join(clash)}: a group cannot be named like a measure ({', '.join(MEASURES)})")
+        if len(set(by)) != len(by):
+            raise ConfigError(f"--by {','.join(by)}: a field is named twice")
+        self.by = tuple(by)
+        self._keys: list[Source | str] = [name if name in TIME_KEYS else fields.field(name) for name in by]
+        # Conditions on the same field are alternatives (OR); different fields must all hold (AND).
+        grouped: dict[tuple[str, bool], list[str]] = {}
+        for c in where:
+            grouped.setdefault((c.name, c.negate), []).append(c.value)
+        self._where = [(name if name in TIME_KEYS else fields.field(name), negate, values)
+                       for (name, negate), values in grouped.items()]
+        sources = {name: fields.source(name) for name in (*_NUMERIC, "status_code", "error")}
+        self._prompt, self._completion, self._total = (sources["prompt_tokens"], sources["completion_tokens"],
+                                                       sources["total_tokens"])
+        self._cost, self._duration = sources["cost"], sources["duration_ms"]
+        self._status, self._error = sources["status_code"], sources["error"]
+        self._needs_hour = any(k in TIME_KEYS for k in self._keys) or any(w[0] in TIME_KEYS for w in self._where)
+        self.groups: dict[tuple[Any, ...], _Group] = {}
+        self.ignored = Ignored()
+        self.unparsable = 0
+
+    def add_line(self, line: bytes) -> None:
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self.unparsable += 1
+            return
+        if type(entry) is dict:
+            self.add(entry)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        hour = utc_hour(entry.get("timestamp")) if self._needs_hour else None
+        for source, negate, values in self._where:
+            value = self._time(source, hour) if isinstance(source, str) else source.get(entry)
+            if any(matches(value, wanted) for wanted in values) == negate:
+                return
+        key = tuple(self._time(k, hour) if isinstance(k, str) else group_value(k.get(entry)) for k in self._keys)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group()
+        group.requests += 1
+        prompt = self._number("prompt_tokens", self._prompt, entry)
+        completion = self._number("completion_tokens", self._completion, entry)
+        total = self._number("total_tokens", self._total, entry)
+        if total is None and (prompt is not None or completion is not None):
+            total = (prompt or 0) + (completion or 0)  # no total field (OpenTelemetry has none): their sum
+        if prompt is not None:
+            group.prompt += prompt
+        if completion is not None:
+            group.completion += completion
+        if total is not None:
+            group.total += total
+        cost = self._number("cost", self._cost, entry)
+        if cost is not None:
+            group.cost += cost
+        duration = self._number("duration_ms", self._duration, entry)
+        if duration is not None:
+            group.durations[duration] += 1
+        if self._is_error(entry):
+            group.errors += 1
+
+    @staticmethod
+    def _time(name: str, hour: str | None) -> str | None:
+        if hour is None:
+            return None
+        return hour[:10] if name == "day" else hour + ":00:00Z"
+
+    def _number(self, name: str, source: Source | None, entry: dict[str, Any]) -> int | float | None:
+        if source is None:
+            return None
+        value = source.get(entry)
+        number = to_number(value)
+        if number is BAD:
+            self.ignored.add(name, value)
+            return None
+        return number
+
+    def _is_error(self, entry: dict[str, Any]) -> bool:
+        if self._error is not None and self._error.get(entry) is not None:
+            return True
+        if self._status is None:
+            return False
+        status = self._status.get(entry)
+        code = to_number(status)
+        if code is BAD:
+            self.ignored.add("status_code", status)
+            return False
+        return code is not None and code >= 400
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per group, ordered by the group keys (nulls last)."""
+        rows = []
+        for key in sorted(self.groups, key=_sort_key):
+            rows.append({**dict(zip(self.by, key, strict=True)), **self.groups[key].measures()})
+        if not self.by and not rows:  # no group keys: always one row, even for an empty range
+            rows.append(_Group().measures())
+        return rows
+
+    def totals(self) -> dict[str, Any]:
+        """The measures over every group (percentiles over all durations, not averaged)."""
+        total = _Group()
+        for group in self.groups.values():
+            total.merge(group)
+        return total.measures()
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Values of one field may be of several JSON types: order by type, then value; nulls last.
+    return tuple((0, v) if isinstance(v, int | float) and not isinstance(v, bool) else
+                 (1, str(v)) if isinstance(v, str | bool) else (2, "") for v in key)

@@ -1,0 +1,116 @@
+"""The query commands' command line: help, the optional extra, progress bars only on a terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from blobwriter.config import Settings
+from tests.conftest import ROOT
+from tests.support.query import store_entries
+from tests.support.readback import cli_env, run_cli
+
+DAY = "2026-11-26"
+
+
+def test_help_lists_the_commands_with_examples() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("stats", "sql", "export"):
+        assert command in result.stdout
+    stats = run_cli("stats", "--help").stdout
+    assert "--by" in stats and "--where" in stats and "--map" in stats and "examples:" in stats
+    assert "duration_ms_p95" in stats and "litellm" in stats
+    sql = run_cli("sql", "--help").stdout
+    assert "SELECT * FROM logs WHERE id" in sql and "--sample-size" in sql and "--memory-limit" in sql
+    export = run_cli("export", "--help").stdout
+    assert "--out" in export and "parquet" in export and "NOT encrypted" in export
+
+
+WITHOUT = """
+import sys
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError("No module named " + name)
+        return None
+sys.meta_path.insert(0, Missing())
+from blobwriter.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_without(blocked: set[str], *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The CLI in a Python where the given packages cannot be imported (a deployment without the extra)."""
+    return subprocess.run([sys.executable, "-c", WITHOUT.format(blocked=blocked), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_without_the_extra(make_settings: Callable[..., Settings], sample_entries: list[dict[str, Any]],
+                                 tmp_path: Path) -> None:
+    settings = make_settings(storage=str(tmp_path / "store"))
+    await store_entries(settings, sample_entries[:50])
+    env = cli_env(settings)
+    missing = {"duckdb", "pyarrow", "tqdm"}
+    for args, needs in ((["sql", "--date", DAY, "SELECT 1"], "duckdb"),
+                        (["export", "--date", DAY, "--out", str(tmp_path / "out")], "pyarrow")):
+        result = run_without(missing, *args, env=env)
+        assert result.returncode == 2, result.stderr
+        assert f"needs {needs}: install the query extra: pip install 'blobwriter[query]'" in result.stderr
+        assert "Traceback" not in result.stderr
+    # stats needs none of them; read and verify neither.
+    stats = run_without(missing, "stats", "--date", "2026-11-24", "--until", "2026-12-01", "--format", "json",
+                        env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert orjson.loads(stats.stdout)[0]["requests"] == 50
+    assert run_without(missing, "verify", "--date", DAY, env=env).returncode == 0
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal; what the terminal showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", *args], env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    return process.wait(timeout=120), shown.decode(errors="replace")
+
+
+@pytest.mark.parametrize("command", [["stats"], ["sql", "SELECT count(*) FROM logs"], ["export", "--out", "{out}"],
+                                     ["verify"]])
+async def test_progress_bar_only_on_a_terminal(make_settings: Callable[..., Settings],
+                                               sample_entries: list[dict[str, Any]], tmp_path: Path,
+                                               command: list[str]) -> None:
+    settings = make_settings(storage=str(tmp_path / "store"))
+    await store_entries(settings, sample_entries[:300])
+    env = cli_env(settings)
+    args = [command[0], "--date", "2026-11-24", "--until", "2026-11-26",
+            *(a.format(out=tmp_path / "out") for a in command[1:])]
+    code, shown = run_on_a_terminal(args, env)
+    assert code == 0, shown
+    assert f"{command[0]} 2026-11-2" in shown and "entries" in shown, shown  # label, day (i/n), count
+    assert "/3)" in shown
+    piped = run_cli(*args, env=env)
+    assert piped.returncode == 0
+    assert "entries/s" not in piped.stderr and "\r" not in piped.stderr

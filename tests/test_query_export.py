@@ -1,0 +1,259 @@
+"""`blobwriter export`: hive partitions read back with pyarrow and DuckDB, to a directory and to Azurite."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+
+from blobwriter.cli import keygen
+from blobwriter.config import Settings
+from blobwriter.query.destination import BlobDestination, DirectoryDestination, open_destination
+from tests.conftest import connection_string
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
+from tests.support.query import day_of, store_entries
+from tests.support.readback import cli_env, frames_in, run_cli
+
+FIRST, LAST = "2026-11-24", "2026-12-01"
+
+
+@pytest.fixture(scope="module")
+def stored(azurite: str, sample_entries: list[dict[str, Any]]) -> Iterator[tuple[Settings, list[dict[str, Any]]]]:
+    settings = Settings.from_values({"storage": connection_string(azurite), "encryption_key": keygen(),
+                                     "container": f"q{uuid.uuid4().hex[:20]}", "batch_timeout": 0.1})
+    asyncio.run(store_entries(settings, sample_entries))
+    yield settings, sample_entries
+
+
+def export(settings: Settings, out: str, *args: str, first: str = FIRST, last: str = LAST, code: int = 0) -> Any:
+    result = run_cli("export", "--date", first, "--until", last, "--out", out, *args, env=cli_env(settings))
+    assert result.returncode == code, result.stderr
+    return result
+
+
+def by_day(entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    days: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        days.setdefault(day_of(e), []).append(e)
+    return days
+
+
+def test_parquet_to_a_directory_reads_back_whole(stored: tuple[Settings, list[dict[str, Any]]],
+                                                 tmp_path: Path) -> None:
+    settings, entries = stored
+    out = tmp_path / "lake"
+    result = export(settings, str(out))
+    days = by_day(entries)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("date=")) == [f"date={d}" for d in sorted(days)]
+    for day, group in days.items():
+        assert f"{day}: {len(group):,} entries -> {out}/date={day} (1 file(s)" in result.stderr
+        assert [p.name for p in (out / f"date={day}").iterdir()] == ["part-0000.parquet"]
+
+    # pyarrow, hive partitioning: every entry once, complete in entry_json, in its UTC day's partition.
+    table = ds.dataset(out, format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
+    assert table.num_rows == len(entries)
+    rows = table.select(["id", "date", "entry_json", "cost_eur", "tokens"]).to_pylist()
+    originals = {e["id"]: e for e in entries}
+    assert Counter(r["id"] for r in rows) == Counter(list(originals))
+    for row in rows:
+        assert orjson.loads(row["entry_json"]) == originals[row["id"]]
+        assert str(row["date"]) == day_of(originals[row["id"]])
+        assert row["cost_eur"] == originals[row["id"]]["cost_eur"] and row["tokens"] == originals[row["id"]]["tokens"]
+    assert pa.types.is_struct(table.schema.field("request").type)
+
+    # DuckDB over the same files: counts and sums per day equal the entries'.
+    got = duckdb.sql(f"SELECT date::VARCHAR AS day, count(*), sum(cost_eur), sum(tokens.total), "
+                     f"count(*) FILTER (WHERE status_code >= 400) FROM read_parquet('{out}/*/*.parquet', "
+                     "hive_partitioning = true) GROUP BY day ORDER BY day").fetchall()
+    assert [(d, n, pytest.approx(c), t, err) for d, n, c, t, err in got] == [
+        (day, len(g), pytest.approx(sum(e["cost_eur"] for e in g)), sum(e["tokens"]["total"] for e in g if e["tokens"]),
+         sum(1 for e in g if e["status_code"] >= 400)) for day, g in sorted(days.items())]
+    # Typed columns in the entries' field order, then entry_json.
+    for path in out.glob("date=*/*.parquet"):
+        assert pq.read_schema(path).names[:3] == ["id", "timestamp", "user"]
+        assert pq.read_schema(path).names[-1] == "entry_json"
+    marker = orjson.loads((out / "_blobwriter" / "exported" / "2026-11-25.json").read_bytes())
+    assert marker["entries"] == len(days["2026-11-25"]) and marker["files"] == ["part-0000.parquet"]
+    assert marker["format"] == "parquet"
+
+
+def test_jsonl_holds_the_entries_as_stored(stored: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    settings, entries = stored
+    out = tmp_path / "jsonl"
+    export(settings, str(out), "--format", "jsonl", first="2026-11-25", last="2026-11-26")
+    for day in ("2026-11-25", "2026-11-26"):
+        with gzip.open(out / f"date={day}" / "part-0000.jsonl.gz") as handle:
+            got = [orjson.loads(line) for line in handle]
+        expected = by_day(entries)[day]
+        assert sorted(got, key=lambda e: e["id"]) == sorted(expected, key=lambda e: e["id"])
+    count = duckdb.sql(f"SELECT count(*) FROM read_json('{out}/*/*.jsonl.gz')").fetchall()
+    assert count == [(len(by_day(entries)["2026-11-25"]) + len(by_day(entries)["2026-11-26"]),)]
+
+
+def test_reexport_replaces_the_partition(stored: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    settings, entries = stored
+    out = tmp_path / "lake"
+    day = "2026-11-26"
+    expected = len(by_day(entries)[day])
+    export(settings, str(out), "--rows-per-file", "100", first=day, last=day)
+    parts = sorted((out / f"date={day}").iterdir())
+    assert [p.name for p in parts] == [f"part-{i:04d}.parquet" for i in range(-(-expected // 100))]
+    assert [pq.read_metadata(p).num_rows for p in parts] == [100] * (expected // 100) + [expected % 100]
+    assert len({pq.read_schema(p) for p in parts}) == 1  # one schema for the whole day
+    export(settings, str(out), first=day, last=day)  # again, default file size: one file replaces the four
+    assert [p.name for p in (out / f"date={day}").iterdir()] == ["part-0000.parquet"]
+    for _ in range(2):
+        export(settings, str(out), "--rows-per-file", "1000", first=day, last=day)
+    assert pq.read_table(out / f"date={day}").num_rows == expected  # never duplicated
+    assert sorted(p.name for p in out.iterdir()) == ["_blobwriter", f"date={day}"]  # no staging left behind
+
+
+async def test_a_day_without_entries_leaves_the_destination_alone(stored: tuple[Settings, list[dict[str, Any]]],
+                                                                  tmp_path: Path) -> None:
+    settings, _ = stored
+    out = tmp_path / "lake"
+    (out / "date=2020-01-01").mkdir(parents=True)
+    (out / "date=2020-01-01" / "part-0000.parquet").write_bytes(b"kept")
+    result = export(settings, str(out), first="2020-01-01", last="2020-01-01")
+    assert "2020-01-01: no entries; nothing written" in result.stderr
+    assert (out / "date=2020-01-01" / "part-0000.parquet").read_bytes() == b"kept"
+
+
+def _list(client: BlobServiceClient, container: str) -> list[str]:
+    return sorted(b.name for b in client.get_container_client(container).list_blobs())
+
+
+def test_parquet_to_a_blob_container(stored: tuple[Settings, list[dict[str, Any]]], azurite: str) -> None:
+    settings, entries = stored
+    container = f"x{uuid.uuid4().hex[:20]}"
+    out = f"{connection_string(azurite)}Container={container};Prefix=gateway/v1"
+    day = "2026-11-27"
+    result = export(settings, out, "--rows-per-file", "150", first=day, last=day)
+    client = BlobServiceClient.from_connection_string(connection_string(azurite))
+    expected = by_day(entries)[day]
+    parts = [f"gateway/v1/date={day}/part-{i:04d}.parquet" for i in range(-(-len(expected) // 150))]
+    assert _list(client, container) == sorted([f"gateway/v1/_blobwriter/exported/{day}.json", *parts])
+    assert f"{day}: {len(expected):,} entries -> " in result.stderr
+    assert f"/{container}/gateway/v1/date={day}" in result.stderr
+
+    def read_back() -> list[dict[str, Any]]:
+        rows = []
+        for name in _list(client, container):
+            if name.endswith(".parquet"):
+                blob = client.get_blob_client(container, name)
+                assert blob.get_blob_properties().content_settings.content_type == "application/vnd.apache.parquet"
+                rows += pq.read_table(io.BytesIO(blob.download_blob().readall())).to_pylist()
+        return rows
+
+    rows = read_back()
+    assert sorted(orjson.loads(r["entry_json"])["id"] for r in rows) == sorted(e["id"] for e in expected)
+    assert sum(r["cost_eur"] for r in rows) == pytest.approx(sum(e["cost_eur"] for e in expected))
+    # Re-export with bigger files: the partition is replaced and the stale parts are deleted.
+    export(settings, out, first=day, last=day)
+    assert _list(client, container) == sorted([f"gateway/v1/_blobwriter/exported/{day}.json",
+                                               f"gateway/v1/date={day}/part-0000.parquet"])
+    assert len(read_back()) == len(expected)
+
+
+def test_jsonl_to_a_container_url_with_a_sas(stored: tuple[Settings, list[dict[str, Any]]], azurite: str) -> None:
+    settings, entries = stored
+    container = f"x{uuid.uuid4().hex[:20]}"
+    client = BlobServiceClient.from_connection_string(connection_string(azurite))
+    client.create_container(container)
+    sas = generate_container_sas(ACCOUNT, container, account_key=ACCOUNT_KEY,
+                                 permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    day = "2026-11-28"
+    export(settings, f"{azurite}/{container}/exports?{sas}", "--format", "jsonl", first=day, last=day)
+    blob = client.get_blob_client(container, f"exports/date={day}/part-0000.jsonl.gz")
+    lines = gzip.decompress(blob.download_blob().readall()).splitlines()
+    assert sorted(orjson.loads(line)["id"] for line in lines) == sorted(e["id"] for e in by_day(entries)[day])
+
+
+VARYING = [
+    {"timestamp": "2026-11-25T10:00:00Z", "id": "v1", "x": 1, "meta": {"a": 1}, "tags": ["a"]},
+    {"timestamp": "2026-11-25T10:00:01Z", "id": "v2", "x": "one", "meta": {"a": {"b": 2}}, "tags": [1, "b"]},
+    {"timestamp": "2026-11-25T10:00:02Z", "id": "v3", "x": None, "meta": "flat", "extra": True},
+]
+
+
+async def test_fields_whose_type_varies_do_not_break_the_export(make_settings: Callable[..., Settings],
+                                                                tmp_path: Path) -> None:
+    settings = make_settings()
+    await store_entries(settings, VARYING)
+    out = tmp_path / "lake"
+    export(settings, str(out), first="2026-11-25", last="2026-11-25")
+    table = pq.read_table(out / "date=2026-11-25")
+    kinds = {f.name: f.type for f in table.schema}
+    assert kinds["x"] == pa.json_(pa.string()) and kinds["meta"] == pa.json_(pa.string())
+    assert kinds["tags"] == pa.list_(pa.json_(pa.string())) and kinds["extra"] == pa.bool_()
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    assert [orjson.loads(r["entry_json"]) for r in rows] == VARYING
+    assert [r["x"] for r in rows] == ["1", '"one"', None]
+    got = duckdb.sql(f"SELECT id, x->>'$' AS x, meta->'$.a' AS a FROM read_parquet('{out}/*/*.parquet') "
+                     "ORDER BY id").fetchall()
+    assert got == [("v1", "1", "1"), ("v2", "one", '{"b":2}'), ("v3", None, None)]
+
+
+async def test_damaged_frames_reported_like_read(make_settings: Callable[..., Settings],
+                                                 sample_entries: list[dict[str, Any]], tmp_path: Path) -> None:
+    settings = make_settings(storage=str(tmp_path / "store"))
+    day = [e for e in sample_entries if e["timestamp"].startswith("2026-11-29T") and e["timestamp"].endswith("Z")]
+    await store_entries(settings, day, batch_size=30)
+    [path] = (tmp_path / "store" / "2026-11-29").glob("*.log")  # the one writer's blob of the day
+    data = bytearray(path.read_bytes())
+    offset, _ = [(o, h) for o, h in frames_in(bytes(data)) if not h.is_index][2]
+    data[offset + 100] ^= 0x40
+    path.write_bytes(bytes(data))
+    read = run_cli("read", "--date", "2026-11-29", env=cli_env(settings))
+    survivors = {orjson.loads(line)["id"] for line in read.stdout.splitlines()}
+    for fmt in ("parquet", "jsonl"):
+        out = tmp_path / fmt
+        result = export(settings, str(out), "--format", fmt, first="2026-11-29", last="2026-11-29", code=1)
+        assert result.stderr.endswith(read.stderr)  # the day's line, then the same DAMAGED lines and summary
+        assert f"DAMAGED 2026-11-29/{path.name}" in result.stderr
+        reader = "read_parquet" if fmt == "parquet" else "read_json"
+        got = duckdb.sql(f"SELECT id FROM {reader}('{out}/date=*/*')").fetchall()
+        assert {i for (i,) in got} == survivors and len(got) == len(survivors) < len(day)
+
+
+@pytest.mark.parametrize("out, message", [
+    ("UseDevelopmentStorage=true", ";Container=NAME"),
+    ("https://account.blob.core.windows.net", "names no container"),
+    ("https://account.blob.core.windows.net/", "names no container"),
+])
+def test_bad_destinations_exit_2(out: str, message: str, tmp_path: Path) -> None:
+    env = cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()}))
+    result = run_cli("export", "--date", "2026-11-25", "--out", out, env=env)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_destination_forms() -> None:
+    local = open_destination("./lake/gateway")
+    assert isinstance(local, DirectoryDestination) and local.root == Path("lake/gateway")
+    url = open_destination("https://acct.blob.core.windows.net/exports/gateway/v1")
+    assert isinstance(url, BlobDestination)
+    assert (url.container_name, url.prefix, url._account_url, url._sas) == (
+        "exports", "gateway/v1/", "https://acct.blob.core.windows.net", None)
+    emulator = open_destination("http://127.0.0.1:10000/devstoreaccount1/exports?sv=1&sig=x")
+    assert isinstance(emulator, BlobDestination)
+    assert (emulator.container_name, emulator.prefix, emulator._account_url, emulator._sas) == (
+        "exports", "", "http://127.0.0.1:10000/devstoreaccount1", "sv=1&sig=x")
+    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;Container=ex;Prefix=/p/")
+    assert isinstance(string, BlobDestination)
+    assert (string.container_name, string.prefix) == ("ex", "p/")
+    assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;"

@@ -1,0 +1,132 @@
+"""The scheduled export as the Python worker runs it: function_app.py indexed, the timer invoked."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from types import ModuleType
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from azure.functions import meta
+from azure.functions.timer import TimerRequestConverter
+from azure.storage.blob import BlobServiceClient
+
+from blobwriter.config import Settings
+from blobwriter.query import MissingExtraError
+from blobwriter.query.schedule import LOOKBACK_DAYS, SCHEDULE, closed_days
+from tests.conftest import connection_string
+from tests.support.query import store_entries
+
+
+def load_function_app(monkeypatch: pytest.MonkeyPatch, azurite: str, key: str, container: str,
+                      **extra: str) -> ModuleType:
+    monkeypatch.setenv("BLOBWRITER_STORAGE", connection_string(azurite))
+    monkeypatch.setenv("BLOBWRITER_ENCRYPTION_KEY", key)
+    monkeypatch.setenv("BLOBWRITER_CONTAINER", container)
+    monkeypatch.setenv("BLOBWRITER_BATCH_TIMEOUT", "0.1")
+    monkeypatch.delenv("BLOBWRITER_EXPORT_DESTINATION", raising=False)
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    sys.modules.pop("function_app", None)
+    return importlib.import_module("function_app")
+
+
+@pytest.fixture
+def function_app(monkeypatch: pytest.MonkeyPatch, azurite: str, key: str,
+                 container: str) -> Iterator[Callable[..., ModuleType]]:
+    loaded: list[ModuleType] = []
+
+    def load(**extra: str) -> ModuleType:
+        module = load_function_app(monkeypatch, azurite, key, container, **extra)
+        loaded.append(module)
+        return module
+
+    yield load
+    for module in loaded:  # see tests/test_functions.py: no second ASGI shutdown from __del__ later
+        module.app.startup_task_done = False
+    sys.modules.pop("function_app", None)
+
+
+def timer_function(module: ModuleType) -> Any:
+    """The timer function among those the worker indexes (get_functions() may be called once per app)."""
+    functions = module.app.get_functions()
+    assert len(functions) == 2  # the HTTP function is still there
+    timers = [f for f in functions if any(b.type == "timerTrigger" for b in f.get_bindings())]
+    assert len(timers) == 1
+    return timers[0]
+
+
+def timer_request() -> Any:
+    """What the worker passes: the host's JSON for the trigger, decoded by the SDK's converter."""
+    data = meta.Datum(type="json", value=json.dumps({"IsPastDue": False, "ScheduleStatus": None}))
+    return TimerRequestConverter.decode(data, trigger_metadata={})
+
+
+def test_no_destination_no_timer(function_app: Callable[..., ModuleType]) -> None:
+    module = function_app()
+    functions = module.app.get_functions()
+    assert len(functions) == 1
+    assert {b.type for b in functions[0].get_bindings()} == {"httpTrigger", "http"}
+
+
+async def test_timer_exports_each_closed_day_once(function_app: Callable[..., ModuleType], azurite: str,
+                                                  make_settings: Callable[..., Settings]) -> None:
+    exports = f"x{uuid.uuid4().hex[:20]}"
+    module = function_app(BLOBWRITER_EXPORT_DESTINATION=f"{connection_string(azurite)}Container={exports}")
+    function = timer_function(module)
+    bindings = json.loads(function.get_function_json())["bindings"]
+    assert bindings == [{"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": SCHEDULE,
+                         "runOnStartup": False}]
+
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=3), today - timedelta(days=2), today]
+    settings = make_settings()
+    written = {d.isoformat(): [{"id": f"{d}-{i}", "timestamp": f"{d}T12:00:00Z", "cost_eur": 0.5} for i in range(n)]
+               for d, n in zip(days, (30, 20, 5), strict=True)}
+    await store_entries(settings, [e for group in written.values() for e in group])
+
+    handler = function.get_user_function()
+    assert await handler(timer_request()) is None
+    client = BlobServiceClient.from_connection_string(connection_string(azurite))
+    container = client.get_container_client(exports)
+    closed = [d.isoformat() for d in days[:2]]
+    names = sorted(b.name for b in container.list_blobs())
+    assert names == sorted([f"_blobwriter/exported/{d}.json" for d in closed] +
+                           [f"date={d}/part-0000.parquet" for d in closed])  # not today: it is not closed
+    for day in closed:
+        data = container.get_blob_client(f"date={day}/part-0000.parquet").download_blob().readall()
+        table = pq.read_table(io.BytesIO(data))
+        assert sorted(table.column("id").to_pylist()) == sorted(e["id"] for e in written[day])
+    etags = {b.name: b.etag for b in container.list_blobs()}
+
+    # The next run finds the markers and exports nothing again.
+    await handler(timer_request())
+    assert {b.name: b.etag for b in container.list_blobs()} == etags
+
+
+async def test_timer_without_pyarrow_logs_what_to_install(function_app: Callable[..., ModuleType], azurite: str,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    module = function_app(BLOBWRITER_EXPORT_DESTINATION=f"{connection_string(azurite)}Container=exports")
+    handler = timer_function(module).get_user_function()
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what a deployment without the extra has: no pyarrow
+    with caplog.at_level(logging.ERROR, logger="blobwriter.export"), pytest.raises(MissingExtraError):
+        await handler(timer_request())
+    [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
+    assert "pyarrow is not installed" in record.getMessage() and "requirements.txt" in record.getMessage()
+
+
+def test_closed_days() -> None:
+    days = closed_days(datetime(2026, 11, 27, 0, 30, tzinfo=UTC))  # 11-26 closes at 01:00 (an hour's grace)
+    assert days[-1] == "2026-11-25" and len(days) == LOOKBACK_DAYS
+    assert closed_days(datetime(2026, 11, 27, 1, 30, tzinfo=UTC))[-1] == "2026-11-26"
+    assert [date.fromisoformat(d) for d in days] == [date(2026, 11, 19) + timedelta(days=n) for n in range(7)]
+

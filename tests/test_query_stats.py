@@ -1,0 +1,328 @@
+"""`blobwriter stats` over the shared data set in Azurite, against totals computed independently."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from blobwriter.cli import keygen
+from blobwriter.config import Settings
+from blobwriter.query.fields import FieldMap
+from blobwriter.query.stats import Condition, Stats
+from tests.conftest import connection_string
+from tests.support.query import (
+    MEASURES,
+    assert_rows_equal,
+    dig,
+    expected_stats,
+    first,
+    store_entries,
+)
+from tests.support.readback import cli_env, frames_in, run_cli
+
+FIRST, LAST = "2026-11-24", "2026-12-01"
+
+
+@pytest.fixture(scope="module")
+def stored(azurite: str, sample_entries: list[dict[str, Any]]) -> Iterator[tuple[Settings, list[dict[str, Any]]]]:
+    """The 2,000 sample entries, written once through LogWriter to this module's own container."""
+    settings = Settings.from_values({"storage": connection_string(azurite), "encryption_key": keygen(),
+                                     "container": f"q{uuid.uuid4().hex[:20]}", "batch_timeout": 0.1})
+    asyncio.run(store_entries(settings, sample_entries))
+    yield settings, sample_entries
+
+
+def stats_json(settings: Settings, *args: str, **env: str) -> list[dict[str, Any]]:
+    result = run_cli("stats", "--date", FIRST, "--until", LAST, *args, "--format", "json",
+                     env=cli_env(settings, **env))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    rows: list[dict[str, Any]] = orjson.loads(result.stdout)
+    return rows
+
+
+def test_whole_range_is_one_row(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = stored
+    [row] = stats_json(settings)
+    [expected] = expected_stats(entries)
+    assert_rows_equal([row], [expected])
+    # Independently of the helper: plain sums over the entries.
+    assert row["requests"] == 2000
+    assert row["total_tokens"] == sum((e["tokens"] or {}).get("total", 0) for e in entries)
+    assert row["cost"] == pytest.approx(sum(e["cost_eur"] for e in entries))
+    assert row["errors"] == sum(1 for e in entries if e["status_code"] >= 400 or e["error"] is not None) > 0
+
+
+BYS = ["", "day", "hour", "user", "deployment", "user,deployment", "day,deployment", "request.model",
+       "status_code", "error", "response.usage.total_tokens"]
+WHERES = [[], ["status_code=429"], ["deployment=gpt-4o", "deployment=gpt-4o-mini"], ["error!=null"],
+          ["day=2026-11-25"], ["stream=false", "user!=alice@contoso.com"], ["request.model=null"]]
+
+
+@pytest.fixture(scope="module")
+def stored_lines(stored: tuple[Settings, list[dict[str, Any]]]) -> list[bytes]:
+    """The entries as the Reader returns them from Azurite (read once for the matrix below)."""
+    from blobwriter.reader import Reader, date_range
+    from blobwriter.store import open_store
+
+    settings, _ = stored
+
+    async def read() -> list[bytes]:
+        store = open_store(settings)
+        try:
+            reader = Reader(store, settings.keys)
+            return [line async for line in reader.entries(date_range(*map(_date, (FIRST, LAST))))]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def _date(text: str) -> Any:
+    from datetime import date
+
+    return date.fromisoformat(text)
+
+
+@pytest.mark.parametrize("where", WHERES, ids=lambda w: "&".join(w) or "all")
+@pytest.mark.parametrize("by", BYS, ids=lambda b: b or "none")
+def test_by_and_where_matrix(stored: tuple[Settings, list[dict[str, Any]]], stored_lines: list[bytes],
+                             by: str, where: list[str]) -> None:
+    _, entries = stored
+    keys = [k for k in by.split(",") if k]
+    stats = Stats(FieldMap.parse([]), keys, [Condition.parse(w) for w in where])
+    for line in stored_lines:
+        stats.add_line(line)
+    expected = expected_stats(entries, keys, where)
+    assert_rows_equal(stats.rows(), expected)
+    if keys:
+        total = stats.totals()
+        assert total["requests"] == sum(r["requests"] for r in expected)
+        assert total["cost"] == pytest.approx(sum(r["cost"] for r in expected))
+
+
+def test_where_filters_really_filter(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = stored
+    [limited] = stats_json(settings, "--where", "status_code=429")
+    assert limited["requests"] == sum(1 for e in entries if e["status_code"] == 429) > 0
+    assert limited["errors"] == limited["requests"]
+    [none] = stats_json(settings, "--where", "user=nobody@example.com")
+    assert none["requests"] == 0 and none["duration_ms_p50"] is None and none["cost"] == 0
+
+
+def test_formats_agree(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = stored
+    args = ["stats", "--date", FIRST, "--until", LAST, "--by", "deployment"]
+    rows = stats_json(settings, "--by", "deployment")
+    assert_rows_equal(rows, expected_stats(entries, ["deployment"]))
+
+    as_csv = run_cli(*args, "--format", "csv", env=cli_env(settings))
+    assert as_csv.returncode == 0, as_csv.stderr
+    parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert as_csv.stdout.splitlines()[0] == ",".join(["deployment", *MEASURES])
+    assert [r["deployment"] for r in parsed] == [r["deployment"] for r in rows]
+    for got, want in zip(parsed, rows, strict=True):
+        assert int(got["requests"]) == want["requests"] and int(got["total_tokens"]) == want["total_tokens"]
+        assert float(got["cost"]) == pytest.approx(want["cost"])
+        assert float(got["duration_ms_p95"]) == pytest.approx(want["duration_ms_p95"])
+
+    table = run_cli(*args, env=cli_env(settings))  # the default format
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["deployment", *MEASURES]
+    assert set(lines[1]) == {"-", " "} and set(lines[-2]) == {"-", " "}
+    widths = {len(line) for line in lines[:2]}
+    assert len(widths) == 1, "the header and its rule are aligned"
+    for row, line in zip(rows, lines[2:-2], strict=True):
+        assert line.split()[0] == row["deployment"]
+        assert f"{row['requests']:,}" in line.split() and f"{row['total_tokens']:,}" in line.split()
+    total = lines[-1].split()
+    assert total[0] == "total"
+    assert total[1] == f"{len(entries):,}"
+    assert total[6] == f"{sum(e['cost_eur'] for e in entries):,.6f}"
+
+
+def test_table_without_groups_has_no_totals_line(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = stored
+    result = run_cli("stats", "--date", FIRST, "--until", LAST, env=cli_env(settings))
+    assert result.returncode == 0, result.stderr
+    header, rule, row = result.stdout.splitlines()
+    assert header.split() == MEASURES and row.split()[0] == f"{len(entries):,}"
+
+
+def test_map_overrides_and_stats_map_setting(stored: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    settings, entries = stored
+    cumulative = sum(e["cumulative_cost_eur"] for e in entries)
+    [row] = stats_json(settings, "--map", "cost=cumulative_cost_eur")
+    assert row["cost"] == pytest.approx(cumulative)
+    [row] = stats_json(settings, BLOBWRITER_STATS_MAP="cost=cumulative_cost_eur")
+    assert row["cost"] == pytest.approx(cumulative)
+    # The command line wins over the setting; a scale factor converts units.
+    [row] = stats_json(settings, "--map", "duration_ms=duration_ms*0.001",
+                       BLOBWRITER_STATS_MAP="cost=cumulative_cost_eur")
+    assert row["cost"] == pytest.approx(cumulative)
+    [plain] = stats_json(settings)
+    assert row["duration_ms_p50"] == pytest.approx(plain["duration_ms_p50"] / 1000)
+    # The same map from the YAML config file.
+    config = tmp_path / "blobwriter.yaml"
+    config.write_text("logging:\n  stats_map: 'cost=cumulative_cost_eur,prompt_tokens=response.usage.prompt_tokens'\n")
+    result = run_cli("--config", str(config), "stats", "--date", FIRST, "--until", LAST, "--format", "json",
+                     env=cli_env(settings))
+    assert result.returncode == 0, result.stderr
+    [row] = orjson.loads(result.stdout)
+    assert row["cost"] == pytest.approx(cumulative)
+    assert row["prompt_tokens"] == sum(dig(e, "response.usage.prompt_tokens") or 0 for e in entries)
+    # An alias names a group key; unsetting a measure makes it 0.
+    rows = stats_json(settings, "--map", "model=response.model|request.model", "--map", "cost=", "--by", "model")
+    assert {r["model"] for r in rows} == {first(e, "response.model", "request.model") for e in entries}
+    assert all(r["cost"] == 0 for r in rows)
+
+
+# -- other shapes: OpenTelemetry GenAI attributes and LiteLLM's StandardLoggingPayload ----------
+
+OTEL_ENTRIES = [
+    {"timestamp": "2026-11-25T10:00:00Z", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 10,
+     "gen_ai.usage.output_tokens": 5, "gen_ai.client.operation.duration": 0.25, "user.id": "alice"},
+    {"timestamp": "2026-11-25T10:05:00Z", "attributes": {
+        "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 3,
+        "gen_ai.client.operation.duration": 0.75, "user.id": "bob", "error.type": "timeout"}},
+    {"timestamp": "2026-11-25T11:00:00Z", "gen_ai": {"request": {"model": "o3-mini"}, "usage": {"input_tokens": 1}},
+     "http.response.status_code": 503, "user.id": "alice"},
+]
+LITELLM_ENTRIES = [
+    {"timestamp": "2026-11-25T10:00:00Z", "model": "azure/gpt-4o", "model_group": "gpt-4o", "prompt_tokens": 100,
+     "completion_tokens": 20, "total_tokens": 120, "response_cost": 0.0012, "response_time": 1.5, "status": "success",
+     "metadata": {"user_api_key_user_id": "u1", "user_api_key_team_alias": "search"}, "error_str": None},
+    {"timestamp": "2026-11-25T10:01:00Z", "model": "azure/gpt-4o", "model_group": "gpt-4o", "prompt_tokens": 50,
+     "completion_tokens": 0, "total_tokens": 50, "response_cost": 0.0, "response_time": 0.5, "status": "failure",
+     "metadata": {"user_api_key_user_id": "u2", "user_api_key_team_alias": "search"}, "error_str": "RateLimitError",
+     "error_information": {"error_code": "429", "error_class": "RateLimitError"}},
+    {"timestamp": "2026-11-25T12:00:00Z", "model": "o3-mini", "prompt_tokens": 10, "completion_tokens": 10,
+     "total_tokens": 20, "response_cost": 0.0001, "response_time": 2.0, "status": "success", "end_user": "u3",
+     "metadata": {"user_api_key_team_alias": "chat"}},
+]
+
+
+def run_stats(entries: list[dict[str, Any]], items: list[str], by: list[str]) -> list[dict[str, Any]]:
+    stats = Stats(FieldMap.parse(items), by)
+    for e in entries:
+        stats.add_line(orjson.dumps(e))
+    return stats.rows()
+
+
+def test_otel_preset() -> None:
+    rows = run_stats(OTEL_ENTRIES, ["otel"], ["model"])
+    assert [r["model"] for r in rows] == ["gpt-4o", "o3-mini"]
+    gpt, o3 = rows
+    assert (gpt["requests"], gpt["prompt_tokens"], gpt["completion_tokens"], gpt["total_tokens"]) == (2, 17, 8, 25)
+    assert gpt["errors"] == 1  # error.type set
+    assert gpt["duration_ms_p50"] == pytest.approx(500.0)  # seconds * 1000, interpolated between 250 and 750
+    assert (o3["errors"], o3["total_tokens"], o3["duration_ms_p50"]) == (1, 1, None)  # HTTP 503; no duration
+    assert [r["user"] for r in run_stats(OTEL_ENTRIES, ["otel"], ["user"])] == ["alice", "bob"]
+
+
+def test_litellm_preset() -> None:
+    rows = run_stats(LITELLM_ENTRIES, ["litellm"], ["team", "deployment"])
+    assert [(r["team"], r["deployment"]) for r in rows] == [("chat", "o3-mini"), ("search", "gpt-4o")]
+    chat, search = rows
+    assert (search["requests"], search["errors"], search["total_tokens"]) == (2, 1, 170)
+    assert search["cost"] == pytest.approx(0.0012)
+    assert search["duration_ms_p50"] == pytest.approx(1000.0) and search["duration_ms_p95"] == pytest.approx(1450.0)
+    assert (chat["requests"], chat["errors"], chat["cost"]) == (1, 0, pytest.approx(0.0001))
+    assert [r["user"] for r in run_stats(LITELLM_ENTRIES, ["litellm"], ["user"])] == ["u1", "u2", "u3"]
+
+
+async def test_missing_null_and_odd_values(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    entries = [
+        {"timestamp": "2026-11-25T10:00:00Z", "tokens": None, "cost_eur": None},  # all missing: zeros, no duration
+        {"timestamp": "2026-11-25T10:00:00Z", "tokens": {"prompt": "12", "completion": 3}, "cost_eur": "0.5",
+         "duration_ms": 10},  # numeric strings count
+        {"timestamp": "2026-11-25T10:00:00Z", "tokens": {"prompt": "many"}, "cost_eur": {"eur": 1},
+         "duration_ms": True, "status_code": "oops"},  # not numbers: counted as missing, noted
+        {"timestamp": "2026-11-25T10:00:00Z", "response": {"usage": {"prompt_tokens": 4, "completion_tokens": 6}},
+         "duration_ms": 30, "status_code": "500"},  # no tokens object: the OpenAI usage object; no total: the sum
+        {"timestamp": "2026-11-25T10:00:00Z", "status_code": 400, "error": None},  # an error by its status alone
+        {"timestamp": "2026-11-25T10:00:00Z", "status_code": 399},  # not an error
+        {"timestamp": "2026-11-25T10:00:00Z", "status_code": 200, "error": "content filter"},  # an error by its error
+    ]
+    await store_entries(settings, entries)
+    result = run_cli("stats", "--date", "2026-11-25", "--format", "json", env=cli_env(settings))
+    assert result.returncode == 0, result.stderr
+    [row] = orjson.loads(result.stdout)
+    assert row == {"requests": 7, "errors": 3, "prompt_tokens": 16, "completion_tokens": 9, "total_tokens": 25,
+                   "cost": 0.5, "duration_ms_p50": 20, "duration_ms_p95": 29}
+    notes = result.stderr.splitlines()
+    assert any("value(s) of prompt_tokens were not numbers" in n and '"many"' in n for n in notes), notes
+    assert any("value(s) of cost were not numbers" in n for n in notes)
+    assert any("value(s) of duration_ms were not numbers" in n for n in notes)
+    assert any("value(s) of status_code were not numbers" in n for n in notes)
+
+
+async def test_damaged_frames_are_reported_and_skipped_like_read(make_settings: Callable[..., Settings],
+                                                                 sample_entries: list[dict[str, Any]],
+                                                                 tmp_path: Path) -> None:
+    settings = make_settings(storage=str(tmp_path))
+    day = [e for e in sample_entries if e["timestamp"].startswith("2026-11-26T") and e["timestamp"].endswith("Z")]
+    await store_entries(settings, day, batch_size=20)
+    [path] = (tmp_path / "2026-11-26").glob("*.log")  # the one writer's blob of the day
+    data = bytearray(path.read_bytes())
+    offset, header = next((o, h) for o, h in frames_in(bytes(data)) if not h.is_index)
+    data[offset + header.frame_length - 5] ^= 0xFF  # one flipped ciphertext byte: this frame fails to decrypt
+    path.write_bytes(bytes(data))
+
+    read = run_cli("read", "--date", "2026-11-26", env=cli_env(settings))
+    assert read.returncode == 1
+    survivors = [orjson.loads(line) for line in read.stdout.splitlines()]
+    assert 0 < len(survivors) < len(day)
+    result = run_cli("stats", "--date", "2026-11-26", "--format", "json", env=cli_env(settings))
+    assert result.returncode == 1
+    assert result.stderr == read.stderr  # the same DAMAGED line(s) and summary as read
+    assert f"DAMAGED 2026-11-26/{path.name} at offset {offset}" in result.stderr
+    [row] = orjson.loads(result.stdout)  # the answer is still printed, over what could be read
+    assert_rows_equal([row], expected_stats(survivors))
+
+
+async def test_empty_range_and_wrong_key(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, _ = stored
+    result = run_cli("stats", "--date", "2020-01-01", "--format", "json", env=cli_env(settings))
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout) == [{"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                            "total_tokens": 0, "cost": 0, "duration_ms_p50": None,
+                                            "duration_ms_p95": None}]
+    wrong = run_cli("stats", "--date", FIRST, env=cli_env(settings, BLOBWRITER_ENCRYPTION_KEY=keygen()))
+    assert wrong.returncode == 2
+    assert "none of the configured keys can decrypt these logs" in wrong.stderr and wrong.stdout == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--by", "cost"], "cannot be named like a measure"),
+    (["--by", "user,user"], "named twice"),
+    (["--where", "user"], "FIELD=VALUE"),
+    (["--map", "nonsense"], "not a preset"),
+    (["--map", "cost=a..b"], "not a dotted field path"),
+    (["--map", "day=x"], "timestamp"),
+    (["--format", "xml"], "invalid choice"),
+    (["--until", "2026-11-01"], "before"),
+])
+def test_bad_arguments_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    env = cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()}))
+    result = run_cli("stats", "--date", "2026-11-25", *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_stats_map_setting_is_named(tmp_path: Path) -> None:
+    env = cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()}),
+                  BLOBWRITER_STATS_MAP="cost")
+    result = run_cli("stats", "--date", "2026-11-25", env=env)
+    assert result.returncode == 2
+    assert "Config 'stats_map'" in result.stderr
