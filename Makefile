@@ -58,7 +58,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-## bench: the quick benchmark (~5 min); writes docs/BENCHMARKS.md, bench/results.json, docs/bench-*.png
+## bench: the quick benchmark (~10 min); writes docs/BENCHMARKS.md, bench/results.json, docs/bench-*.png
 bench: install
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -66,7 +66,7 @@ bench: install
 	@command -v wrk >/dev/null 2>&1 || echo "bench: wrk not installed (not root?); using the slower Python load generator"
 	$(BIN)/python -m bench --quick
 
-## bench-full: 30-60 s windows, every peer at every store latency, a 60 s outage (~30 min)
+## bench-full: 20-60 s windows, every peer at every store latency, a 60 s outage, the fleet at 1.5 s too (~40 min)
 bench-full: install
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

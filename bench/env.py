@@ -9,8 +9,11 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from tests.support.azurite import Azurite as _Azurite
 from tests.support.azurite import connection_string, free_port, wait_for_port  # noqa: F401 - used by bench modules
@@ -104,3 +107,77 @@ def _azurite_version() -> str | None:
     if package.exists():
         return str(json.loads(package.read_text()).get("version"))
     return None
+
+
+def read_entries(blob_endpoint: str, container: str, key: str, dates: list[str],
+              each: Callable[[bytes], None] | None = None) -> dict[str, Any]:
+    """Read every entry of `dates` back with blobwriter's Reader, as `blobwriter verify` does (frames
+    checked against the writers' index frames, retried copies dropped), straight from Azurite (not
+    through the proxy); `each` sees every entry line. Returns the reader's report."""
+    import asyncio
+
+    from blobwriter.config import Settings
+    from blobwriter.reader import Reader
+    from blobwriter.store import open_store
+
+    settings = Settings.from_values({"storage": connection_string(blob_endpoint), "container": container,
+                                     "encryption_key": key})
+
+    async def read() -> dict[str, Any]:
+        store = open_store(settings)
+        reader = Reader(store, settings.keys, check_index=True)
+        try:
+            async for line in reader.entries(dates):
+                if each is not None:
+                    each(line)
+        finally:
+            await store.close()
+        r = reader.report
+        return {"parts": r.parts, "frames": r.frames, "entries": r.entries, "duplicate_frames": r.duplicates,
+                "index_frames": r.index_frames, "unindexed_frames": r.unindexed, "bytes": r.bytes,
+                "problems": [str(p) for p in r.problems[:20]], "problem_count": len(r.problems)}
+
+    return asyncio.run(read())
+
+
+def sample_dates() -> list[str]:
+    """The UTC dates the sample entries fall on."""
+    from blobwriter.entries import utc_date
+
+    return sorted({utc_date(orjson.loads(line)["timestamp"]) for line in entry_lines()})
+
+
+def padded_lines(lines: list[bytes], size: int, count: int) -> list[bytes]:
+    """`count` entries of about `size` bytes: sample entries whose request and response texts are
+    padded with other entries' texts (picked far apart, so that they compress like real text)."""
+    def prompt(e: dict[str, Any]) -> dict[str, Any] | None:
+        messages = (e.get("request") or {}).get("messages") or []
+        return messages[-1] if messages and isinstance(messages[-1], dict) else None
+
+    def answer(e: dict[str, Any]) -> dict[str, Any] | None:
+        choices = (e.get("response") or {}).get("choices") or []
+        message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+        return message if isinstance(message, dict) else None
+
+    entries = [orjson.loads(line) for line in lines]
+    texts = [m["content"] for e in entries for m in (prompt(e), answer(e)) if m and isinstance(m.get("content"), str)]
+    out = []
+    i = 0
+    while len(out) < count:
+        entry = entries[i % len(entries)]
+        i += 1
+        first, second = prompt(entry), answer(entry)
+        if first is None or second is None:
+            continue
+        entry = orjson.loads(orjson.dumps(entry))
+        first, second = prompt(entry), answer(entry)
+        j, pad, have = len(out) * 7919, [], len(orjson.dumps(entry))
+        while have < size:
+            pad.append(texts[j % len(texts)])
+            have += len(orjson.dumps(pad[-1]))
+            j += 104_729
+        half = len(pad) // 2
+        first["content"] += "\n" + "\n".join(pad[:half])  # type: ignore[index]
+        second["content"] += "\n" + "\n".join(pad[half:])  # type: ignore[index]
+        out.append(orjson.dumps(entry))
+    return out

@@ -8,8 +8,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,43 @@ def load(url: str, data: Path, per_request: int, duration: float, connections: i
     return orjson.loads(line[9:])
 
 
+class Sampler:
+    """A thread that samples a server's RSS and writer metrics every `every` seconds into `timeline`
+    (plus what `extra` returns), from start() until stop()."""
+
+    FIELDS = ("queue_depth", "queue_bytes", "accepted", "written", "rejected")
+
+    def __init__(self, server: Server, every: float, extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.server, self.every, self.extra = server, every, extra
+        self.timeline: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.monotonic()
+
+    def start(self) -> Sampler:
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                m = metrics(self.server)
+            except Exception:
+                m = {}
+            point: dict[str, Any] = {"t": round(time.monotonic() - self._t0, 2), "rss": self.server.rss(),
+                                     **{k: m.get(k) for k in self.FIELDS}}
+            if self.extra is not None:
+                point.update(self.extra())
+            self.timeline.append(point)
+            self._stop.wait(self.every)
+
+
 def wait_drained(server: Server, timeout: float) -> tuple[dict[str, float], float | None]:
     """Poll the metrics until nothing is queued; the last metrics and how long it took."""
     started = time.monotonic()
@@ -154,32 +193,35 @@ def wait_drained(server: Server, timeout: float) -> tuple[dict[str, float], floa
     return values, None
 
 
-def count_stored(azurite_url: str, container: str) -> dict[str, int]:
-    """Entries in the container's frames, each (writer, sequence) counted once (a retried append twice
-    stored is one frame), read straight from Azurite by walking the frame headers."""
-    from azure.storage.blob import ContainerClient
+def post_bodies(url: str, bodies: list[bytes], connections: int = 4, until_full: bool = False,
+                ctype: str = "application/x-ndjson", limit: int | None = None) -> dict[str, Any]:
+    """POST `bodies` to /api/logs from `connections` concurrent clients: each body once, or (until_full)
+    cycling through them until the server first answers 503, or `limit` bodies were sent. Status counts."""
+    import asyncio
 
-    from blobwriter.codec import walk_frames
+    import aiohttp
 
-    client = ContainerClient.from_connection_string(connection_string(azurite_url), container)
-    seen: set[tuple[bytes, int]] = set()
-    entries = frames = duplicates = blobs = stored = index_frames = 0
-    for blob in client.list_blobs():
-        if not blob.name.endswith(".log"):
-            continue
-        data = client.get_blob_client(blob.name).download_blob().readall()
-        blobs += 1
-        stored += len(data)
-        for _, header in walk_frames(data):
-            key = (header.writer_id, header.sequence)
-            if header.is_index:  # where frames landed, not entries
-                index_frames += 1
-            elif key in seen:
-                duplicates += 1
-            else:
-                seen.add(key)
-                entries += header.entries
-                frames += 1
-    client.close()
-    return {"blobs": blobs, "frames": frames, "entries": entries, "duplicate_frames": duplicates,
-            "index_frames": index_frames, "bytes_stored": stored}
+    async def run() -> dict[str, Any]:
+        status: dict[str, int] = {}
+        sent = 0
+        full = asyncio.Event()
+        total = limit if limit is not None else (1 << 62 if until_full else len(bodies))
+        started = time.monotonic()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
+                                         timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+            async def client() -> None:
+                nonlocal sent
+                while sent < total and not full.is_set():
+                    body = bodies[sent % len(bodies)]
+                    sent += 1
+                    async with session.post(url + "/api/logs", data=body, headers={"Content-Type": ctype}) as answer:
+                        await answer.read()
+                        status[str(answer.status)] = status.get(str(answer.status), 0) + 1
+                        if answer.status == 503 and until_full:
+                            full.set()
+
+            await asyncio.gather(*(client() for _ in range(connections)))
+        return {"status": status, "requests": sent, "seconds": round(time.monotonic() - started, 2)}
+
+    return asyncio.run(run())

@@ -14,6 +14,7 @@ from blobwriter.codec import GZIP_LEVEL, Encoder, _fast_gzip
 from blobwriter.config import Settings
 from blobwriter.entries import prepare
 from blobwriter.keys import SecretKey
+from blobwriter.layout import writer_blob
 
 
 def _best(fn: Any, rounds: int) -> float:
@@ -52,10 +53,13 @@ def encode_cost(entries: list[dict[str, Any]], batch: int, rounds: int) -> dict[
     def body(lines: list[bytes], sequence: int, date: str) -> Any:
         return encoder.body(lines, sequence, date=date)
 
+    def blob(date: str) -> str:  # the name a frame is sealed for (version 2 authenticates it)
+        return writer_blob("", date, encoder.writer_id.hex(), 0)
+
     def writer_path() -> None:
         for i, b in enumerate(batches):
             prepared = [prepare(e, max_entry_bytes) for e in b]
-            encoder.seal(body([p.line for p in prepared], i, prepared[0].date))
+            encoder.seal(body([p.line for p in prepared], i, prepared[0].date), blob=blob(prepared[0].date))
 
     def bare(compress: Any) -> Any:
         def run() -> None:
@@ -89,7 +93,7 @@ def encode_cost(entries: list[dict[str, Any]], batch: int, rounds: int) -> dict[
         prepared = [prepare(e, max_entry_bytes) for e in b]
         frame = body([p.line for p in prepared], i, prepared[0].date)
         raw += frame.plaintext_length
-        stored += len(encoder.seal(frame))
+        stored += len(encoder.seal(frame, blob=blob(prepared[0].date)))
     result["compression_ratio"] = raw / stored
     result["stored_bytes_per_entry"] = stored / n
     result["json_bytes_per_entry"] = raw / n

@@ -74,7 +74,10 @@ def by_date(lines: list[bytes], dates: list[str]) -> dict[str, list[bytes]]:
 class Counters:
     def __init__(self) -> None:
         self.written = 0
-        self.appends = 0
+        self.appends = 0  # Append Block calls that succeeded
+        self.frames = 0
+        self.retries = 0  # Append Block calls that failed (each one is billed too)
+        self.throttled = 0
         self.bytes_raw = 0
         self.bytes_stored = 0
         self.dropped = 0
@@ -115,6 +118,7 @@ class AsyncBlobPeer:
         blob = await self.blob(date)
         await blob.append_block(frame, length=len(frame))
         self.c.appends += 1
+        self.c.frames += 1
         self.c.written += len(lines)
         self.c.bytes_raw += raw
         self.c.bytes_stored += len(frame)
@@ -218,6 +222,7 @@ class OtelPeer:
                         frame, raw = encoder.encode(group)
                         blob.append_block(frame, length=len(frame))
                         peer.c.appends += 1
+                        peer.c.frames += 1
                         peer.c.written += len(group)
                         peer.c.bytes_raw += raw
                         peer.c.bytes_stored += len(frame)
@@ -272,7 +277,8 @@ class LogWriterPeer:
 
     def sync_counters(self) -> None:
         m = self.writer.metrics
-        self.c.written, self.c.appends = m.written, m.chunks
+        self.c.written, self.c.appends, self.c.frames = m.written, m.appends, m.frames
+        self.c.retries, self.c.throttled = m.retries, m.throttled
         self.c.bytes_raw, self.c.bytes_stored, self.c.dropped = m.bytes_raw, m.bytes_stored, m.failed
 
     async def stop(self) -> None:
@@ -418,7 +424,8 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
         result["emitted"] = peer.emitted
     else:
         result["dropped"] = peer.c.dropped
-    result.update(appends=peer.c.appends, bytes_raw=peer.c.bytes_raw, bytes_stored=peer.c.bytes_stored)
+    result.update(appends=peer.c.appends, frames=peer.c.frames, retries=peer.c.retries, throttled=peer.c.throttled,
+                  bytes_raw=peer.c.bytes_raw, bytes_stored=peer.c.bytes_stored)
     if latencies:
         ordered = sorted(latencies)
         result["call_latency"] = {f"p{q}": ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
@@ -439,7 +446,8 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
         peer.sync_counters()
         m = peer.writer.metrics
         result["after_drain"] = {"accepted": m.accepted, "written": m.written, "failed": m.failed,
-                                 "backlog": m.queue_depth(), "appends": m.chunks,
+                                 "backlog": m.queue_depth(), "appends": m.appends, "frames": m.frames,
+                                 "retries": m.retries,
                                  "bytes_raw": m.bytes_raw, "bytes_stored": m.bytes_stored}
     return result
 

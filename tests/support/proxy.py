@@ -168,6 +168,8 @@ class StorageProxy:
             return web.Response(status=503, text="storage down (test proxy)")
         if self.plan.per_blob_limit and self._over_blob_limit(request):
             self.counts["throttled"] += 1
+            if is_append(request):
+                self.counts["throttled_appends"] += 1
             return web.Response(status=503, text=SERVER_BUSY_BODY, content_type="application/xml",
                                 headers={"x-ms-error-code": "ServerBusy"})
         if fault == "error":
@@ -191,7 +193,9 @@ class StorageProxy:
                                 headers={"x-ms-error-code": "BlockCountExceedsLimit"})
         if self.plan.latency:
             await asyncio.sleep(self.plan.latency)
-        body = await request.read()
+        # Not request.read(): it refuses bodies over aiohttp's client_max_size (1 MiB) with a 413, and an
+        # Append Block carries up to 4 MiB.
+        body = await request.content.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         assert self._session is not None
         async with self._session.request(request.method, self.upstream + request.rel_url.raw_path_qs,
