@@ -138,7 +138,7 @@ def _loads(text: bytes, what: str, position: int | None = None) -> Any:
     """orjson, except where it would turn an integer wider than 64 bits into a float: then the exact
     parser, so the entry is refused (it cannot be stored exactly) instead of silently changed."""
     try:
-        if _LONG_NUMBER.search(text) is None:
+        if _LONG_RUN not in text.translate(_DIGITS_ONLY):
             return orjson.loads(text)
         return _EXACT.decode(text.decode("utf-8"))
     except (orjson.JSONDecodeError, ValueError, RecursionError) as exc:
@@ -204,7 +204,11 @@ def _json_problem(exc: BaseException) -> str:
 _EXACT = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
 # orjson holds -2**63 .. 2**64-1 exactly and turns wider integers into floats. 2**64 has 20 digits and
 # -2**63 19: integers of 18 digits or fewer fit, longer ones go to the exact parser (and are refused).
-_LONG_NUMBER = re.compile(rb"\d{19}")
+# A run of 19 digits may be an integer beyond what orjson parses exactly (it turns such integers into
+# floats). Found by mapping every digit to 0 and everything else to a space (one C pass over the
+# body) and searching for 19 zeros: ~10x cheaper than a regular expression over a 1.6 KB entry.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
+_LONG_RUN = b"0" * 19
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _NON_FINITE_LITERAL = re.compile(rb"NaN|Infinity")
 

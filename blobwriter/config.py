@@ -221,7 +221,7 @@ class Settings:
     compression: str = _setting("gzip", _choice("gzip", "none"), "gzip or none")
     batch_size: int = _setting(10, _int(1, 1000), "most entries in one batch")
     batch_timeout: float = _setting(1.0, _float(0.1, 60.0), "seconds a partial batch waits before it is written")
-    max_queue_size: int = _setting(100_000, _int(1, 10_000_000),
+    max_queue_size: int = _setting(250_000, _int(1, 10_000_000),
                                    "most accepted-but-unwritten entries; past it writes get back-pressure (HTTP 503)")
     max_queue_bytes: int = _setting(
         256 * MiB, _int(MiB, 64 * 1024 * MiB),

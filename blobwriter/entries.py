@@ -68,8 +68,20 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 64 else text[:64] + "...")
 
 
+# The common forms, checked for their shape and then read by datetime.fromisoformat (C): the slow
+# path below only runs for what this refuses (and to say why).
+_RFC3339_FAST = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-][0-9]{2}:[0-9]{2})?")
+
+
 def parse_timestamp(text: Any) -> datetime:
     """The UTC instant of an RFC 3339 date-time (without an offset: UTC); EntryError saying why not."""
+    if type(text) is str and _RFC3339_FAST.fullmatch(text) is not None:
+        try:
+            moment = datetime.fromisoformat(text)
+            return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            pass  # a leap second, an impossible date or offset: the full parse below says which
     if not isinstance(text, str):
         raise EntryError(f"'timestamp' must be a string ({_SHAPE}), got {json_type(text)}")
     m = _RFC3339.fullmatch(text)
@@ -196,6 +208,9 @@ class Rules:
                            truncate_bytes=settings.truncate_bytes, metadata_only=settings.metadata_only))
 
 
+_NOT_READ = datetime.min.replace(tzinfo=UTC)  # Admission.now when no rule needs the clock
+
+
 class Admission:
     """One call's admission: its clock reading (for the window and `received_at_field`) and the privacy
     controls in force (the configured ones, narrowed by the call's own)."""
@@ -203,7 +218,9 @@ class Admission:
     def __init__(self, rules: Rules, *, privacy: Privacy | None = None, check_numbers: bool = True,
                  now: datetime | None = None) -> None:
         self.rules = rules
-        self.now = now or datetime.now(UTC)
+        # The clock is read once per call, and only when something needs it.
+        timed = rules.max_past_days is not None or rules.max_future_days is not None or rules.received_at_field
+        self.now = now or (datetime.now(UTC) if timed else _NOT_READ)
         self.privacy = rules.privacy.narrowed(privacy)
         # Values parsed from JSON text cannot hold NaN or infinity (the parsers refuse them); values
         # from Python can, and orjson would silently write them as null.
@@ -288,25 +305,30 @@ def admit(values: Iterable[tuple[int, Any]], *, max_entry_bytes: int, max_entrie
     admission = Admission(rules or Rules(max_entry_bytes), privacy=privacy, check_numbers=check_numbers)
     prepared: list[Prepared] = []
     dates: set[str] = set()
-    size = 0
-    for position, value in values:
-        if len(prepared) >= max_entries:
-            raise EntryTooLargeError(f"more than {max_entries} entries in one call; at most max_queue_size="
-                                     f"{max_entries} fit in the queue: split the call")
-        try:
-            entry = admission.prepare(value)
-        except EntryError as exc:
-            raise type(exc)(f"entry {where} {position}: {exc}", position) from None
-        if entry.date not in dates:
-            dates.add(entry.date)
-            if len(dates) > MAX_DATES_PER_CALL:
-                raise EntryError(f"entry {where} {position}: more than {MAX_DATES_PER_CALL} distinct UTC dates in "
-                                 "one call: split the call by date", position)
-        size += len(entry.line)
-        if size > max_bytes:
-            raise EntryTooLargeError(f"more than {max_bytes} bytes of entries in one call; at most max_queue_bytes="
-                                     f"{max_bytes} fit in the queue: split the call")
-        prepared.append(entry)
+    size = consumed = 0
+    try:
+        for position, value in values:
+            consumed += 1
+            if consumed > max_entries:
+                raise EntryTooLargeError(f"more than {max_entries} entries in one call; at most max_queue_size="
+                                         f"{max_entries} fit in the queue: split the call")
+            try:
+                entry = admission.prepare(value)
+            except EntryError as exc:
+                raise type(exc)(f"entry {where} {position}: {exc}", position) from None
+            if entry.date not in dates:
+                dates.add(entry.date)
+                if len(dates) > MAX_DATES_PER_CALL:
+                    raise EntryError(f"entry {where} {position}: more than {MAX_DATES_PER_CALL} distinct UTC dates "
+                                     "in one call: split the call by date", position)
+            size += len(entry.line)
+            if size > max_bytes:
+                raise EntryTooLargeError(f"more than {max_bytes} bytes of entries in one call; at most "
+                                         f"max_queue_bytes={max_bytes} fit in the queue: split the call")
+            prepared.append(entry)
+    except EntryError as exc:
+        exc.consumed = consumed + (0 if consumed > len(prepared) else 1)  # a malformed value raised while read
+        raise
     return prepared
 
 

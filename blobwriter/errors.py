@@ -22,12 +22,14 @@ class EntryError(BlobwriterError, ValueError):
     """Entries were rejected before anything was queued: not a JSON object, bad timestamp, malformed.
 
     `position` is the entry's place in the call (0-based index, or 1-based line for NDJSON) when
-    one entry is to blame; `None` when the call as a whole is.
+    one entry is to blame; `None` when the call as a whole is. `consumed` is how many of the call's
+    values were read before it was refused (what the writer counts as rejected).
     """
 
     def __init__(self, message: str, position: int | None = None) -> None:
         super().__init__(message)
         self.position = position
+        self.consumed = 1
 
 
 class EntryTooLargeError(EntryError):

@@ -182,21 +182,13 @@ class LogWriter:
         a refused call's entries are counted as rejected, once. `privacy` narrows the configured privacy
         controls for this call; `from_json` says the values were parsed from JSON text (which cannot hold
         NaN or infinity, so they need not be looked for)."""
-        seen = 0
-
-        def counted() -> Iterable[tuple[int, Any]]:
-            nonlocal seen
-            for pair in values:
-                seen += 1
-                yield pair
-
         s = self.settings
         try:
-            return admit(counted(), max_entry_bytes=s.max_entry_bytes, max_entries=s.max_queue_size,
+            return admit(values, max_entry_bytes=s.max_entry_bytes, max_entries=s.max_queue_size,
                          max_bytes=s.max_queue_bytes, where=where, rules=self.rules, privacy=privacy,
                          check_numbers=not from_json)
-        except EntryError:
-            self.metrics.rejected += seen
+        except EntryError as exc:
+            self.metrics.rejected += exc.consumed
             raise
 
     def submit(self, prepared: list[Prepared], *, durable: bool = False) -> asyncio.Future[None] | None:
@@ -222,7 +214,9 @@ class LogWriter:
     async def write(self, entry: Any, *, wait: bool = False, privacy: Privacy | None = None) -> None:
         """Queue one entry and return at once; with wait=True, return once it is appended. `privacy`
         keeps less of this entry than the settings say (it can only narrow them)."""
-        await self.write_many((entry,), wait=wait, privacy=privacy)
+        future = self.submit(self.admit(((0, entry),), privacy=privacy), durable=wait)
+        if future is not None:
+            await future
 
     async def write_many(self, entries: Iterable[Any], *, wait: bool = False, privacy: Privacy | None = None) -> int:
         """Queue several entries, all or none (one bad entry rejects the call)."""

@@ -131,7 +131,7 @@ param batchSize int = 10
 param batchTimeout string = '1.0'
 
 @description('BLOBWRITER_MAX_QUEUE_SIZE: most accepted-but-unwritten entries per instance before HTTP 503.')
-param maxQueueSize int = 100000
+param maxQueueSize int = 250000
 
 @description('BLOBWRITER_MAX_QUEUE_BYTES: most serialized bytes of accepted-but-unwritten entries per instance before HTTP 503.')
 param maxQueueBytes int = 268435456
