@@ -30,6 +30,7 @@ from tests.support.reliability import (
     ServeProcess,
     make_entries,
     read_ids,
+    read_until_closed,
     record_figures,
     rss_bytes,
     serve_env,
@@ -145,13 +146,7 @@ def raw(port: int, data: bytes, *, dribble: float = 0.0, read: bool = True) -> b
         if not read:
             return b""
         sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (ConnectionResetError, TimeoutError):
-            pass
-        return b"".join(chunks)
+        return read_until_closed(sock)
 
 
 def status_of(response: bytes) -> int:

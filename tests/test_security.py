@@ -33,7 +33,7 @@ from blobwriter.writer import HEALTH_PROBE_INTERVAL, LogWriter
 from tests.conftest import ROOT, connection_string, free_port, wait_for_port
 from tests.support.proxy import StorageProxy
 from tests.support.readback import read_back
-from tests.support.reliability import ServeProcess, serve_env
+from tests.support.reliability import ServeProcess, read_until_closed, serve_env
 
 TS = "2026-11-24T10:00:00Z"
 
@@ -142,14 +142,7 @@ def _partial(port: int, declared: int = 1000, sent: bytes = b'[{"a": 1}') -> soc
     return sock
 
 
-def _response(sock: socket.socket) -> bytes:
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return b"".join(chunks)
+
 
 
 @pytest.fixture
@@ -172,7 +165,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_is_clos
     """Main read a body for as long as the client kept the connection open (holding up to max_body_bytes)."""
     server = serve(BLOBWRITER_BODY_TIMEOUT="1")
     sock = _partial(server.port)
-    answer = _response(sock)  # returns when the server closes the connection
+    answer = read_until_closed(sock)  # returns when the server closes the connection
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
     assert b"body_timeout" in answer and b"connection: close" in answer.lower()
@@ -186,7 +179,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_is_clos
         except OSError:
             break
         time.sleep(0.1)
-    answer = _response(dribbled)
+    answer = read_until_closed(dribbled)
     dribbled.close()
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]  # 38 bytes at 10 a second: past the 1 s deadline
     with httpx.Client(base_url=server.url) as http:  # the server is fine
@@ -200,7 +193,7 @@ def test_bodies_still_arriving_are_limited_and_whole_ones_never_wait(serve: Call
     held = [_partial(server.port) for _ in range(3)]
     ready, _, _ = select.select(held, [], [], 60)  # one of the three is refused at once; two are being read
     assert len(ready) == 1, "exactly one of three slow bodies is refused"
-    refused = _response(ready[0])
+    refused = read_until_closed(ready[0])
     assert refused.startswith(b"HTTP/1.1 503 "), refused[:300]
     assert b"max_concurrent_bodies" in refused and b"retry-after: 1" in refused.lower()
     with httpx.Client(base_url=server.url) as http:  # a body that arrives whole takes no slot
@@ -210,7 +203,7 @@ def test_bodies_still_arriving_are_limited_and_whole_ones_never_wait(serve: Call
     for _ in range(100):  # the closed connections give their slots back (uvicorn notices the close)
         late = _partial(server.port, declared=12, sent=b"{")
         late.sendall(b'"a": 1}    \n\n')
-        answer = _response(late)
+        answer = read_until_closed(late)
         late.close()
         if answer.startswith(b"HTTP/1.1 202 "):
             break

@@ -48,7 +48,7 @@ from blobwriter.writer import LogWriter
 from tests.conftest import ROOT
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, connection_string
 from tests.support.proxy import FaultPlan, StorageProxy
-from tests.support.reliability import ServeProcess, make_entries, run_cli, serve_env
+from tests.support.reliability import ServeProcess, make_entries, read_until_closed, run_cli, serve_env
 
 pytestmark = pytest.mark.reliability
 
@@ -157,13 +157,7 @@ def proxy(azurite_upstream: str) -> Iterator[StorageProxy]:
 def _send_raw(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(data)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (ConnectionResetError, TimeoutError):
-            pass
-    return b"".join(chunks)
+        return read_until_closed(sock)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -259,3 +260,14 @@ def markdown_table(data: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     print(markdown_table(json.loads(FIGURES.read_text())))
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything a raw HTTP connection answers until the server closes it (or resets it)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return b"".join(chunks)
