@@ -4,8 +4,8 @@ The reader's FrameScanner finds frames in a blob's bytes as they download. Frame
 batches of about BATCH_BYTES; `decode_batch` decrypts, decompresses and splits each frame of a batch
 into entries and, given an `EntryTask`, runs it over the batch's entries (e.g. `stats`' aggregation),
 so only a small partial result comes back. Batches run in this process until a read has decoded
-POOL_AFTER_BYTES, then in a pool of worker processes, one per core (started once, lazily: small
-reads never pay for it), a few batches ahead of the reader.
+POOL_AFTER_BYTES, then in worker processes (`python -m blobwriter.decode_worker`), one per core, started
+once, lazily (small reads never pay for it), a few batches ahead of the reader.
 
 Answers are taken in the order the frames were found, so the reader sees exactly what a serial scan
 sees. When a frame fails authentication, FrameScanner.reject() would rescan from the byte after its
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import multiprocessing
 import os
+import pickle
 import signal
+import struct
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -52,6 +53,13 @@ class EntryTask(Protocol[T_co]):
     def run(self, lines: Sequence[bytes]) -> T_co:
         """The partial result for these entries (JSON objects without newline, in order)."""
         ...
+
+
+class CountEntries:
+    """A task that only counts: decoding (authentication, decompression) is the work (`verify`)."""
+
+    def run(self, lines: Sequence[bytes]) -> int:
+        return len(lines)
 
 
 class Outcome(NamedTuple):
@@ -122,19 +130,110 @@ def decode_batch(decoder: Decoder, blob: str, date: str, frames: Sequence[bytes]
     return Answer(outcomes, task.run(lines) if task is not None and lines else None)
 
 
-_worker_decoder: Decoder | None = None
+# -- worker processes --------------------------------------------------------------------------
+
+_LENGTH = struct.Struct(">Q")
 
 
-def _start_worker(keys: list[SecretKey]) -> None:
-    global _worker_decoder
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's to handle: it stops the pool
-    _worker_decoder = Decoder(keys)
+class WorkerError(RuntimeError):
+    """A decoding worker process failed (it died, or could not start)."""
 
 
-def _decode_in_worker(blob: str, date: str, frames: list[bytes], task: EntryTask[Any] | None,
-                      id_field: str | None) -> Answer:
-    assert _worker_decoder is not None, "worker started without keys"
-    return decode_batch(_worker_decoder, blob, date, frames, task, id_field)
+class _Worker:
+    """One `python -m blobwriter.decode_worker` process: batches go in on its stdin, answers come back on its
+    stdout, in order. Not multiprocessing: that would run the caller's main module again in each
+    worker (spawn) or fork a process that has threads (fork)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.waiting: deque[asyncio.Future[Answer]] = deque()
+        self.reading = asyncio.create_task(self._read_answers())
+
+    @classmethod
+    async def start(cls, keys: list[SecretKey]) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "blobwriter.decode_worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, limit=2**26)
+        worker = cls(process)
+        worker._send((list(sys.path), keys))  # the keys travel through the pipe, never argv or the environment
+        return worker
+
+    def _send(self, message: Any) -> None:
+        assert self.process.stdin is not None
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self.process.stdin.write(_LENGTH.pack(len(data)) + data)
+
+    def run(self, args: tuple[Any, ...]) -> asyncio.Future[Answer]:
+        if self.reading.done():
+            raise WorkerError(f"decoding worker {self.process.pid} has exited")
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self._send(args)
+        return future
+
+    async def _read_answers(self) -> None:
+        assert self.process.stdout is not None
+        failure: BaseException | None = None
+        try:
+            while True:
+                size = _LENGTH.unpack(await self.process.stdout.readexactly(_LENGTH.size))[0]
+                ok, answer = pickle.loads(await self.process.stdout.readexactly(size))
+                future = self.waiting.popleft()
+                if future.cancelled():
+                    continue
+                if ok:
+                    future.set_result(answer)
+                else:
+                    future.set_exception(answer)
+        except asyncio.IncompleteReadError:
+            code = await self.process.wait()
+            failure = WorkerError(f"decoding worker {self.process.pid} exited (code {code})")
+        except Exception as exc:  # pragma: no cover - an answer that does not unpickle
+            failure = WorkerError(f"decoding worker {self.process.pid} answered garbage: {exc}")
+        finally:
+            for future in self.waiting:
+                if not future.done():
+                    future.set_exception(failure or WorkerError("decoding worker stopped"))
+            self.waiting.clear()
+
+    async def stop(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()  # end of input: the worker exits
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+        await self.reading
+
+
+def _serve() -> None:
+    """The worker's loop (`python -m blobwriter.decode_worker`): decode each batch read from stdin."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's to handle: it ends the input
+    source = sys.stdin.buffer
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything else printed goes to stderr, not into the answers
+
+    def message() -> Any:
+        head = source.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return None
+        return pickle.loads(source.read(_LENGTH.unpack(head)[0]))
+
+    path, keys = message()
+    sys.path[:] = path  # the reader's, so that its task's module imports here too
+    decoder = Decoder(keys)
+    while (args := message()) is not None:
+        try:
+            reply: tuple[bool, Any] = (True, decode_batch(decoder, *args))
+        except Exception as exc:
+            reply = (False, exc)
+        try:
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an exception that does not pickle: its text does
+            data = pickle.dumps((False, RuntimeError(f"{type(reply[1]).__name__}: {exc}")))
+        answers.write(_LENGTH.pack(len(data)) + data)
+        answers.flush()
 
 
 class Decoding:
@@ -146,7 +245,8 @@ class Decoding:
         self.workers = default_workers() if workers is None else workers
         self.id_field = id_field
         self.in_process_bytes = 0
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: asyncio.Task[list[_Worker]] | None = None
+        self._next = 0
 
     @property
     def parallel(self) -> bool:
@@ -161,11 +261,9 @@ class Decoding:
         """Decode a batch: at once in this process, or sent to a worker (its answer comes later)."""
         size = sum(len(data) for data in frames)
         if self._pool is None and self.workers > 1 and self.in_process_bytes + size > POOL_AFTER_BYTES:
-            # spawn, not fork: the reader's process has threads (asyncio, the storage SDK), and forking them is unsafe.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker, initargs=(self.keys,))
+            self._pool = asyncio.ensure_future(self._start())
         if self._pool is not None:
-            return asyncio.wrap_future(self._pool.submit(_decode_in_worker, blob, date, frames, task, self.id_field))
+            return asyncio.ensure_future(self._run((blob, date, frames, task, self.id_field)))
         self.in_process_bytes += size
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         try:
@@ -174,10 +272,26 @@ class Decoding:
             future.set_exception(exc)
         return future
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    async def _start(self) -> list[_Worker]:
+        return list(await asyncio.gather(*(_Worker.start(self.keys) for _ in range(self.workers))))
+
+    async def _run(self, args: tuple[Any, ...]) -> Answer:
+        assert self._pool is not None
+        workers = await asyncio.shield(self._pool)
+        worker = workers[self._next % len(workers)]  # batches are alike: take turns
+        self._next += 1
+        return await worker.run(args)
+
+    async def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        try:
+            workers = await pool
+        except Exception:
+            return
+        await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
 
 
 # -- one blob, scanned, decoded ahead, taken back in order -----------------------------------------
@@ -364,3 +478,4 @@ class Prefetch:
             if isinstance(item, BaseException):
                 raise item
             yield item
+

@@ -146,11 +146,11 @@ class Reader:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.close()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Stop the worker processes, if any were started (the store is the caller's to close)."""
-        self._decoding.close()
+        await self._decoding.close()
 
     async def entries(self, dates: Iterable[str]) -> AsyncIterator[bytes]:
         """Yield each stored entry (a JSON object, without newline) of the dates, in the order above."""

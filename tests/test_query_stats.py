@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -326,3 +327,33 @@ def test_bad_stats_map_setting_is_named(tmp_path: Path) -> None:
     result = run_cli("stats", "--date", "2026-11-25", env=env)
     assert result.returncode == 2
     assert "Config 'stats_map'" in result.stderr
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores for worker processes")
+async def test_stats_aggregated_in_worker_processes_equal_one_pass(tmp_path: Path, key: str,
+                                                                    sample_entries: list[dict[str, Any]],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stats.task() run where the frames are decoded, in batches, merged in order: the rows of one Stats
+    that saw every entry, odd values included (the ignored counts and their first example merge too)."""
+    from blobwriter import decoding
+    from blobwriter.reader import Reader
+    from blobwriter.store import DirectoryStore
+
+    monkeypatch.setattr(decoding, "POOL_AFTER_BYTES", 0)
+    monkeypatch.setattr(decoding, "BATCH_BYTES", 20_000)
+    odd = [{**e, "cost_eur": "n/a"} if i % 97 == 0 else {**e, "status_code": "oops"} if i % 89 == 0 else e
+           for i, e in enumerate(sample_entries)]
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key, "batch_size": 50})
+    await store_entries(settings, odd)
+    by, where = ["day", "deployment"], [Condition.parse("stream=false")]
+    one = Stats(FieldMap.from_setting("", []), by, where)
+    for e in odd:
+        one.add(orjson.loads(orjson.dumps(e)))
+    merged = Stats(FieldMap.from_setting("", []), by, where)
+    async with Reader(DirectoryStore(tmp_path), settings.keys, workers=2) as reader:
+        async for part in reader.results([f"2026-11-{d}" for d in range(24, 31)] + ["2026-12-01"], merged.task()):
+            merged.merge(part)
+        assert reader._decoding.parallel and reader.report.entries == len(odd)
+    assert_rows_equal(merged.rows(), one.rows())
+    assert merged.ignored.counts == one.ignored.counts and merged.ignored.counts["cost"] > 0
+    assert merged.ignored.examples == one.ignored.examples

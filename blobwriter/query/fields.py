@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -61,6 +61,32 @@ class FieldPath:
         return None if found is _MISSING else found
 
 
+def compile_path(path: FieldPath) -> Callable[[Any], Any]:
+    """path.get, faster for one and two segments when the steps are plain objects (nearly always);
+    anything else (a list index, a key with dots in it, a missing step) goes to path.get itself."""
+    segments, slow = path.segments, path.get
+    if len(segments) == 1:
+        key = segments[0]
+
+        def get_one(entry: Any) -> Any:
+            # A key without dots that is missing is missing: path.get would answer None too.
+            return entry.get(key) if type(entry) is dict else slow(entry)
+
+        return get_one
+    if len(segments) == 2:
+        first, second = segments
+
+        def get_two(entry: Any) -> Any:
+            if type(entry) is dict:
+                inner = entry.get(first)
+                if type(inner) is dict and second in inner:
+                    return inner[second]
+            return slow(entry)
+
+        return get_two
+    return slow
+
+
 def _lookup(value: Any, segments: tuple[str, ...], start: int) -> Any:
     """Walk segments[start:], trying keys that contain dots (`gen_ai.usage.input_tokens`) too."""
     if start == len(segments):
@@ -105,6 +131,23 @@ class Source:
 
     def __str__(self) -> str:
         return "|".join(p.text + (f"*{f:g}" if f is not None else "") for p, f in self.alternatives)
+
+    def compiled(self) -> Callable[[Any], Any]:
+        """self.get, as fast as the paths allow (see compile_path)."""
+        if any(factor is not None for _, factor in self.alternatives):
+            return self.get
+        getters = tuple(compile_path(path) for path, _ in self.alternatives)
+        if len(getters) == 1:
+            return getters[0]
+
+        def first(entry: Any) -> Any:
+            for get in getters:
+                value = get(entry)
+                if value is not None:
+                    return value
+            return None
+
+        return first
 
     def get(self, entry: Any) -> Any:
         for path, factor in self.alternatives:

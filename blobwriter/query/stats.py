@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -130,32 +130,92 @@ class Ignored:
             self.examples[name] = text if len(text) <= 40 else text[:37] + "..."
 
 
+@dataclass
+class StatsPart:
+    """What Stats gathered over a run of entries: merged into the whole by Stats.merge()."""
+
+    groups: dict[tuple[Any, ...], _Group]
+    ignored: Ignored
+    unparsable: int
+
+
+@dataclass(frozen=True)
+class StatsTask:
+    """The aggregation of one run of entries, where they are decoded (Reader.results: a worker
+    process for large reads). Picklable: the field map's items, the group keys, the conditions."""
+
+    specs: tuple[tuple[str, str], ...]
+    by: tuple[str, ...]
+    where: tuple[Condition, ...]
+
+    def run(self, lines: Sequence[bytes]) -> StatsPart:
+        stats = _working.get(self)
+        if stats is None:
+            stats = _working[self] = Stats(FieldMap(dict(self.specs)), self.by, self.where)
+        for line in lines:
+            stats.add_line(line)
+        return stats.take()
+
+
+_working: dict[StatsTask, Stats] = {}
+Getter = Callable[[Any], Any]
+
+
+def _compiled(source: Source | None) -> Getter | None:
+    return source.compiled() if source is not None else None  # per process: the Stats each task aggregates with
+
+
 class Stats:
     """Aggregates entries (JSON lines) into rows of MEASURES per group of `by`."""
 
     def __init__(self, fields: FieldMap, by: Sequence[str] = (), where: Iterable[Condition] = ()) -> None:
+        where = tuple(where)
+        self._task = StatsTask(tuple(fields.specs.items()), tuple(by), where)
         clash = [name for name in by if name in MEASURES]
         if clash:
             raise ConfigError(f"--by {','.join(clash)}: a group cannot be named like a measure ({', '.join(MEASURES)})")
         if len(set(by)) != len(by):
             raise ConfigError(f"--by {','.join(by)}: a field is named twice")
         self.by = tuple(by)
-        self._keys: list[Source | str] = [name if name in TIME_KEYS else fields.field(name) for name in by]
+        # What each group key, condition and measure reads, compiled once (Source.compiled): this runs per entry.
+        self._keys: list[tuple[str | None, Getter | None]] = [
+            (name, None) if name in TIME_KEYS else (None, fields.field(name).compiled()) for name in by]
         # Conditions on the same field are alternatives (OR); different fields must all hold (AND).
         grouped: dict[tuple[str, bool], list[str]] = {}
         for c in where:
             grouped.setdefault((c.name, c.negate), []).append(c.value)
-        self._where = [(name if name in TIME_KEYS else fields.field(name), negate, values)
-                       for (name, negate), values in grouped.items()]
-        sources = {name: fields.source(name) for name in (*_NUMERIC, "status_code", "error")}
-        self._prompt, self._completion, self._total = (sources["prompt_tokens"], sources["completion_tokens"],
-                                                       sources["total_tokens"])
-        self._cost, self._duration = sources["cost"], sources["duration_ms"]
-        self._status, self._error = sources["status_code"], sources["error"]
-        self._needs_hour = any(k in TIME_KEYS for k in self._keys) or any(w[0] in TIME_KEYS for w in self._where)
+        self._where: list[tuple[str | None, Getter | None, bool, list[str]]] = [
+            (name, None, negate, values) if name in TIME_KEYS else (None, fields.field(name).compiled(), negate, values)
+            for (name, negate), values in grouped.items()]
+        self._prompt, self._completion, self._total, self._cost, self._duration, self._status, self._error = (
+            _compiled(fields.source(name)) for name in (*_NUMERIC, "status_code", "error"))
+        self._needs_hour = any(t is not None for t, _ in self._keys) or any(w[0] is not None for w in self._where)
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self.ignored = Ignored()
         self.unparsable = 0
+
+    def task(self) -> StatsTask:
+        """This aggregation as a task for Reader.results(); merge() what it answers."""
+        return self._task
+
+    def take(self) -> StatsPart:
+        """What was gathered so far; this Stats starts again from nothing."""
+        part = StatsPart(self.groups, self.ignored, self.unparsable)
+        self.groups, self.ignored, self.unparsable = {}, Ignored(), 0
+        return part
+
+    def merge(self, part: StatsPart) -> None:
+        """Add what another Stats of the same task gathered, over entries that came after these."""
+        for key, group in part.groups.items():
+            mine = self.groups.get(key)
+            if mine is None:
+                self.groups[key] = group
+            else:
+                mine.merge(group)
+        for name, count in part.ignored.counts.items():
+            self.ignored.counts[name] += count
+            self.ignored.examples.setdefault(name, part.ignored.examples[name])
+        self.unparsable += part.unparsable
 
     def add_line(self, line: bytes) -> None:
         try:
@@ -168,14 +228,20 @@ class Stats:
 
     def add(self, entry: dict[str, Any]) -> None:
         hour = utc_hour(entry.get("timestamp")) if self._needs_hour else None
-        for source, negate, values in self._where:
-            value = self._time(source, hour) if isinstance(source, str) else source.get(entry)
+        for time_key, get, negate, values in self._where:
+            value = self._time(time_key, hour) if get is None else get(entry)
             if any(matches(value, wanted) for wanted in values) == negate:
                 return
-        key = tuple(self._time(k, hour) if isinstance(k, str) else group_value(k.get(entry)) for k in self._keys)
-        group = self.groups.get(key)
+        key = []
+        for time_key, get in self._keys:
+            if get is None:
+                key.append(self._time(time_key, hour))
+            else:
+                value = get(entry)
+                key.append(value if type(value) is str else group_value(value))
+        group = self.groups.get(tuple(key))
         if group is None:
-            group = self.groups[key] = _Group()
+            group = self.groups[tuple(key)] = _Group()
         group.requests += 1
         prompt = self._number("prompt_tokens", self._prompt, entry)
         completion = self._number("completion_tokens", self._completion, entry)
@@ -198,15 +264,18 @@ class Stats:
             group.errors += 1
 
     @staticmethod
-    def _time(name: str, hour: str | None) -> str | None:
+    def _time(name: str | None, hour: str | None) -> str | None:
         if hour is None:
             return None
         return hour[:10] if name == "day" else hour + ":00:00Z"
 
-    def _number(self, name: str, source: Source | None, entry: dict[str, Any]) -> int | float | None:
-        if source is None:
+    def _number(self, name: str, get: Getter | None, entry: dict[str, Any]) -> int | float | None:
+        if get is None:
             return None
-        value = source.get(entry)
+        value = get(entry)
+        kind = type(value)
+        if kind is int or kind is float or value is None:
+            return value
         number = to_number(value)
         if number is BAD:
             self.ignored.add(name, value)
@@ -214,12 +283,12 @@ class Stats:
         return number
 
     def _is_error(self, entry: dict[str, Any]) -> bool:
-        if self._error is not None and self._error.get(entry) is not None:
+        if self._error is not None and self._error(entry) is not None:
             return True
         if self._status is None:
             return False
-        status = self._status.get(entry)
-        code = to_number(status)
+        status = self._status(entry)
+        code = status if type(status) is int else to_number(status)
         if code is BAD:
             self.ignored.add("status_code", status)
             return False
