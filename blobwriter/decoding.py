@@ -16,6 +16,7 @@ again from that byte, whose bytes it keeps (`window`) until every frame before t
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import pickle
@@ -23,8 +24,9 @@ import signal
 import struct
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import orjson
@@ -34,9 +36,10 @@ from .errors import FrameError, UnknownKeyError
 from .keys import SecretKey
 from .store import Store
 
-BATCH_BYTES = 1024 * 1024  # stored bytes of frames per batch
+BATCH_BYTES = 512 * 1024  # stored bytes of frames per batch (sent once past it: a batch fits a widened pipe)
 POOL_AFTER_BYTES = 8 * 1024 * 1024  # stored bytes a read decodes in-process before it starts the pool
-AHEAD_PER_WORKER = 2  # batches in flight per worker process
+AHEAD_PER_WORKER = 3  # batches in flight per worker process
+PIPE_BYTES = 4 * 1024 * 1024  # the size asked for the pipes to and from a worker (at most pipe-max-size)
 BLOBS_AHEAD = 2  # blobs downloading at once (the one being read and the next)
 RANGES_AHEAD = 2  # download ranges buffered per blob, besides the one being scanned
 
@@ -154,6 +157,8 @@ class _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "blobwriter.decode_worker", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, limit=2**26)
+        for pipe in (process.stdin, process.stdout):
+            _widen(pipe)
         worker = cls(process)
         worker._send((list(sys.path), keys))  # the keys travel through the pipe, never argv or the environment
         return worker
@@ -205,6 +210,23 @@ class _Worker:
             self.process.kill()
             await self.process.wait()
         await self.reading
+
+
+def _widen(pipe: Any) -> None:
+    """Make a pipe hold a whole batch: with the default 64 KiB, a batch takes dozens of turns of both
+    processes, and on a busy machine each turn waits for the scheduler."""
+    transport = getattr(pipe, "transport", None) or getattr(pipe, "_transport", None)
+    fd = transport.get_extra_info("pipe").fileno() if transport is not None else None
+    if fd is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        limit = PIPE_BYTES
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(PIPE_BYTES, limit))
+    except OSError:  # not allowed (a lowered limit, or a pipe that many unprivileged ones already hold): as it is
+        pass
 
 
 def _serve() -> None:
@@ -432,7 +454,7 @@ class Prefetch:
         self._queues: dict[int, asyncio.Queue[Any]] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
-    async def blobs(self) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+    async def blobs(self) -> AsyncGenerator[tuple[str, AsyncIterator[bytes]], None]:
         try:
             for i, name in enumerate(self._names):
                 for ahead in range(i, min(i + BLOBS_AHEAD, len(self._names))):

@@ -176,70 +176,73 @@ class Reader:
             seen = SeenFrames()  # a frame is duplicated only within its own date's blobs
             check = IndexCheck() if self._check_index else None
             ids: set[bytes] = set()
-            prefetch = Prefetch(self.store, await self.store.parts(day))
-            async for name, chunks in prefetch.blobs():
-                self.report.parts += 1
-                scan: BlobScan[Any] = BlobScan(self._decoding, name, day, task)
-                kept: list[tuple[Frame, list[bool] | None]] = []  # the batch's data frames read, and entries kept
-                complete = True  # the worker's task result counts exactly the frames and entries kept
-                try:
-                    async for item in scan.items(chunks):
-                        if isinstance(item, BatchEnd):
-                            if task is not None and kept:
-                                if complete and item.complete and item.result is not None:
-                                    yield item.result
+            blobs = Prefetch(self.store, await self.store.parts(day)).blobs()
+            try:
+                async for name, chunks in blobs:
+                    self.report.parts += 1
+                    scan: BlobScan[Any] = BlobScan(self._decoding, name, day, task)
+                    kept: list[tuple[Frame, list[bool] | None]] = []  # the batch's data frames read, and entries kept
+                    complete = True  # the worker's task result counts exactly the frames and entries kept
+                    try:
+                        async for item in scan.items(chunks):
+                            if isinstance(item, BatchEnd):
+                                if task is not None and kept:
+                                    if complete and item.complete and item.result is not None:
+                                        yield item.result
+                                    else:
+                                        yield self._run_again(task, name, day, kept)
+                                kept, complete = [], True
+                                continue
+                            if isinstance(item, Damage):
+                                self._problem(name, item.offset, item.message)
+                                continue
+                            found, outcome = item.found, item.outcome
+                            if outcome.status != OK:
+                                unknown = found.header.key_id if outcome.status != FAILED else None
+                                self._problem(name, found.offset, outcome.message, unknown)
+                                continue
+                            header = found.header
+                            self.report.bytes += header.frame_length
+                            if check is not None and not header.is_index:
+                                check.landed((name, found.offset),
+                                             (header.writer_id, header.sequence, header.attempt, found.tag.hex()))
+                            seen_as = seen.add(header.writer_id, header.sequence, header.attempt)
+                            if seen_as != Seen.NEW:
+                                complete = complete and header.is_index
+                                if seen_as == Seen.REPLAY:
+                                    self._problem(name, found.offset,
+                                                  f"replayed frame: writer {header.writer_id.hex()} sequence "
+                                                  f"{header.sequence} attempt {header.attempt} appears twice")
                                 else:
-                                    yield self._run_again(task, name, day, kept)
-                            kept, complete = [], True
-                            continue
-                        if isinstance(item, Damage):
-                            self._problem(name, item.offset, item.message)
-                            continue
-                        found, outcome = item.found, item.outcome
-                        if outcome.status != OK:
-                            unknown = found.header.key_id if outcome.status != FAILED else None
-                            self._problem(name, found.offset, outcome.message, unknown)
-                            continue
-                        header = found.header
-                        self.report.bytes += header.frame_length
-                        if check is not None and not header.is_index:
-                            check.landed((name, found.offset),
-                                         (header.writer_id, header.sequence, header.attempt, found.tag.hex()))
-                        seen_as = seen.add(header.writer_id, header.sequence, header.attempt)
-                        if seen_as != Seen.NEW:
-                            complete = complete and header.is_index
-                            if seen_as == Seen.REPLAY:
-                                self._problem(name, found.offset,
-                                              f"replayed frame: writer {header.writer_id.hex()} sequence "
-                                              f"{header.sequence} attempt {header.attempt} appears twice")
-                            else:
-                                self.report.duplicates += 1
-                            continue
-                        if header.is_index:
-                            self.report.index_frames += 1
-                            if check is not None:
-                                assert outcome.plaintext is not None
-                                self._take_index(name, found.offset, header, outcome.plaintext, check)
-                            continue
-                        self.report.frames += 1
-                        self.report.entries += header.entries
-                        keep = None
-                        if outcome.ids is not None:
-                            keep = [self._first(digest, ids, ids_before) for digest in outcome.ids]
-                            complete = complete and all(keep)
-                        if task is not None:
-                            kept.append((item, keep))
-                            continue
-                        assert outcome.plaintext is not None
-                        if keep is None:
-                            for line in iter_lines(outcome.plaintext):
-                                yield line
-                        else:
-                            for line, wanted in zip(iter_lines(outcome.plaintext), keep, strict=True):
-                                if wanted:
+                                    self.report.duplicates += 1
+                                continue
+                            if header.is_index:
+                                self.report.index_frames += 1
+                                if check is not None:
+                                    assert outcome.plaintext is not None
+                                    self._take_index(name, found.offset, header, outcome.plaintext, check)
+                                continue
+                            self.report.frames += 1
+                            self.report.entries += header.entries
+                            keep = None
+                            if outcome.ids is not None:
+                                keep = [self._first(digest, ids, ids_before) for digest in outcome.ids]
+                                complete = complete and all(keep)
+                            if task is not None:
+                                kept.append((item, keep))
+                                continue
+                            assert outcome.plaintext is not None
+                            if keep is None:
+                                for line in iter_lines(outcome.plaintext):
                                     yield line
-                finally:
-                    scan.close()
+                            else:
+                                for line, wanted in zip(iter_lines(outcome.plaintext), keep, strict=True):
+                                    if wanted:
+                                        yield line
+                    finally:
+                        scan.close()
+            finally:
+                await blobs.aclose()  # at once, not when collected: a read stopped early stops its downloads
             if check is not None:
                 unindexed, open_chains = check.finish({(p.blob, p.offset) for p in self.report.problems}, self._report)
                 self.report.unindexed += unindexed

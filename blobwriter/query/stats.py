@@ -18,7 +18,7 @@ from typing import Any, Final
 import orjson
 
 from ..errors import ConfigError
-from .fields import BAD, TIME_KEYS, FieldMap, Source, group_value, matches, to_number
+from .fields import BAD, OBJECTS, TIME_KEYS, FieldMap, Source, group_value, matches, plain, simdjson_parser, to_number
 
 MEASURES: Final = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
                    "duration_ms_p50", "duration_ms_p95")
@@ -126,7 +126,7 @@ class Ignored:
     def add(self, name: str, value: Any) -> None:
         self.counts[name] += 1
         if name not in self.examples:
-            text = orjson.dumps(value).decode()
+            text = orjson.dumps(plain(value)).decode()
             self.examples[name] = text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -193,6 +193,7 @@ class Stats:
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self.ignored = Ignored()
         self.unparsable = 0
+        self._parser = simdjson_parser()
 
     def task(self) -> StatsTask:
         """This aggregation as a task for Reader.results(); merge() what it answers."""
@@ -218,6 +219,20 @@ class Stats:
         self.unparsable += part.unparsable
 
     def add_line(self, line: bytes) -> None:
+        """Add one entry as stored (JSON). pysimdjson, where installed, parses it lazily: only the fields
+        read are made into Python values; what it refuses (a number past 64 bits) orjson decides."""
+        if self._parser is not None:
+            try:
+                entry = self._parser.parse(line)
+            except (ValueError, RuntimeError):
+                pass
+            else:
+                try:
+                    if type(entry) in OBJECTS:
+                        self.add(entry)
+                        return
+                finally:
+                    del entry  # the parser can be used again only once nothing refers to what it parsed
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -243,9 +258,19 @@ class Stats:
         if group is None:
             group = self.groups[tuple(key)] = _Group()
         group.requests += 1
-        prompt = self._number("prompt_tokens", self._prompt, entry)
-        completion = self._number("completion_tokens", self._completion, entry)
-        total = self._number("total_tokens", self._total, entry)
+        # The measures: numbers as they are; anything else through _odd (numeric text, or counted as ignored).
+        get = self._prompt
+        prompt = get(entry) if get is not None else None
+        if prompt is not None and type(prompt) is not int and type(prompt) is not float:
+            prompt = self._odd("prompt_tokens", prompt)
+        get = self._completion
+        completion = get(entry) if get is not None else None
+        if completion is not None and type(completion) is not int and type(completion) is not float:
+            completion = self._odd("completion_tokens", completion)
+        get = self._total
+        total = get(entry) if get is not None else None
+        if total is not None and type(total) is not int and type(total) is not float:
+            total = self._odd("total_tokens", total)
         if total is None and (prompt is not None or completion is not None):
             total = (prompt or 0) + (completion or 0)  # no total field (OpenTelemetry has none): their sum
         if prompt is not None:
@@ -254,10 +279,16 @@ class Stats:
             group.completion += completion
         if total is not None:
             group.total += total
-        cost = self._number("cost", self._cost, entry)
+        get = self._cost
+        cost = get(entry) if get is not None else None
+        if cost is not None and type(cost) is not float and type(cost) is not int:
+            cost = self._odd("cost", cost)
         if cost is not None:
             group.cost += cost
-        duration = self._number("duration_ms", self._duration, entry)
+        get = self._duration
+        duration = get(entry) if get is not None else None
+        if duration is not None and type(duration) is not int and type(duration) is not float:
+            duration = self._odd("duration_ms", duration)
         if duration is not None:
             group.durations[duration] += 1
         if self._is_error(entry):
@@ -269,13 +300,8 @@ class Stats:
             return None
         return hour[:10] if name == "day" else hour + ":00:00Z"
 
-    def _number(self, name: str, get: Getter | None, entry: dict[str, Any]) -> int | float | None:
-        if get is None:
-            return None
-        value = get(entry)
-        kind = type(value)
-        if kind is int or kind is float or value is None:
-            return value
+    def _odd(self, name: str, value: Any) -> int | float | None:
+        """A measure's value that is not a plain number: numeric text as its number; else counted as ignored."""
         number = to_number(value)
         if number is BAD:
             self.ignored.add(name, value)
