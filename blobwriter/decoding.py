@@ -239,10 +239,15 @@ def _serve() -> None:
     def message() -> Any:
         head = source.read(_LENGTH.size)
         if len(head) < _LENGTH.size:
-            return None
-        return pickle.loads(source.read(_LENGTH.unpack(head)[0]))
+            return None  # the end of the input: the reader is done (or gone)
+        size = _LENGTH.unpack(head)[0]
+        body = source.read(size)
+        return pickle.loads(body) if len(body) == size else None
 
-    path, keys = message()
+    first = message()
+    if first is None:
+        return
+    path, keys = first
     sys.path[:] = path  # the reader's, so that its task's module imports here too
     decoder = Decoder(keys)
     while (args := message()) is not None:
@@ -254,8 +259,11 @@ def _serve() -> None:
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # an exception that does not pickle: its text does
             data = pickle.dumps((False, RuntimeError(f"{type(reply[1]).__name__}: {exc}")))
-        answers.write(_LENGTH.pack(len(data)) + data)
-        answers.flush()
+        try:
+            answers.write(_LENGTH.pack(len(data)) + data)
+            answers.flush()
+        except BrokenPipeError:  # the reader went away without waiting for this answer: nothing to do
+            return
 
 
 class Decoding:
