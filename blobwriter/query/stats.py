@@ -190,6 +190,9 @@ class Stats:
         self._prompt, self._completion, self._total, self._cost, self._duration, self._status, self._error = (
             _compiled(fields.source(name)) for name in (*_NUMERIC, "status_code", "error"))
         self._needs_hour = any(t is not None for t, _ in self._keys) or any(w[0] is not None for w in self._where)
+        self._plain_keys: list[Getter] | None = None
+        if all(get is not None for _, get in self._keys):
+            self._plain_keys = [get for _, get in self._keys if get is not None]
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self.ignored = Ignored()
         self.unparsable = 0
@@ -247,16 +250,15 @@ class Stats:
             value = self._time(time_key, hour) if get is None else get(entry)
             if any(matches(value, wanted) for wanted in values) == negate:
                 return
-        key = []
-        for time_key, get in self._keys:
-            if get is None:
-                key.append(self._time(time_key, hour))
-            else:
-                value = get(entry)
-                key.append(value if type(value) is str else group_value(value))
-        group = self.groups.get(tuple(key))
+        if self._plain_keys is not None:  # fields only (no day/hour): the common case, without the loop
+            key = tuple([value if type(value) is str else group_value(value)
+                         for value in [get(entry) for get in self._plain_keys]])
+        else:
+            key = tuple([self._time(time_key, hour) if get is None else group_value(get(entry))
+                         for time_key, get in self._keys])
+        group = self.groups.get(key)
         if group is None:
-            group = self.groups[tuple(key)] = _Group()
+            group = self.groups[key] = _Group()
         group.requests += 1
         # The measures: numbers as they are; anything else through _odd (numeric text, or counted as ignored).
         get = self._prompt
@@ -291,8 +293,22 @@ class Stats:
             duration = self._odd("duration_ms", duration)
         if duration is not None:
             group.durations[duration] += 1
-        if self._is_error(entry):
+        get = self._error
+        if get is not None and get(entry) is not None:
             group.errors += 1
+            return
+        get = self._status
+        if get is not None:
+            status = get(entry)
+            if type(status) is int:
+                if status >= 400:
+                    group.errors += 1
+            elif status is not None:
+                code = to_number(status)
+                if code is BAD:
+                    self.ignored.add("status_code", status)
+                elif code is not None and code >= 400:
+                    group.errors += 1
 
     @staticmethod
     def _time(name: str | None, hour: str | None) -> str | None:
@@ -307,18 +323,6 @@ class Stats:
             self.ignored.add(name, value)
             return None
         return number
-
-    def _is_error(self, entry: dict[str, Any]) -> bool:
-        if self._error is not None and self._error(entry) is not None:
-            return True
-        if self._status is None:
-            return False
-        status = self._status(entry)
-        code = status if type(status) is int else to_number(status)
-        if code is BAD:
-            self.ignored.add("status_code", status)
-            return False
-        return code is not None and code >= 400
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per group, ordered by the group keys (nulls last)."""
