@@ -136,6 +136,35 @@ def compile_path(path: FieldPath) -> Callable[[Any], Any]:
     return get_many
 
 
+FIRSTS: Final = "__firsts__"  # in generated code's names: first steps read once -> their variables
+
+
+def _name(names: dict[str, Any], value: Any) -> str:
+    """A name for `value` in generated code's namespace."""
+    name = f"_n{len(names)}"
+    names[name] = value
+    return name
+
+
+def _inline_path(path: FieldPath, target: str, names: dict[str, Any]) -> list[str]:
+    """compile_path(path) written out as statements setting `target` (see Source.inline)."""
+    segments = path.segments
+    if len(segments) == 1:
+        return [f"{target} = get({segments[0]!r})"]
+    if len(segments) == 2:
+        first, second = segments
+        # entry.get(first) is read once, at the top (FIRSTS: the generated code's first lines set them).
+        firsts: dict[str, str] = names.setdefault(FIRSTS, {})
+        inner = firsts.setdefault(first, f"_first{len(firsts)}")
+        return [f"if type({inner}) in OBJECTS:",
+                f"    {target} = {inner}[{second!r}] if {second!r} in {inner} else get({first + '.' + second!r})",
+                f"elif type({inner}) in ARRAYS:",
+                f"    {target} = {_name(names, path.get)}(entry)",
+                "else:",
+                f"    {target} = get({first + '.' + second!r})"]
+    return [f"{target} = {_name(names, compile_path(path))}(entry)"]
+
+
 def _lookup(value: Any, path: FieldPath, start: int) -> Any:
     """Walk path.segments[start:], trying keys that contain dots (`gen_ai.usage.input_tokens`) too."""
     segments = path.segments
@@ -197,6 +226,18 @@ class Source:
             return None
 
         return first
+
+    def inline(self, target: str, names: dict[str, Any]) -> list[str]:
+        """Python statements that set `target` to self.get(entry), for code made once per `stats` run
+        (Stats): `entry` is an object (a dict, or a pysimdjson Object) and `get` is entry.get. Paths of
+        one or two plain steps are written out; anything else is a call, added to `names`."""
+        if any(factor is not None for _, factor in self.alternatives):
+            return [f"{target} = {_name(names, self.get)}(entry)"]
+        lines: list[str] = []
+        for number, (path, _) in enumerate(self.alternatives):
+            steps = _inline_path(path, target, names)
+            lines += steps if number == 0 else [f"if {target} is None:", *("    " + step for step in steps)]
+        return lines
 
     def get(self, entry: Any) -> Any:
         for path, factor in self.alternatives:

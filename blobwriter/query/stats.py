@@ -18,7 +18,20 @@ from typing import Any, Final
 import orjson
 
 from ..errors import ConfigError
-from .fields import BAD, OBJECTS, TIME_KEYS, FieldMap, Source, group_value, matches, plain, simdjson_parser, to_number
+from .fields import (
+    ARRAYS,
+    BAD,
+    FIRSTS,
+    OBJECTS,
+    TIME_KEYS,
+    FieldMap,
+    Source,
+    group_value,
+    matches,
+    plain,
+    simdjson_parser,
+    to_number,
+)
 
 MEASURES: Final = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
                    "duration_ms_p50", "duration_ms_p95")
@@ -197,6 +210,79 @@ class Stats:
         self.ignored = Ignored()
         self.unparsable = 0
         self._parser = simdjson_parser()
+        self._add = self._compile(fields, [None if name in TIME_KEYS else fields.field(name) for name in by])
+
+    def _compile(self, fields: FieldMap, keys: list[Source | None]) -> Callable[[Any], None]:
+        """self.add_object for this field map, written out as one function (made once per Stats): the
+        same steps, without a call per field read (the part of stats that runs for every entry)."""
+        names: dict[str, Any] = {"OBJECTS": OBJECTS, "ARRAYS": ARRAYS, "stats": self, "Group": _Group,
+                                 "group_value": group_value, "utc_hour": utc_hour}
+        lines = ["def add(entry):", "    get = entry.get"]
+        body: list[str] = []
+        body.append('hour = utc_hour(get("timestamp"))' if self._needs_hour else "hour = None")
+        if self._where:
+            body += ["if not stats._wanted(entry, hour):", "    return"]
+        if self._plain_keys is not None:
+            for number, source in enumerate(keys):
+                assert source is not None
+                body += source.inline(f"k{number}", names)
+                body.append(f"k{number} = k{number} if type(k{number}) is str else group_value(k{number})")
+            body.append("key = (" + "".join(f"k{number}, " for number in range(len(keys))) + ")")
+        else:
+            body.append("key = stats._key(entry, hour)")
+        body += ["groups = stats.groups", "group = groups.get(key)", "if group is None:",
+                 "    group = groups[key] = Group()", "group.requests += 1"]
+        for variable, measure in (("prompt", "prompt_tokens"), ("completion", "completion_tokens"),
+                                  ("total", "total_tokens"), ("cost", "cost"), ("duration", "duration_ms")):
+            source = fields.source(measure)
+            if source is None:
+                body.append(f"{variable} = None")
+                continue
+            body += source.inline(variable, names)
+            body += [f"if {variable} is not None and type({variable}) is not int and type({variable}) is not float:",
+                     f"    {variable} = stats._odd({measure!r}, {variable})"]
+        body += ["if total is None and (prompt is not None or completion is not None):",
+                 "    total = (prompt or 0) + (completion or 0)",
+                 "if prompt is not None:", "    group.prompt += prompt",
+                 "if completion is not None:", "    group.completion += completion",
+                 "if total is not None:", "    group.total += total",
+                 "if cost is not None:", "    group.cost += cost",
+                 "if duration is not None:", "    group.durations[duration] += 1"]
+        error, status = fields.source("error"), fields.source("status_code")
+        if error is not None:
+            body += error.inline("error", names)
+            body += ["if error is not None:", "    group.errors += 1", "    return"]
+        if status is not None:
+            body += status.inline("status", names)
+            body += ["if type(status) is int:", "    if status >= 400:", "        group.errors += 1",
+                     "elif status is not None:", "    stats._status_text(group, status)"]
+        lines += [f"    {variable} = get({first!r})" for first, variable in names.pop(FIRSTS, {}).items()]
+        # The field map's paths enter the text only as repr() literals.
+        text = "\n".join(lines + ["    " + line for line in body])
+        exec(compile(text, "<blobwriter stats>", "exec"), names)
+        add: Callable[[Any], None] = names["add"]
+        return add
+
+    def _wanted(self, entry: Any, hour: str | None) -> bool:
+        """Does the entry meet every --where condition?"""
+        for time_key, get, negate, values in self._where:
+            value = self._time(time_key, hour) if get is None else get(entry)
+            if any(matches(value, wanted) for wanted in values) == negate:
+                return False
+        return True
+
+    def _key(self, entry: Any, hour: str | None) -> tuple[Any, ...]:
+        """The group key, with day or hour among the keys."""
+        return tuple([self._time(time_key, hour) if get is None else group_value(get(entry))
+                      for time_key, get in self._keys])
+
+    def _status_text(self, group: _Group, status: Any) -> None:
+        """A status that is not an int: numeric text counts by its number, anything else is ignored."""
+        code = to_number(status)
+        if code is BAD:
+            self.ignored.add("status_code", status)
+        elif code is not None and code >= 400:
+            group.errors += 1
 
     def task(self) -> StatsTask:
         """This aggregation as a task for Reader.results(); merge() what it answers."""
@@ -232,7 +318,7 @@ class Stats:
             else:
                 try:
                     if type(entry) in OBJECTS:
-                        self.add(entry)
+                        self._add(entry)
                         return
                 finally:
                     del entry  # the parser can be used again only once nothing refers to what it parsed
@@ -242,9 +328,14 @@ class Stats:
             self.unparsable += 1
             return
         if type(entry) is dict:
-            self.add(entry)
+            self._add(entry)
 
     def add(self, entry: dict[str, Any]) -> None:
+        """Add one parsed entry (an object). add_line runs the same steps written out (_compile)."""
+        self._add(entry)
+
+    def add_object(self, entry: dict[str, Any]) -> None:
+        """The steps of add, one field read at a time: what _compile writes out (tests hold them equal)."""
         hour = utc_hour(entry.get("timestamp")) if self._needs_hour else None
         for time_key, get, negate, values in self._where:
             value = self._time(time_key, hour) if get is None else get(entry)
