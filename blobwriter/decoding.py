@@ -166,7 +166,7 @@ class _Worker:
     def _send(self, message: Any) -> None:
         assert self.process.stdin is not None
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self.process.stdin.write(_LENGTH.pack(len(data)) + data)
+        self.process.stdin.writelines((_LENGTH.pack(len(data)), data))  # no copy of the batch to prefix it
 
     def run(self, args: tuple[Any, ...]) -> asyncio.Future[Answer]:
         if self.reading.done():
