@@ -65,6 +65,7 @@ bench: install
 		apt-get update -qq && apt-get install -y -qq wrk >/dev/null || true; fi; }
 	@command -v wrk >/dev/null 2>&1 || echo "bench: wrk not installed (not root?); using the slower Python load generator"
 	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench.query --quick
 
 ## bench-full: 20-60 s windows, every peer at every store latency, a 60 s outage, the fleet at 1.5 s too (~40 min)
 bench-full: install
@@ -73,6 +74,7 @@ bench-full: install
 		apt-get update -qq && apt-get install -y -qq wrk >/dev/null || true; fi; }
 	@command -v wrk >/dev/null 2>&1 || echo "bench: wrk not installed (not root?); using the slower Python load generator"
 	$(BIN)/python -m bench --full
+	$(BIN)/python -m bench.query --full
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) node_modules .pytest_cache .ruff_cache

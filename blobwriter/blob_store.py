@@ -11,10 +11,13 @@ aiohttp from resending it on a dropped kept-alive connection (the writer retries
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +29,7 @@ from .store import READ_RANGE_BYTES, Appended
 log = logging.getLogger("blobwriter.store")
 
 SDK_RETRIES = 3  # quick in-request retries of transient errors (not appends: the writer retries those)
+RANGES_IN_FLIGHT = 4  # download requests of one blob being read at once
 
 
 # Credentials as they appear in URLs, connection strings and headers: a SAS signature (`sig=`), an
@@ -214,15 +218,31 @@ class AppendBlobStore:
     async def read(self, name: str) -> AsyncIterator[bytes]:
         # The bytes present now, range by range. One download of a blob past 32 MiB pins its later
         # ranges to the first one's ETag and fails once anyone appends; an append blob only grows,
-        # so these ranges never change.
+        # so these ranges never change. RANGES_IN_FLIGHT ranges download at once (a request's
+        # latency, not the bandwidth, bounds one range at a time); they are yielded in order.
         blob = self._client().get_blob_client(name)
         with _storage_errors(f"reading {name}", self.description):
             size = (await blob.get_blob_properties()).size
-        for offset in range(0, size, READ_RANGE_BYTES):
+
+        async def download(offset: int) -> bytes:
             with _storage_errors(f"reading {name}", self.description):
                 downloader = await blob.download_blob(offset=offset, length=min(READ_RANGE_BYTES, size - offset))
-                data = await downloader.readall()
-            yield data
+                return bytes(await downloader.readall())
+
+        offsets = iter(range(0, size, READ_RANGE_BYTES))
+        in_flight = deque(asyncio.ensure_future(download(offset)) for offset in islice(offsets, RANGES_IN_FLIGHT))
+        try:
+            while in_flight:
+                data = await in_flight.popleft()
+                following = next(offsets, None)
+                if following is not None:
+                    in_flight.append(asyncio.ensure_future(download(following)))
+                yield data
+        finally:  # stopped early, or a range failed: the others are not wanted (nor their errors)
+            for download_task in in_flight:
+                download_task.cancel()
+                if download_task.done() and not download_task.cancelled():
+                    download_task.exception()
 
     async def check(self) -> None:
         with _storage_errors("storage unreachable: probe", self.description):

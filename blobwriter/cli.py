@@ -13,10 +13,11 @@ from datetime import date as Date
 
 from . import __version__
 from .config import Settings, load_settings
+from .decoding import CountEntries
 from .errors import BlobwriterError, ConfigError
 from .keys import keygen
 from .query import cli as query_cli
-from .query.progress import tracked
+from .query.progress import Progress, tracked_results
 from .reader import Reader, ReadReport, date_range
 from .store import open_store
 
@@ -101,16 +102,21 @@ async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: 
     store = open_store(settings)
     reader = Reader(store, settings.keys, check_index=verify, id_field=settings.id_field)
     out = sys.stdout.buffer
-    entries = tracked(reader, dates, "verify") if verify else reader.entries(dates)  # a bar on a terminal
+    progress = Progress("verify", dates, enabled=None if verify else False)  # a bar on a terminal
     try:
-        async for line in entries:
-            if not verify:
+        if verify:  # decoding is the work: the entries need not leave the worker processes
+            async for _ in tracked_results(reader, dates, CountEntries(), progress=progress):
+                pass
+        else:
+            async for line in reader.entries(dates):
                 out.write(line + b"\n")
         out.flush()
     except BrokenPipeError:  # the consumer stopped reading (`| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     finally:
+        progress.close()
+        await reader.close()
         await store.close()
     report = reader.report
     if report.only_unknown_keys:

@@ -290,13 +290,17 @@ class FrameScanner:
     feed() the blob's bytes in order, iterate for what they hold, then finish() and iterate once more.
     A consumer that finds a Found frame bad (authentication failed) calls reject(): scanning goes on
     from the byte after its start, looking for the next valid header. Memory: one frame plus one chunk.
+
+    `offset` is the blob offset of the first byte fed (0: the blob's start); with `damaged`, scanning
+    starts by looking for the next valid header, as after reject() (a reader that decoded ahead
+    resumes there: the scanner at offset + 1 of a rejected frame, in damaged mode, is that state).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, offset: int = 0, *, damaged: bool = False) -> None:
         self._buffer = bytearray()
-        self._base = 0  # blob offset of buffer[0]
+        self._base = offset  # blob offset of buffer[0]
         self._pos = 0  # next frame boundary in the buffer
-        self._damaged = False  # looking for the next valid header after a problem
+        self._damaged = damaged  # looking for the next valid header after a problem
         self._eof = False
         self._last_start: int | None = None  # buffer position of the frame last yielded
 

@@ -1,28 +1,32 @@
 """Read frames back: stream each date's blobs, decrypt, drop duplicates, report damage.
 
 A corrupt, truncated or unauthenticated frame is reported with its blob and offset and
-never stops the reader: it scans on to the next valid frame header. Memory stays bounded by
-one frame plus one download range, whatever the size of the day (verify also holds each
-indexed frame's place; `id_field` holds each entry's id digest).
+never stops the reader: it scans on to the next valid frame header. Blobs download a few ranges
+ahead, and frames are decrypted, decompressed and split into entries on all cores (decoding.py),
+yet everything comes out in one order: blobs in listing order, frames in blob order, entries in
+frame order. Memory stays bounded by what is in flight (a few download ranges and batches of
+frames), whatever the size of the day; verify's index check holds only frames and records not
+matched yet (index_check.py); `id_field` holds each entry's id digest.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-from bisect import bisect_right
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
+from typing import Any, TypeVar
 
-import orjson
-
-from .codec import Damage, Decoder, FrameHeader, FrameScanner, iter_lines
-from .errors import FrameError, UnknownKeyError
-from .index import ChainLink, chain_hash, read_index
+from .codec import Damage, FrameHeader, iter_lines
+from .decoding import FAILED, OK, BatchEnd, BlobScan, Decoding, EntryTask, Frame, Prefetch, entry_lines
+from .errors import FrameError
+from .index import chain_hash, read_index
+from .index_check import IndexCheck, SequenceRanges
 from .keys import SecretKey
 from .store import Store
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ class SeenFrames:
     NEW, RETRY, REPLAY = Seen.NEW, Seen.RETRY, Seen.REPLAY
 
     def __init__(self) -> None:
-        self._first: dict[bytes, tuple[list[int], list[int]]] = {}
+        self._firsts = SequenceRanges()
+        self._first = self._firsts.ranges  # writer -> (range starts, range ends)
         self._retried: dict[tuple[bytes, int], set[int]] = {}
 
     def add(self, writer_id: bytes, sequence: int, attempt: int = 0) -> Seen:
@@ -90,7 +95,7 @@ class SeenFrames:
         attempt was seen before (identical bytes appended twice: not something a writer does)."""
         retried = self._retried.get((writer_id, sequence))
         if attempt == 0:
-            if not self._add_first(writer_id, sequence):
+            if not self._firsts.add(writer_id, sequence):
                 return self.REPLAY
             return self.NEW if retried is None else self.RETRY
         if retried is None:
@@ -98,32 +103,8 @@ class SeenFrames:
         elif attempt in retried:
             return self.REPLAY
         retried.add(attempt)
-        seen_before = len(retried) > 1 or self._contains_first(writer_id, sequence)
+        seen_before = len(retried) > 1 or (writer_id, sequence) in self._firsts
         return self.RETRY if seen_before else self.NEW
-
-    def _contains_first(self, writer_id: bytes, sequence: int) -> bool:
-        starts, ends = self._first.get(writer_id, ([], []))
-        i = bisect_right(starts, sequence) - 1
-        return i >= 0 and sequence <= ends[i]
-
-    def _add_first(self, writer_id: bytes, sequence: int) -> bool:
-        starts, ends = self._first.setdefault(writer_id, ([], []))
-        i = bisect_right(starts, sequence) - 1
-        if i >= 0 and sequence <= ends[i]:
-            return False
-        joins_left = i >= 0 and ends[i] == sequence - 1
-        joins_right = i + 1 < len(starts) and starts[i + 1] == sequence + 1
-        if joins_left and joins_right:
-            ends[i] = ends[i + 1]
-            del starts[i + 1], ends[i + 1]
-        elif joins_left:
-            ends[i] = sequence
-        elif joins_right:
-            starts[i + 1] = sequence
-        else:
-            starts.insert(i + 1, sequence)
-            ends.insert(i + 1, sequence)
-        return True
 
 
 def date_range(first: Date, last: Date | None = None) -> list[str]:
@@ -134,159 +115,179 @@ def date_range(first: Date, last: Date | None = None) -> list[str]:
     return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
-_Landed = tuple[bytes, int, int, str]  # writer id, sequence, attempt, GCM tag (hex)
-
-
 class Reader:
     """Streams the entries of a range of dates from a store, each exactly once.
+
+    Order: a date's blobs in listing order (layout.sort_parts), each blob's frames in blob order,
+    each frame's entries in frame order; so one writer's entries come in the order it accepted
+    them. Decoding runs on `workers` processes (default: every core) once a read is large enough;
+    what comes out is the same as with workers=1.
 
     With check_index (verify), it also holds every frame's position against the index frames
     its writer appended, which reveals frames swapped, moved or removed, and follows each writer's
     chain of index frames, which reveals index frames removed. With `id_field`, an entry whose
     value of that field was seen before, in its date or the day before, is dropped (a client's
-    retry after a lost answer).
+    retry after a lost answer). Call close() (or use `async with`) to stop the worker processes.
     """
 
     def __init__(self, store: Store, keys: Iterable[SecretKey], *, check_index: bool = False,
-                 id_field: str | None = None) -> None:
+                 id_field: str | None = None, workers: int | None = None) -> None:
         self.store = store
-        self._decoder = Decoder(keys)
+        self._decoding = Decoding(keys, workers=workers, id_field=id_field)
+        self._decoder = self._decoding.decoder
         self._check_index = check_index
         self._id_field = id_field
         self.report = ReadReport()
+        self.index_check: IndexCheck | None = None  # the last date's, when check_index
+        self._ids_before: set[bytes] = set()
+        self._last_date: str | None = None
+
+    async def __aenter__(self) -> Reader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the worker processes, if any were started (the store is the caller's to close)."""
+        await self._decoding.close()
 
     async def entries(self, dates: Iterable[str]) -> AsyncIterator[bytes]:
-        """Yield each stored entry (a JSON object, without newline) of the dates, in blob order."""
-        ids_before: set[bytes] = set()
-        for day in dates:
-            seen = SeenFrames()  # a frame is duplicated only within its own date's blobs
-            claims: dict[tuple[str, int], _Landed] = {}
-            landed: dict[tuple[str, int], _Landed] = {}
-            chains: dict[bytes, list[tuple[ChainLink, str, int, int, str]]] = {}
-            ids: set[bytes] = set()
-            for name in await self.store.parts(day):
-                self.report.parts += 1
-                async for offset, header, plaintext, tag in self._frames(name, day):
-                    if self._check_index and not header.is_index:
-                        landed[(name, offset)] = (header.writer_id, header.sequence, header.attempt, tag)
-                    seen_as = seen.add(header.writer_id, header.sequence, header.attempt)
-                    if seen_as == Seen.REPLAY:
-                        self._problem(name, offset, f"replayed frame: writer {header.writer_id.hex()} sequence "
-                                                    f"{header.sequence} attempt {header.attempt} appears twice")
-                        continue
-                    if seen_as == Seen.RETRY:
-                        self.report.duplicates += 1
-                        continue
-                    if header.is_index:
-                        self.report.index_frames += 1
-                        if self._check_index:
-                            self._take_index(name, offset, header, plaintext, claims, chains)
-                        continue
-                    self.report.frames += 1
-                    self.report.entries += header.entries
-                    for line in iter_lines(plaintext):
-                        if self._id_field is None or self._first(line, ids, ids_before):
-                            yield line
-            if self._check_index:
-                self._check_claims(claims, landed)
-                self._check_chains(chains)
-            ids_before = ids
+        """Yield each stored entry (a JSON object, without newline) of the dates, in the order above."""
+        async for line in self._read(dates, None):
+            yield line
 
-    def _first(self, line: bytes, ids: set[bytes], ids_before: set[bytes]) -> bool:
+    async def results(self, dates: Iterable[str], task: EntryTask[T]) -> AsyncIterator[T]:
+        """task.run() over the entries of the dates, each entry once, in runs of consecutive entries, in
+        the order above; the task runs where frames are decoded (worker processes for large reads), so
+        only its results travel. The entries are the ones entries() yields, in the same order."""
+        async for result in self._read(dates, task):
+            yield result
+
+    async def _read(self, dates: Iterable[str], task: EntryTask[Any] | None) -> AsyncIterator[Any]:
+        # The ids of the date read before: the previous date of this call, or, for the first, of the
+        # call before if that ended the day before (a range read one call per day, as the commands do).
+        carried = self._last_date is not None
+        for day in dates:
+            if carried and _next_day(self._last_date or "") != day:
+                self._ids_before = set()
+            carried = False
+            ids_before = self._ids_before
+            seen = SeenFrames()  # a frame is duplicated only within its own date's blobs
+            check = IndexCheck() if self._check_index else None
+            ids: set[bytes] = set()
+            blobs = Prefetch(self.store, await self.store.parts(day)).blobs()
+            try:
+                async for name, chunks in blobs:
+                    self.report.parts += 1
+                    scan: BlobScan[Any] = BlobScan(self._decoding, name, day, task)
+                    kept: list[tuple[Frame, list[bool] | None]] = []  # the batch's data frames read, and entries kept
+                    complete = True  # the worker's task result counts exactly the frames and entries kept
+                    try:
+                        async for item in scan.items(chunks):
+                            if isinstance(item, BatchEnd):
+                                if task is not None and kept:
+                                    if complete and item.complete and item.result is not None:
+                                        yield item.result
+                                    else:
+                                        yield self._run_again(task, name, day, kept)
+                                kept, complete = [], True
+                                continue
+                            if isinstance(item, Damage):
+                                self._problem(name, item.offset, item.message)
+                                continue
+                            found, outcome = item.found, item.outcome
+                            if outcome.status != OK:
+                                unknown = found.header.key_id if outcome.status != FAILED else None
+                                self._problem(name, found.offset, outcome.message, unknown)
+                                continue
+                            header = found.header
+                            self.report.bytes += header.frame_length
+                            if check is not None and not header.is_index:
+                                check.landed((name, found.offset),
+                                             (header.writer_id, header.sequence, header.attempt, found.tag.hex()))
+                            seen_as = seen.add(header.writer_id, header.sequence, header.attempt)
+                            if seen_as != Seen.NEW:
+                                complete = complete and header.is_index
+                                if seen_as == Seen.REPLAY:
+                                    self._problem(name, found.offset,
+                                                  f"replayed frame: writer {header.writer_id.hex()} sequence "
+                                                  f"{header.sequence} attempt {header.attempt} appears twice")
+                                else:
+                                    self.report.duplicates += 1
+                                continue
+                            if header.is_index:
+                                self.report.index_frames += 1
+                                if check is not None:
+                                    assert outcome.plaintext is not None
+                                    self._take_index(name, found.offset, header, outcome.plaintext, check)
+                                continue
+                            self.report.frames += 1
+                            self.report.entries += header.entries
+                            keep = None
+                            if outcome.ids is not None:
+                                keep = [self._first(digest, ids, ids_before) for digest in outcome.ids]
+                                complete = complete and all(keep)
+                            if task is not None:
+                                kept.append((item, keep))
+                                continue
+                            assert outcome.plaintext is not None
+                            if keep is None:
+                                for line in iter_lines(outcome.plaintext):
+                                    yield line
+                            else:
+                                for line, wanted in zip(iter_lines(outcome.plaintext), keep, strict=True):
+                                    if wanted:
+                                        yield line
+                    finally:
+                        scan.close()
+            finally:
+                await blobs.aclose()  # at once, not when collected: a read stopped early stops its downloads
+            if check is not None:
+                unindexed, open_chains = check.finish({(p.blob, p.offset) for p in self.report.problems}, self._report)
+                self.report.unindexed += unindexed
+                self.report.open_chains += open_chains
+                self.index_check = check
+            self._ids_before, self._last_date = ids, day
+
+    def _run_again(self, task: EntryTask[T], name: str, day: str, kept: list[tuple[Frame, list[bool] | None]]) -> T:
+        """The task over the entries kept of a batch whose worker result counted more (a retried copy, a
+        repeated id, frames dropped for a rescan): decode those frames again here."""
+        lines: list[bytes] = []
+        for frame, keep in kept:
+            found = frame.found
+            plaintext = self._decoder.decode(found.header, found.data, blob=name, date=day)
+            entries = entry_lines(plaintext)
+            lines += entries if keep is None else [line for line, wanted in zip(entries, keep, strict=True) if wanted]
+        return task.run(lines)
+
+    def _first(self, digest: bytes | None, ids: set[bytes], ids_before: set[bytes]) -> bool:
         """False if an entry with this id_field value was read before (this date or the day before)."""
-        value = orjson.loads(line).get(self._id_field)
-        if value is None:
+        if digest is None:
             return True
-        digest = hashlib.blake2b(orjson.dumps(value), digest_size=12).digest()
         if digest in ids or digest in ids_before:
             self.report.id_duplicates += 1
             return False
         ids.add(digest)
         return True
 
-    def _take_index(self, name: str, offset: int, header: FrameHeader, plaintext: bytes,
-                    claims: dict[tuple[str, int], _Landed],
-                    chains: dict[bytes, list[tuple[ChainLink, str, int, int, str]]]) -> None:
+    def _take_index(self, name: str, offset: int, header: FrameHeader, plaintext: bytes, check: IndexCheck) -> None:
         try:
             link, records = read_index(plaintext)
         except FrameError as exc:  # authenticated, yet not what the format says: a writer bug; report it
             self._problem(name, offset, str(exc))
             return
         for r in records:
-            claims[(r.blob, r.offset)] = (header.writer_id, r.sequence, r.attempt, r.tag)
+            check.claim(header.writer_id, r)
         if link is not None:
-            chains.setdefault(header.writer_id, []).append((link, chain_hash(plaintext), len(records), offset, name))
+            check.link(header.writer_id, link, chain_hash(plaintext), len(records), offset, name)
 
-    def _check_chains(self, chains: dict[bytes, list[tuple[ChainLink, str, int, int, str]]]) -> None:
-        """Each writer's index frames of a date must be numbered 1, 2, ... with no gap, each naming the
-        previous one's hash and counting every data frame indexed so far."""
-        for writer, found in chains.items():
-            found.sort(key=lambda item: item[0].number)
-            expected, previous, frames = 1, "", 0
-            for link, digest, records, offset, name in found:
-                if link.number != expected:
-                    missing = f"{expected}" if link.number == expected + 1 else f"{expected} to {link.number - 1}"
-                    self._problem(name, offset, f"index frame(s) {missing} of writer {writer.hex()} missing before "
-                                                f"this one (removed, or cut with the frames they indexed)")
-                    frames = link.frames  # what the missing ones indexed is unknown: count on from here
-                else:
-                    if link.previous != previous:
-                        self._problem(name, offset, f"index chain of writer {writer.hex()} broken at index frame "
-                                                    f"{link.number}: the previous one is not the one it names")
-                    frames += records
-                    if link.frames != frames:
-                        self._problem(name, offset, f"index frame {link.number} of writer {writer.hex()} counts "
-                                                    f"{link.frames} frames indexed, its chain holds {frames}")
-                        frames = link.frames
-                expected, previous = link.number + 1, digest
-            if not found[-1][0].final:
-                self.report.open_chains += 1
-
-    def _check_claims(self, claims: dict[tuple[str, int], _Landed], landed: dict[tuple[str, int], _Landed]) -> None:
-        damaged = {(p.blob, p.offset) for p in self.report.problems}
-        for (blob, offset), (writer, sequence, attempt, tag) in sorted(claims.items()):
-            found = landed.get((blob, offset))
-            if found == (writer, sequence, attempt, tag) or (blob, offset) in damaged:
-                continue
-            expected = f"writer {writer.hex()} sequence {sequence} attempt {attempt}"
-            if found is None:
-                self._problem(blob, offset, f"indexed frame missing: {expected} was appended here "
-                                            "(removed, moved or cut)")
-            else:
-                self._problem(blob, offset, f"frame out of place: found writer {found[0].hex()} sequence "
-                                            f"{found[1]} attempt {found[2]} where the index puts {expected} "
-                                            "(frames swapped or moved)")
-        # A retried append's other copy is not in any index: its twin at the indexed offset is.
-        claimed = {(writer, sequence) for writer, sequence, _, _ in claims.values()}
-        self.report.unindexed += sum(1 for place, (writer, sequence, _, _) in landed.items()
-                                     if place not in claims and (writer, sequence) not in claimed)
-
-    async def _frames(self, name: str, date: str) -> AsyncIterator[tuple[int, FrameHeader, bytes, str]]:
-        """Each readable frame of one part: offset, header, plaintext, tag (hex); damage is reported."""
-        scanner = FrameScanner()
-        chunks = self.store.read(name)
-        eof = False
-        while not eof:
-            try:
-                scanner.feed(await anext(chunks))
-            except StopAsyncIteration:
-                scanner.finish()
-                eof = True
-            for found in scanner:
-                if isinstance(found, Damage):
-                    self._problem(name, found.offset, found.message)
-                    continue
-                try:
-                    plaintext = self._decoder.decode(found.header, found.data, blob=name, date=date)
-                except UnknownKeyError as exc:  # intact but unreadable: skip exactly this frame
-                    self._problem(name, found.offset, str(exc), found.header.key_id)
-                    continue
-                except FrameError as exc:
-                    self._problem(name, found.offset, str(exc))
-                    scanner.reject()
-                    continue
-                self.report.bytes += found.header.frame_length
-                yield found.offset, found.header, plaintext, found.tag.hex()
+    def _report(self, name: str, offset: int, message: str) -> None:
+        self._problem(name, offset, message)
 
     def _problem(self, name: str, offset: int, message: str, unknown_key: bytes | None = None) -> None:
         self.report.problems.append(Problem(name, offset, message, unknown_key))
+
+
+def _next_day(day: str) -> str:
+    return (Date.fromisoformat(day) + timedelta(days=1)).isoformat()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -326,3 +327,71 @@ def test_bad_stats_map_setting_is_named(tmp_path: Path) -> None:
     result = run_cli("stats", "--date", "2026-11-25", env=env)
     assert result.returncode == 2
     assert "Config 'stats_map'" in result.stderr
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores for worker processes")
+async def test_stats_aggregated_in_worker_processes_equal_one_pass(tmp_path: Path, key: str,
+                                                                    sample_entries: list[dict[str, Any]],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stats.task() run where the frames are decoded, in batches, merged in order: the rows of one Stats
+    that saw every entry, odd values included (the ignored counts and their first example merge too)."""
+    from blobwriter import decoding
+    from blobwriter.reader import Reader
+    from blobwriter.store import DirectoryStore
+
+    monkeypatch.setattr(decoding, "POOL_AFTER_BYTES", 0)
+    monkeypatch.setattr(decoding, "BATCH_BYTES", 20_000)
+    odd = [{**e, "cost_eur": "n/a"} if i % 97 == 0 else {**e, "status_code": "oops"} if i % 89 == 0 else e
+           for i, e in enumerate(sample_entries)]
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key, "batch_size": 50})
+    await store_entries(settings, odd)
+    by, where = ["day", "deployment"], [Condition.parse("stream=false")]
+    one = Stats(FieldMap.from_setting("", []), by, where)
+    for e in odd:
+        one.add(orjson.loads(orjson.dumps(e)))
+    merged = Stats(FieldMap.from_setting("", []), by, where)
+    async with Reader(DirectoryStore(tmp_path), settings.keys, workers=2) as reader:
+        async for part in reader.results([f"2026-11-{d}" for d in range(24, 31)] + ["2026-12-01"], merged.task()):
+            merged.merge(part)
+        assert reader._decoding.parallel and reader.report.entries == len(odd)
+    assert_rows_equal(merged.rows(), one.rows())
+    assert merged.ignored.counts == one.ignored.counts and merged.ignored.counts["cost"] > 0
+    assert merged.ignored.examples == one.ignored.examples
+
+
+ODD = [  # shapes the field map's fallbacks, dotted keys, lists and bad values go through
+    {"timestamp": "2026-11-25T10:00:00+02:00", "user": {"id": 7}, "tokens": [1, 2], "cost_eur": "0.5",
+     "response": {"usage": {"prompt_tokens": 3, "completion_tokens": "4", "total_tokens": 7}}, "status_code": "503"},
+    {"timestamp": "2026-11-25T23:59:59", "user": None, "tokens": {"prompt": None, "total": "x"}, "cost": 2,
+     "tokens.prompt": 11, "duration_ms": "12.5", "status_code": 200, "error": {"type": "timeout"}},
+    {"timestamp": 17, "deployment": ["a", "b"], "tokens": "none", "duration_ms": True, "status_code": None,
+     "gen_ai.usage.input_tokens": 5, "attributes": {"gen_ai.usage.output_tokens": 6}, "response_time": 0.25},
+    {"user": "zed", "tokens": {"prompt": 1, "completion": 2}, "status_code": 404.0, "request": {"model": "m"}},
+    {"prompt_tokens": "many", "response_cost": {"eur": 1}, "response_time": "slow", "model_group": 3,
+     "error_information": {"error_code": "E42"}, "metadata": {"user_api_key_user_id": ["u"]}},
+]
+
+
+@pytest.mark.parametrize("maps", [[], ["otel"], ["litellm"], ["cost=cumulative_cost_eur|cost_eur*2",
+                                                                "user=request.model|user", "team=tokens.0"]])
+def test_the_written_out_aggregation_equals_the_step_by_step_one(sample_entries: list[dict[str, Any]],
+                                                                 maps: list[str]) -> None:
+    """Stats compiles the field map into one function (what add and add_line run); add_object takes the
+    same steps one field read at a time. Every --by and --where of the docs' matrix, odd entries too."""
+    entries = sample_entries[:400] + ODD
+    fields = FieldMap.from_setting("", maps)
+    ignored = 0
+    for by in [*BYS, "team", "user,day"]:
+        for where in [*WHERES, ["team=1"]]:
+            keys = [name for name in by.split(",") if name]
+            conditions = [Condition.parse(w) for w in where]
+            compiled, dicts, stepwise = (Stats(fields, keys, conditions) for _ in range(3))
+            for e in entries:
+                compiled.add_line(orjson.dumps(e))  # parsed by pysimdjson where installed
+                dicts.add(e)
+                stepwise.add_object(e)
+            expected = stepwise.rows()
+            assert compiled.rows() == expected and dicts.rows() == expected, (maps, by, where)
+            assert compiled.ignored == stepwise.ignored == dicts.ignored, (maps, by, where)
+            ignored += sum(stepwise.ignored.counts.values())
+    assert ignored > 0  # the odd values were met, not filtered out everywhere

@@ -126,8 +126,8 @@ async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str])
     by = [name.strip() for name in args.by.split(",") if name.strip()]
     stats = Stats(fields, by, [Condition.parse(w) for w in args.where])
     source = RangeSource(settings, dates, Progress("stats", dates))
-    async for line in source.lines():
-        stats.add_line(line)
+    async for part in source.results(stats.task()):  # aggregated where the frames are decoded: every core
+        stats.merge(part)
     source.progress.close()
     source.check_keys()
     rows = stats.rows()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Final
 
 import orjson
@@ -25,6 +26,33 @@ SOURCES: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cost", 
 TIME_KEYS: Final = ("day", "hour")
 
 _MISSING: Final = object()
+
+# Entries parsed by pysimdjson (stats, when it is installed: a lazy parser that builds only what is read)
+# are Object and Array proxies; they are read like dicts and lists, and made plain (plain()) before
+# they are kept or shown.
+OBJECTS: tuple[type, ...] = (dict,)
+ARRAYS: tuple[type, ...] = (list,)
+_simdjson: ModuleType | None
+try:
+    import simdjson
+
+    _simdjson = simdjson
+    OBJECTS, ARRAYS = (dict, simdjson.Object), (list, simdjson.Array)
+except ImportError:  # pragma: no cover - part of the query extra; orjson alone gives the same answers
+    _simdjson = None
+
+
+def simdjson_parser() -> Any:
+    """A pysimdjson parser, or None without it."""
+    return _simdjson.Parser() if _simdjson is not None else None
+
+
+def plain(value: Any) -> Any:
+    """A parsed value as plain Python (dicts and lists), whichever parser made it."""
+    kind = type(value)
+    if kind is dict or kind is list or (kind not in OBJECTS and kind not in ARRAYS):
+        return value
+    return value.as_dict() if kind in OBJECTS else value.as_list()
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _FACTOR_RE = re.compile(r"^(?P<path>.+?)\s*\*\s*(?P<factor>[0-9.eE+-]+)$")
 
@@ -32,7 +60,7 @@ _FACTOR_RE = re.compile(r"^(?P<path>.+?)\s*\*\s*(?P<factor>[0-9.eE+-]+)$")
 class FieldPath:
     """One dotted path, compiled once, looked up in many entries."""
 
-    __slots__ = ("segments", "text")
+    __slots__ = ("joins", "segments", "text")
 
     def __init__(self, text: str) -> None:
         text = text.strip()
@@ -41,6 +69,9 @@ class FieldPath:
             raise ValueError(f"{text!r} is not a dotted field path (e.g. request.model)")
         self.text = text
         self.segments = segments
+        # For each start, the keys segments[start:end] joined with dots, end ascending: what _lookup tries.
+        self.joins = tuple(tuple((end, ".".join(segments[start:end])) for end in range(start + 1, len(segments) + 1))
+                           for start in range(len(segments)))
 
     def __repr__(self) -> str:
         return f"FieldPath({self.text!r})"
@@ -49,33 +80,106 @@ class FieldPath:
         """The value at this path, or None if any step is missing."""
         current = entry
         for segment in self.segments:  # the common case: plain nested objects
-            if type(current) is dict and segment in current:
+            kind = type(current)
+            if kind in OBJECTS and segment in current:
                 current = current[segment]
-            elif type(current) is list and segment.isdigit() and int(segment) < len(current):
+            elif kind in ARRAYS and segment.isdigit() and int(segment) < len(current):
                 current = current[int(segment)]
             else:
                 break
         else:
             return current
-        found = _lookup(entry, self.segments, 0)
+        found = _lookup(entry, self, 0)
         return None if found is _MISSING else found
 
 
-def _lookup(value: Any, segments: tuple[str, ...], start: int) -> Any:
-    """Walk segments[start:], trying keys that contain dots (`gen_ai.usage.input_tokens`) too."""
+def compile_path(path: FieldPath) -> Callable[[Any], Any]:
+    """path.get, faster for one and two segments when the steps are plain objects (nearly always);
+    anything else (a list index, a key with dots in it, a missing step) goes to path.get itself."""
+    segments, slow = path.segments, path.get
+    if len(segments) == 1:
+        key = segments[0]
+
+        def get_one(entry: Any) -> Any:
+            # A key without dots that is missing is missing: path.get would answer None too.
+            return entry.get(key) if type(entry) in OBJECTS else slow(entry)
+
+        return get_one
+    if len(segments) == 2:
+        first, second = segments
+        joined = f"{first}.{second}"
+
+        def get_two(entry: Any) -> Any:
+            if type(entry) not in OBJECTS:
+                return slow(entry)
+            inner = entry.get(first)
+            kind = type(inner)
+            if kind in OBJECTS:
+                if second in inner:
+                    return inner[second]
+            elif kind in ARRAYS:
+                return slow(entry)
+            # Neither first.second as nested objects nor a list: what is left is a key with the dot in it.
+            return entry.get(joined)
+
+        return get_two
+
+    def get_many(entry: Any) -> Any:
+        current = entry
+        for segment in segments:
+            if type(current) in OBJECTS and segment in current:
+                current = current[segment]
+            else:
+                return slow(entry)  # a list, a key with dots, or nothing there: the whole walk
+        return current
+
+    return get_many
+
+
+FIRSTS: Final = "__firsts__"  # in generated code's names: first steps read once -> their variables
+
+
+def _name(names: dict[str, Any], value: Any) -> str:
+    """A name for `value` in generated code's namespace."""
+    name = f"_n{len(names)}"
+    names[name] = value
+    return name
+
+
+def _inline_path(path: FieldPath, target: str, names: dict[str, Any]) -> list[str]:
+    """compile_path(path) written out as statements setting `target` (see Source.inline)."""
+    segments = path.segments
+    if len(segments) == 1:
+        return [f"{target} = get({segments[0]!r})"]
+    if len(segments) == 2:
+        first, second = segments
+        # entry.get(first) is read once, at the top (FIRSTS: the generated code's first lines set them).
+        firsts: dict[str, str] = names.setdefault(FIRSTS, {})
+        inner = firsts.setdefault(first, f"_first{len(firsts)}")
+        return [f"if type({inner}) in OBJECTS:",
+                f"    {target} = {inner}[{second!r}] if {second!r} in {inner} else get({first + '.' + second!r})",
+                f"elif type({inner}) in ARRAYS:",
+                f"    {target} = {_name(names, path.get)}(entry)",
+                "else:",
+                f"    {target} = get({first + '.' + second!r})"]
+    return [f"{target} = {_name(names, compile_path(path))}(entry)"]
+
+
+def _lookup(value: Any, path: FieldPath, start: int) -> Any:
+    """Walk path.segments[start:], trying keys that contain dots (`gen_ai.usage.input_tokens`) too."""
+    segments = path.segments
     if start == len(segments):
         return value
-    if type(value) is list:
+    if type(value) in ARRAYS:
         segment = segments[start]
         if segment.isdigit() and int(segment) < len(value):
-            return _lookup(value[int(segment)], segments, start + 1)
+            return _lookup(value[int(segment)], path, start + 1)
         return _MISSING
-    if type(value) is not dict:
+    if type(value) not in OBJECTS:
         return _MISSING
-    for end in range(start + 1, len(segments) + 1):
-        key = ".".join(segments[start:end])
+    for end, key in path.joins[start]:
         if key in value:
-            found = _lookup(value[key], segments, end)
+            found = _lookup(value[key], path, end)
             if found is not _MISSING:
                 return found
     return _MISSING
@@ -105,6 +209,35 @@ class Source:
 
     def __str__(self) -> str:
         return "|".join(p.text + (f"*{f:g}" if f is not None else "") for p, f in self.alternatives)
+
+    def compiled(self) -> Callable[[Any], Any]:
+        """self.get, as fast as the paths allow (see compile_path)."""
+        if any(factor is not None for _, factor in self.alternatives):
+            return self.get
+        getters = tuple(compile_path(path) for path, _ in self.alternatives)
+        if len(getters) == 1:
+            return getters[0]
+
+        def first(entry: Any) -> Any:
+            for get in getters:
+                value = get(entry)
+                if value is not None:
+                    return value
+            return None
+
+        return first
+
+    def inline(self, target: str, names: dict[str, Any]) -> list[str]:
+        """Python statements that set `target` to self.get(entry), for code made once per `stats` run
+        (Stats): `entry` is an object (a dict, or a pysimdjson Object) and `get` is entry.get. Paths of
+        one or two plain steps are written out; anything else is a call, added to `names`."""
+        if any(factor is not None for _, factor in self.alternatives):
+            return [f"{target} = {_name(names, self.get)}(entry)"]
+        lines: list[str] = []
+        for number, (path, _) in enumerate(self.alternatives):
+            steps = _inline_path(path, target, names)
+            lines += steps if number == 0 else [f"if {target} is None:", *("    " + step for step in steps)]
+        return lines
 
     def get(self, entry: Any) -> Any:
         for path, factor in self.alternatives:
@@ -242,6 +375,7 @@ def to_number(value: Any) -> Any:
 
 def group_value(value: Any) -> Any:
     """A hashable group key: scalars as they are, objects and lists as their JSON text."""
+    value = plain(value)
     if isinstance(value, dict | list):
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     return value

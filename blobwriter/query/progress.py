@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+from ..decoding import EntryTask
 from ..reader import Reader
+
+T = TypeVar("T")
 
 UPDATE_EVERY = 2048  # entries between bar updates: tqdm's own cost stays out of the profile
 
@@ -52,6 +55,14 @@ class Progress:
         if self._pending >= UPDATE_EVERY:
             self._flush(stored_bytes)
 
+    def advance(self, entries: int, stored_bytes: int | None = None) -> None:
+        """`entries` more entries at once (a run of them, read where they were decoded)."""
+        if self._bar is None:
+            return
+        self._pending += entries
+        if self._pending >= UPDATE_EVERY:
+            self._flush(stored_bytes)
+
     def note(self, text: str) -> None:
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=False)
@@ -74,6 +85,19 @@ def _is_terminal(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+async def tracked_results(reader: Reader, dates: Sequence[str], task: EntryTask[T], *,
+                          progress: Progress) -> AsyncIterator[T]:
+    """reader.results(dates, task), day by day, drawing the progress bar (entries as the report counts them)."""
+    for day in dates:
+        progress.day(day)
+        counted = reader.report.entries
+        async for result in reader.results([day], task):
+            progress.advance(reader.report.entries - counted, reader.report.bytes)
+            counted = reader.report.entries
+            yield result
+        progress.advance(reader.report.entries - counted, reader.report.bytes)
 
 
 async def tracked(reader: Reader, dates: Sequence[str], label: str = "reading", *,

@@ -62,7 +62,8 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
         raise
     days = closed_days(now or datetime.now(UTC))
     destination = open_destination(target)
-    source = RangeSource(settings, days, Progress("export", days, enabled=False))
+    # One process: the Functions host's worker is no place to start a pool of processes.
+    source = RangeSource(settings, days, Progress("export", days, enabled=False), workers=1)
     done = ScheduledRun()
     try:
         for day in days:

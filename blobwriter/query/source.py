@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncGenerator, Sequence
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from ..config import Settings
+from ..decoding import EntryTask
 from ..errors import BlobwriterError, ConfigError
 from ..reader import Problem, Reader, ReadReport
 from ..store import open_store
-from .progress import Progress, tracked
+from .progress import Progress, tracked, tracked_results
 
+T = TypeVar("T")
 EXIT_OK, EXIT_DAMAGED = 0, 1
 
 
 class RangeSource:
     """A date range of the configured store: entries day by day, plus what the reads reported."""
 
-    def __init__(self, settings: Settings, dates: Sequence[str], progress: Progress | None = None) -> None:
+    def __init__(self, settings: Settings, dates: Sequence[str], progress: Progress | None = None, *,
+                 workers: int | None = None) -> None:
         if not settings.keys:
             settings.require("encryption_key")
         settings.require("storage")
@@ -33,20 +36,38 @@ class RangeSource:
         self.problems: list[Problem] = []
         self.last_report: ReadReport | None = None
         self.frames = 0  # frames decoded by the recorded passes
+        self.workers = workers  # processes decoding frames (None: every core, for large reads)
 
     async def lines(self, days: Sequence[str] | None = None, *, record: bool = True) -> AsyncGenerator[bytes, None]:
         """Each entry (a JSON object, no newline) of `days` (default: the whole range), each once.
         record=False: a look-ahead pass whose damage the recorded pass reports again."""
+        async for line in self._read(days, None, record=record):
+            yield line
+
+    async def results(self, task: EntryTask[T], days: Sequence[str] | None = None) -> AsyncGenerator[T, None]:
+        """task.run() over runs of the entries of `days` (default: the whole range), each entry once, on
+        every core for large reads (Reader.results)."""
+        async for result in self._read(days, task, record=True):
+            yield result
+
+    async def _read(self, days: Sequence[str] | None, task: EntryTask[Any] | None, *,
+                    record: bool) -> AsyncGenerator[Any, None]:
         store = open_store(self.settings)
-        reader = Reader(store, self.settings.keys, id_field=self.settings.id_field)
+        reader = Reader(store, self.settings.keys, id_field=self.settings.id_field, workers=self.workers)
+        dates = self.dates if days is None else days
         try:
-            async for line in tracked(reader, self.dates if days is None else days, progress=self.progress):
-                yield line
+            if task is None:
+                async for line in tracked(reader, dates, progress=self.progress):
+                    yield line
+            else:
+                async for result in tracked_results(reader, dates, task, progress=self.progress):
+                    yield result
         except BlobwriterError:
             raise
         except Exception as exc:  # storage errors: say what failed, no traceback
             raise BlobwriterError(f"reading from {store.description} failed: {exc}") from exc
         finally:
+            await reader.close()
             await store.close()
             self.last_report = reader.report
             if record:

@@ -60,6 +60,8 @@ async def run_sql(source: RangeSource, query: str, fmt: str, *, sample_size: int
     try:
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")  # naive timestamps mean UTC, as everywhere in blobwriter
+        # DuckDB draws its own bar on stdout once a query runs past 2 s, into the answer: ours is on stderr.
+        con.execute("SET enable_progress_bar = false")
         con.execute("SET temp_directory = ?", [spill])
         if memory_limit:
             try:

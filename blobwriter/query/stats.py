@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -18,7 +18,20 @@ from typing import Any, Final
 import orjson
 
 from ..errors import ConfigError
-from .fields import BAD, TIME_KEYS, FieldMap, Source, group_value, matches, to_number
+from .fields import (
+    ARRAYS,
+    BAD,
+    FIRSTS,
+    OBJECTS,
+    TIME_KEYS,
+    FieldMap,
+    Source,
+    group_value,
+    matches,
+    plain,
+    simdjson_parser,
+    to_number,
+)
 
 MEASURES: Final = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
                    "duration_ms_p50", "duration_ms_p95")
@@ -82,7 +95,13 @@ class _Group:
         self.completion += other.completion
         self.total += other.total
         self.cost += other.cost
+        # A worker's partial group arrives with its durations as a list, one value per entry: counted in C.
         self.durations.update(other.durations)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # As a plain tuple, durations as a list of values: pickled, unpickled and merged at C speed.
+        return _group, (self.requests, self.errors, self.prompt, self.completion, self.total, self.cost,
+                        list(self.durations.elements()))
 
     def measures(self) -> dict[str, Any]:
         return {
@@ -92,6 +111,16 @@ class _Group:
             "cost": round(self.cost, COST_DECIMALS) if isinstance(self.cost, float) else self.cost,
             "duration_ms_p50": percentile(self.durations, 0.50), "duration_ms_p95": percentile(self.durations, 0.95),
         }
+
+
+def _group(requests: int, errors: int, prompt: int | float, completion: int | float, total: int | float,
+           cost: int | float, durations: list[int | float]) -> _Group:
+    """A _Group from its pickled tuple (its durations left a list until it is merged: see merge)."""
+    group = _Group()
+    group.requests, group.errors, group.prompt, group.completion, group.total, group.cost = (
+        requests, errors, prompt, completion, total, cost)
+    group.durations = durations  # type: ignore[assignment]
+    return group
 
 
 def percentile(counts: Counter[int | float], q: float) -> int | float | None:
@@ -126,60 +155,230 @@ class Ignored:
     def add(self, name: str, value: Any) -> None:
         self.counts[name] += 1
         if name not in self.examples:
-            text = orjson.dumps(value).decode()
+            text = orjson.dumps(plain(value)).decode()
             self.examples[name] = text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass
+class StatsPart:
+    """What Stats gathered over a run of entries: merged into the whole by Stats.merge()."""
+
+    groups: dict[tuple[Any, ...], _Group]
+    ignored: Ignored
+    unparsable: int
+
+
+@dataclass(frozen=True)
+class StatsTask:
+    """The aggregation of one run of entries, where they are decoded (Reader.results: a worker
+    process for large reads). Picklable: the field map's items, the group keys, the conditions."""
+
+    specs: tuple[tuple[str, str], ...]
+    by: tuple[str, ...]
+    where: tuple[Condition, ...]
+
+    def run(self, lines: Sequence[bytes]) -> StatsPart:
+        stats = _working.get(self)
+        if stats is None:
+            stats = _working[self] = Stats(FieldMap(dict(self.specs)), self.by, self.where)
+        for line in lines:
+            stats.add_line(line)
+        return stats.take()
+
+
+_working: dict[StatsTask, Stats] = {}
+Getter = Callable[[Any], Any]
+
+
+def _compiled(source: Source | None) -> Getter | None:
+    return source.compiled() if source is not None else None  # per process: the Stats each task aggregates with
 
 
 class Stats:
     """Aggregates entries (JSON lines) into rows of MEASURES per group of `by`."""
 
     def __init__(self, fields: FieldMap, by: Sequence[str] = (), where: Iterable[Condition] = ()) -> None:
+        where = tuple(where)
+        self._task = StatsTask(tuple(fields.specs.items()), tuple(by), where)
         clash = [name for name in by if name in MEASURES]
         if clash:
             raise ConfigError(f"--by {','.join(clash)}: a group cannot be named like a measure ({', '.join(MEASURES)})")
         if len(set(by)) != len(by):
             raise ConfigError(f"--by {','.join(by)}: a field is named twice")
         self.by = tuple(by)
-        self._keys: list[Source | str] = [name if name in TIME_KEYS else fields.field(name) for name in by]
+        # What each group key, condition and measure reads, compiled once (Source.compiled): this runs per entry.
+        self._keys: list[tuple[str | None, Getter | None]] = [
+            (name, None) if name in TIME_KEYS else (None, fields.field(name).compiled()) for name in by]
         # Conditions on the same field are alternatives (OR); different fields must all hold (AND).
         grouped: dict[tuple[str, bool], list[str]] = {}
         for c in where:
             grouped.setdefault((c.name, c.negate), []).append(c.value)
-        self._where = [(name if name in TIME_KEYS else fields.field(name), negate, values)
-                       for (name, negate), values in grouped.items()]
-        sources = {name: fields.source(name) for name in (*_NUMERIC, "status_code", "error")}
-        self._prompt, self._completion, self._total = (sources["prompt_tokens"], sources["completion_tokens"],
-                                                       sources["total_tokens"])
-        self._cost, self._duration = sources["cost"], sources["duration_ms"]
-        self._status, self._error = sources["status_code"], sources["error"]
-        self._needs_hour = any(k in TIME_KEYS for k in self._keys) or any(w[0] in TIME_KEYS for w in self._where)
+        self._where: list[tuple[str | None, Getter | None, bool, list[str]]] = [
+            (name, None, negate, values) if name in TIME_KEYS else (None, fields.field(name).compiled(), negate, values)
+            for (name, negate), values in grouped.items()]
+        self._prompt, self._completion, self._total, self._cost, self._duration, self._status, self._error = (
+            _compiled(fields.source(name)) for name in (*_NUMERIC, "status_code", "error"))
+        self._needs_hour = any(t is not None for t, _ in self._keys) or any(w[0] is not None for w in self._where)
+        self._plain_keys: list[Getter] | None = None
+        if all(get is not None for _, get in self._keys):
+            self._plain_keys = [get for _, get in self._keys if get is not None]
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self.ignored = Ignored()
         self.unparsable = 0
+        self._parser = simdjson_parser()
+        self._add = self._compile(fields, [None if name in TIME_KEYS else fields.field(name) for name in by])
+
+    def _compile(self, fields: FieldMap, keys: list[Source | None]) -> Callable[[Any], None]:
+        """self.add_object for this field map, written out as one function (made once per Stats): the
+        same steps, without a call per field read (the part of stats that runs for every entry)."""
+        names: dict[str, Any] = {"OBJECTS": OBJECTS, "ARRAYS": ARRAYS, "stats": self, "Group": _Group,
+                                 "group_value": group_value, "utc_hour": utc_hour}
+        lines = ["def add(entry):", "    get = entry.get"]
+        body: list[str] = []
+        body.append('hour = utc_hour(get("timestamp"))' if self._needs_hour else "hour = None")
+        if self._where:
+            body += ["if not stats._wanted(entry, hour):", "    return"]
+        if self._plain_keys is not None:
+            for number, source in enumerate(keys):
+                assert source is not None
+                body += source.inline(f"k{number}", names)
+                body.append(f"k{number} = k{number} if type(k{number}) is str else group_value(k{number})")
+            body.append("key = (" + "".join(f"k{number}, " for number in range(len(keys))) + ")")
+        else:
+            body.append("key = stats._key(entry, hour)")
+        body += ["groups = stats.groups", "group = groups.get(key)", "if group is None:",
+                 "    group = groups[key] = Group()", "group.requests += 1"]
+        for variable, measure in (("prompt", "prompt_tokens"), ("completion", "completion_tokens"),
+                                  ("total", "total_tokens"), ("cost", "cost"), ("duration", "duration_ms")):
+            source = fields.source(measure)
+            if source is None:
+                body.append(f"{variable} = None")
+                continue
+            body += source.inline(variable, names)
+            body += [f"if {variable} is not None and type({variable}) is not int and type({variable}) is not float:",
+                     f"    {variable} = stats._odd({measure!r}, {variable})"]
+        body += ["if total is None and (prompt is not None or completion is not None):",
+                 "    total = (prompt or 0) + (completion or 0)",
+                 "if prompt is not None:", "    group.prompt += prompt",
+                 "if completion is not None:", "    group.completion += completion",
+                 "if total is not None:", "    group.total += total",
+                 "if cost is not None:", "    group.cost += cost",
+                 "if duration is not None:", "    group.durations[duration] += 1"]
+        error, status = fields.source("error"), fields.source("status_code")
+        if error is not None:
+            body += error.inline("error", names)
+            body += ["if error is not None:", "    group.errors += 1", "    return"]
+        if status is not None:
+            body += status.inline("status", names)
+            body += ["if type(status) is int:", "    if status >= 400:", "        group.errors += 1",
+                     "elif status is not None:", "    stats._status_text(group, status)"]
+        lines += [f"    {variable} = get({first!r})" for first, variable in names.pop(FIRSTS, {}).items()]
+        # The field map's paths enter the text only as repr() literals.
+        text = "\n".join(lines + ["    " + line for line in body])
+        exec(compile(text, "<blobwriter stats>", "exec"), names)
+        add: Callable[[Any], None] = names["add"]
+        return add
+
+    def _wanted(self, entry: Any, hour: str | None) -> bool:
+        """Does the entry meet every --where condition?"""
+        for time_key, get, negate, values in self._where:
+            value = self._time(time_key, hour) if get is None else get(entry)
+            if any(matches(value, wanted) for wanted in values) == negate:
+                return False
+        return True
+
+    def _key(self, entry: Any, hour: str | None) -> tuple[Any, ...]:
+        """The group key, with day or hour among the keys."""
+        return tuple([self._time(time_key, hour) if get is None else group_value(get(entry))
+                      for time_key, get in self._keys])
+
+    def _status_text(self, group: _Group, status: Any) -> None:
+        """A status that is not an int: numeric text counts by its number, anything else is ignored."""
+        code = to_number(status)
+        if code is BAD:
+            self.ignored.add("status_code", status)
+        elif code is not None and code >= 400:
+            group.errors += 1
+
+    def task(self) -> StatsTask:
+        """This aggregation as a task for Reader.results(); merge() what it answers."""
+        return self._task
+
+    def take(self) -> StatsPart:
+        """What was gathered so far; this Stats starts again from nothing."""
+        part = StatsPart(self.groups, self.ignored, self.unparsable)
+        self.groups, self.ignored, self.unparsable = {}, Ignored(), 0
+        return part
+
+    def merge(self, part: StatsPart) -> None:
+        """Add what another Stats of the same task gathered, over entries that came after these."""
+        for key, group in part.groups.items():
+            mine = self.groups.get(key)
+            if mine is None:
+                mine = self.groups[key] = _Group()
+            mine.merge(group)
+        for name, count in part.ignored.counts.items():
+            self.ignored.counts[name] += count
+            self.ignored.examples.setdefault(name, part.ignored.examples[name])
+        self.unparsable += part.unparsable
 
     def add_line(self, line: bytes) -> None:
+        """Add one entry as stored (JSON). pysimdjson, where installed, parses it lazily: only the fields
+        read are made into Python values; what it refuses (a number past 64 bits) orjson decides."""
+        if self._parser is not None:
+            try:
+                entry = self._parser.parse(line)
+            except (ValueError, RuntimeError):
+                pass
+            else:
+                try:
+                    if type(entry) in OBJECTS:
+                        self._add(entry)
+                        return
+                finally:
+                    del entry  # the parser can be used again only once nothing refers to what it parsed
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:
             self.unparsable += 1
             return
         if type(entry) is dict:
-            self.add(entry)
+            self._add(entry)
 
     def add(self, entry: dict[str, Any]) -> None:
+        """Add one parsed entry (an object). add_line runs the same steps written out (_compile)."""
+        self._add(entry)
+
+    def add_object(self, entry: dict[str, Any]) -> None:
+        """The steps of add, one field read at a time: what _compile writes out (tests hold them equal)."""
         hour = utc_hour(entry.get("timestamp")) if self._needs_hour else None
-        for source, negate, values in self._where:
-            value = self._time(source, hour) if isinstance(source, str) else source.get(entry)
+        for time_key, get, negate, values in self._where:
+            value = self._time(time_key, hour) if get is None else get(entry)
             if any(matches(value, wanted) for wanted in values) == negate:
                 return
-        key = tuple(self._time(k, hour) if isinstance(k, str) else group_value(k.get(entry)) for k in self._keys)
+        if self._plain_keys is not None:  # fields only (no day/hour): the common case, without the loop
+            key = tuple([value if type(value) is str else group_value(value)
+                         for value in [get(entry) for get in self._plain_keys]])
+        else:
+            key = tuple([self._time(time_key, hour) if get is None else group_value(get(entry))
+                         for time_key, get in self._keys])
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group()
         group.requests += 1
-        prompt = self._number("prompt_tokens", self._prompt, entry)
-        completion = self._number("completion_tokens", self._completion, entry)
-        total = self._number("total_tokens", self._total, entry)
+        # The measures: numbers as they are; anything else through _odd (numeric text, or counted as ignored).
+        get = self._prompt
+        prompt = get(entry) if get is not None else None
+        if prompt is not None and type(prompt) is not int and type(prompt) is not float:
+            prompt = self._odd("prompt_tokens", prompt)
+        get = self._completion
+        completion = get(entry) if get is not None else None
+        if completion is not None and type(completion) is not int and type(completion) is not float:
+            completion = self._odd("completion_tokens", completion)
+        get = self._total
+        total = get(entry) if get is not None else None
+        if total is not None and type(total) is not int and type(total) is not float:
+            total = self._odd("total_tokens", total)
         if total is None and (prompt is not None or completion is not None):
             total = (prompt or 0) + (completion or 0)  # no total field (OpenTelemetry has none): their sum
         if prompt is not None:
@@ -188,42 +387,48 @@ class Stats:
             group.completion += completion
         if total is not None:
             group.total += total
-        cost = self._number("cost", self._cost, entry)
+        get = self._cost
+        cost = get(entry) if get is not None else None
+        if cost is not None and type(cost) is not float and type(cost) is not int:
+            cost = self._odd("cost", cost)
         if cost is not None:
             group.cost += cost
-        duration = self._number("duration_ms", self._duration, entry)
+        get = self._duration
+        duration = get(entry) if get is not None else None
+        if duration is not None and type(duration) is not int and type(duration) is not float:
+            duration = self._odd("duration_ms", duration)
         if duration is not None:
             group.durations[duration] += 1
-        if self._is_error(entry):
+        get = self._error
+        if get is not None and get(entry) is not None:
             group.errors += 1
+            return
+        get = self._status
+        if get is not None:
+            status = get(entry)
+            if type(status) is int:
+                if status >= 400:
+                    group.errors += 1
+            elif status is not None:
+                code = to_number(status)
+                if code is BAD:
+                    self.ignored.add("status_code", status)
+                elif code is not None and code >= 400:
+                    group.errors += 1
 
     @staticmethod
-    def _time(name: str, hour: str | None) -> str | None:
+    def _time(name: str | None, hour: str | None) -> str | None:
         if hour is None:
             return None
         return hour[:10] if name == "day" else hour + ":00:00Z"
 
-    def _number(self, name: str, source: Source | None, entry: dict[str, Any]) -> int | float | None:
-        if source is None:
-            return None
-        value = source.get(entry)
+    def _odd(self, name: str, value: Any) -> int | float | None:
+        """A measure's value that is not a plain number: numeric text as its number; else counted as ignored."""
         number = to_number(value)
         if number is BAD:
             self.ignored.add(name, value)
             return None
         return number
-
-    def _is_error(self, entry: dict[str, Any]) -> bool:
-        if self._error is not None and self._error.get(entry) is not None:
-            return True
-        if self._status is None:
-            return False
-        status = self._status.get(entry)
-        code = to_number(status)
-        if code is BAD:
-            self.ignored.add("status_code", status)
-            return False
-        return code is not None and code >= 400
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per group, ordered by the group keys (nulls last)."""
