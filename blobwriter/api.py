@@ -6,7 +6,7 @@ POST /api/logs    one JSON object, a JSON array of objects, or NDJSON -> 202 {"a
 GET  /api/health  200 while the writer runs and storage answers, else 503 (details only with the key)
 GET  /api/metrics Prometheus text exposition of the writer's counters
 
-A request is all or nothing: every entry is parsed and admitted before any is queued. Every
+A request is all or nothing: every entry is parsed (bodies.py) and admitted before any is queued. Every
 failure becomes an answer in one place, `error_response`, which maps blobwriter's exceptions
 (and the router's) to status codes.
 """
@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
-import json
 import logging
-import math
-import re
 import signal
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
@@ -35,8 +30,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .bodies import JSON_TYPES, NDJSON_TYPES, parse_body
 from .config import Settings
-from .entries import NOT_FINITE
 from .errors import (
     ConfigError,
     EntryError,
@@ -52,8 +47,6 @@ from .writer import LogWriter, WriterState
 
 log = logging.getLogger("blobwriter.api")
 
-JSON_TYPES = {"application/json", ""}
-NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/jsonlines", "application/x-jsonlines"}
 DURABLE_WAIT_SECONDS = 120.0  # below the 230 s limit Azure puts on an HTTP-triggered function
 API_KEY_HEADER = b"x-functions-key"
 PARSE_IN_THREAD_BYTES = 256 * 1024  # bodies larger than this are parsed and admitted in a worker thread
@@ -102,115 +95,6 @@ def error_response(exc: Exception, where: str = "index") -> Response:
         return _json(504, {"error": str(exc), "accepted": exc.accepted})
     raise exc
 
-
-def parse_body(body: bytes, content_type: str) -> Iterator[tuple[int, Any]]:
-    """The (position, value) pairs of a request body, one at a time: index in a JSON array (0 for a
-    lone object), line number for NDJSON. A malformed document or line raises EntryError naming it.
-
-    Values are parsed as they are consumed, so admission can refuse a huge call (more entries or
-    bytes than the queue can ever hold) before the whole body is turned into objects.
-    """
-    if content_type in NDJSON_TYPES:
-        return _ndjson_values(body)
-    start = len(body) - len(body.lstrip())
-    if body[start:start + 1] == b"[":
-        return _array_values(body)
-    return _single_value(body)
-
-
-def _single_value(body: bytes) -> Iterator[tuple[int, Any]]:
-    yield 0, _loads(body, "malformed JSON")
-
-
-def _ndjson_values(body: bytes) -> Iterator[tuple[int, Any]]:
-    number, start, end = 0, 0, len(body)
-    while start < end:
-        stop = body.find(b"\n", start)
-        stop = end if stop < 0 else stop
-        number += 1
-        line = body[start:stop]
-        start = stop + 1
-        if line.strip():
-            yield number, _loads(line, f"malformed JSON on line {number}", number)
-
-
-def _loads(text: bytes, what: str, position: int | None = None) -> Any:
-    """orjson, except where it would turn an integer wider than 64 bits into a float: then the exact
-    parser, so the entry is refused (it cannot be stored exactly) instead of silently changed."""
-    try:
-        if _LONG_RUN not in text.translate(_DIGITS_ONLY):
-            return orjson.loads(text)
-        return _EXACT.decode(text.decode("utf-8"))
-    except (orjson.JSONDecodeError, ValueError, RecursionError) as exc:
-        problem = _json_problem(exc)
-        if "is infinity when parsed as double" in problem:  # orjson's words for 1e400
-            problem = f"a number is infinity as a 64-bit double ({problem.split(': ', 1)[-1]}): {NOT_FINITE}"
-        elif _NON_FINITE_LITERAL.search(text):  # say why NaN or Infinity is refused, not just where
-            try:
-                _EXACT.decode(text.decode("utf-8", "replace"))
-            except (ValueError, RecursionError) as exact:
-                problem = _json_problem(exact)
-        raise EntryError(f"{what}: {problem}", position) from None
-
-
-def _array_values(body: bytes) -> Iterator[tuple[int, Any]]:
-    """The elements of a top-level JSON array, parsed one by one (json's C scanner, exact integers)."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EntryError(f"malformed JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    index, i, end = 0, _skip(text, text.index("[") + 1), len(text)
-    if i < end and text[i] == "]":
-        i = _skip(text, i + 1)
-    else:
-        while True:
-            try:
-                value, i = _EXACT.raw_decode(text, i)
-            except (ValueError, RecursionError) as exc:
-                raise EntryError(f"malformed JSON in array element {index}: {_json_problem(exc)}", index) from None
-            yield index, value
-            index += 1
-            i = _skip(text, i)
-            if i < end and text[i] == ",":
-                i = _skip(text, i + 1)
-                continue
-            if i < end and text[i] == "]":
-                i = _skip(text, i + 1)
-                break
-            raise EntryError(f"malformed JSON: expected ',' or ']' after array element {index - 1} (char {i})")
-    if i != end:
-        raise EntryError(f"malformed JSON: unexpected data after the array (char {i})")
-
-
-def _skip(text: str, i: int) -> int:
-    return _WHITESPACE.match(text, i).end()  # type: ignore[union-attr]
-
-
-def _finite(literal: str) -> float:
-    value = float(literal)
-    if math.isinf(value):
-        raise ValueError(f"number {literal[:40]} is infinity as a 64-bit double: {NOT_FINITE}")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON: {NOT_FINITE}")
-
-
-def _json_problem(exc: BaseException) -> str:
-    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-
-
-_EXACT = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
-# orjson holds -2**63 .. 2**64-1 exactly and turns wider integers into floats. 2**64 has 20 digits and
-# -2**63 19: integers of 18 digits or fewer fit, longer ones go to the exact parser (and are refused).
-# A run of 19 digits may be an integer beyond what orjson parses exactly (it turns such integers into
-# floats). Found by mapping every digit to 0 and everything else to a space (one C pass over the
-# body) and searching for 19 zeros: ~10x cheaper than a regular expression over a 1.6 KB entry.
-_DIGITS_ONLY = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
-_LONG_RUN = b"0" * 19
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-_NON_FINITE_LITERAL = re.compile(rb"NaN|Infinity")
 
 
 class _Accepted:
@@ -518,47 +402,3 @@ def unavailable_app(error: ConfigError) -> ASGIApp:
                        headers={"Retry-After": "60"})(scope, receive, send)
 
     return app
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (an address or a name) is reachable only from this machine."""
-    name = host.strip().strip("[]")
-    try:
-        return ipaddress.ip_address(name.split("%")[0]).is_loopback
-    except ValueError:
-        pass
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
-    except OSError:
-        return False
-    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
-
-
-def check_exposure(settings: Settings, host: str, insecure_no_key: bool) -> None:
-    """Refuse to listen beyond loopback without api_key unless told to: anyone who could reach the
-    address could write entries (and read health details)."""
-    if settings.api_key or is_loopback(host):
-        return
-    if not insecure_no_key:
-        raise ConfigError(
-            f"refusing to serve on {host} without an API key: anyone who can reach it could write log entries. "
-            "Set BLOBWRITER_API_KEY (clients send it as the x-functions-key header or ?code=), listen on "
-            "127.0.0.1, or pass --insecure-no-key to serve without a key anyway.")
-    log.warning("Serving on %s WITHOUT an API key (--insecure-no-key): anyone who can reach it can write "
-                "log entries", host)
-
-
-def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_level: str = "info",
-          insecure_no_key: bool = False) -> None:
-    """Run the API under uvicorn until SIGINT/SIGTERM; the writer flushes on shutdown."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise ConfigError("`blobwriter serve` needs uvicorn, which the Functions deployment leaves out: "
-                          "pip install 'blobwriter[serve]'") from None
-
-    check_exposure(settings, host, insecure_no_key)
-    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
-    app = create_app(settings, check_api_key=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                timeout_graceful_shutdown=int(settings.stop_timeout) + 5)

@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.command == "serve":
-            from .api import serve
+            from .server import serve
 
             serve(settings, host=args.host, port=args.port, log_level=args.log_level,
                   insecure_no_key=args.insecure_no_key)

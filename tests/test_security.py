@@ -24,11 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from blobwriter.api import create_app, is_loopback
+from blobwriter.api import create_app
 from blobwriter.config import Settings
 from blobwriter.entries import NOT_FINITE, format_timestamp
 from blobwriter.errors import EntryError
 from blobwriter.keys import keygen
+from blobwriter.server import is_loopback
 from blobwriter.writer import HEALTH_PROBE_INTERVAL, LogWriter
 from tests.conftest import ROOT, connection_string, free_port, wait_for_port
 from tests.support.proxy import StorageProxy
