@@ -16,18 +16,12 @@ again from that byte, whose bytes it keeps (`window`) until every frame before t
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import os
-import pickle
-import signal
-import struct
-import sys
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 import orjson
 
@@ -36,10 +30,12 @@ from .errors import FrameError, UnknownKeyError
 from .keys import SecretKey
 from .store import Store
 
+if TYPE_CHECKING:
+    from .decode_worker import Worker
+
 BATCH_BYTES = 512 * 1024  # stored bytes of frames per batch (sent once past it: a batch fits a widened pipe)
 POOL_AFTER_BYTES = 8 * 1024 * 1024  # stored bytes a read decodes in-process before it starts the pool
 AHEAD_PER_WORKER = 3  # batches in flight per worker process
-PIPE_BYTES = 4 * 1024 * 1024  # the size asked for the pipes to and from a worker (at most pipe-max-size)
 BLOBS_AHEAD = 2  # blobs downloading at once (the one being read and the next)
 RANGES_AHEAD = 2  # download ranges buffered per blob, besides the one being scanned
 
@@ -133,139 +129,6 @@ def decode_batch(decoder: Decoder, blob: str, date: str, frames: Sequence[bytes]
     return Answer(outcomes, task.run(lines) if task is not None and lines else None)
 
 
-# -- worker processes --------------------------------------------------------------------------
-
-_LENGTH = struct.Struct(">Q")
-
-
-class WorkerError(RuntimeError):
-    """A decoding worker process failed (it died, or could not start)."""
-
-
-class _Worker:
-    """One `python -m blobwriter.decode_worker` process: batches go in on its stdin, answers come back on its
-    stdout, in order. Not multiprocessing: that would run the caller's main module again in each
-    worker (spawn) or fork a process that has threads (fork)."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.waiting: deque[asyncio.Future[Answer]] = deque()
-        self.reading = asyncio.create_task(self._read_answers())
-
-    @classmethod
-    async def start(cls, keys: list[SecretKey]) -> _Worker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "blobwriter.decode_worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, limit=2**26)
-        for pipe in (process.stdin, process.stdout):
-            _widen(pipe)
-        worker = cls(process)
-        worker._send((list(sys.path), keys))  # the keys travel through the pipe, never argv or the environment
-        return worker
-
-    def _send(self, message: Any) -> None:
-        assert self.process.stdin is not None
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self.process.stdin.writelines((_LENGTH.pack(len(data)), data))  # no copy of the batch to prefix it
-
-    def run(self, args: tuple[Any, ...]) -> asyncio.Future[Answer]:
-        if self.reading.done():
-            raise WorkerError(f"decoding worker {self.process.pid} has exited")
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self.waiting.append(future)
-        self._send(args)
-        return future
-
-    async def _read_answers(self) -> None:
-        assert self.process.stdout is not None
-        failure: BaseException | None = None
-        try:
-            while True:
-                size = _LENGTH.unpack(await self.process.stdout.readexactly(_LENGTH.size))[0]
-                ok, answer = pickle.loads(await self.process.stdout.readexactly(size))
-                future = self.waiting.popleft()
-                if future.cancelled():
-                    continue
-                if ok:
-                    future.set_result(answer)
-                else:
-                    future.set_exception(answer)
-        except asyncio.IncompleteReadError:
-            code = await self.process.wait()
-            failure = WorkerError(f"decoding worker {self.process.pid} exited (code {code})")
-        except Exception as exc:  # pragma: no cover - an answer that does not unpickle
-            failure = WorkerError(f"decoding worker {self.process.pid} answered garbage: {exc}")
-        finally:
-            for future in self.waiting:
-                if not future.done():
-                    future.set_exception(failure or WorkerError("decoding worker stopped"))
-            self.waiting.clear()
-
-    async def stop(self) -> None:
-        if self.process.stdin is not None and not self.process.stdin.is_closing():
-            self.process.stdin.close()  # end of input: the worker exits
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-        await self.reading
-
-
-def _widen(pipe: Any) -> None:
-    """Make a pipe hold a whole batch: with the default 64 KiB, a batch takes dozens of turns of both
-    processes, and on a busy machine each turn waits for the scheduler."""
-    transport = getattr(pipe, "transport", None) or getattr(pipe, "_transport", None)
-    fd = transport.get_extra_info("pipe").fileno() if transport is not None else None
-    if fd is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
-        return
-    try:
-        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
-    except (OSError, ValueError):
-        limit = PIPE_BYTES
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(PIPE_BYTES, limit))
-    except OSError:  # not allowed (a lowered limit, or a pipe that many unprivileged ones already hold): as it is
-        pass
-
-
-def _serve() -> None:
-    """The worker's loop (`python -m blobwriter.decode_worker`): decode each batch read from stdin."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's to handle: it ends the input
-    source = sys.stdin.buffer
-    answers = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything else printed goes to stderr, not into the answers
-
-    def message() -> Any:
-        head = source.read(_LENGTH.size)
-        if len(head) < _LENGTH.size:
-            return None  # the end of the input: the reader is done (or gone)
-        size = _LENGTH.unpack(head)[0]
-        body = source.read(size)
-        return pickle.loads(body) if len(body) == size else None
-
-    first = message()
-    if first is None:
-        return
-    path, keys = first
-    sys.path[:] = path  # the reader's, so that its task's module imports here too
-    decoder = Decoder(keys)
-    while (args := message()) is not None:
-        try:
-            reply: tuple[bool, Any] = (True, decode_batch(decoder, *args))
-        except Exception as exc:
-            reply = (False, exc)
-        try:
-            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # an exception that does not pickle: its text does
-            data = pickle.dumps((False, RuntimeError(f"{type(reply[1]).__name__}: {exc}")))
-        try:
-            answers.write(_LENGTH.pack(len(data)) + data)
-            answers.flush()
-        except BrokenPipeError:  # the reader went away without waiting for this answer: nothing to do
-            return
-
-
 class Decoding:
     """Where batches are decoded: in this process, and past POOL_AFTER_BYTES in worker processes."""
 
@@ -275,7 +138,7 @@ class Decoding:
         self.workers = default_workers() if workers is None else workers
         self.id_field = id_field
         self.in_process_bytes = 0
-        self._pool: asyncio.Task[list[_Worker]] | None = None
+        self._pool: asyncio.Task[list[Worker]] | None = None
         self._next = 0
 
     @property
@@ -302,8 +165,10 @@ class Decoding:
             future.set_exception(exc)
         return future
 
-    async def _start(self) -> list[_Worker]:
-        return list(await asyncio.gather(*(_Worker.start(self.keys) for _ in range(self.workers))))
+    async def _start(self) -> list[Worker]:
+        from .decode_worker import Worker  # the worker side is loaded only by reads large enough to need it
+
+        return list(await asyncio.gather(*(Worker.start(self.keys) for _ in range(self.workers))))
 
     async def _run(self, args: tuple[Any, ...]) -> Answer:
         assert self._pool is not None
