@@ -7,6 +7,7 @@ unset, is started here from node_modules/.bin/azurite-blob on a free port.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import itertools
 import os
@@ -84,6 +85,17 @@ def sample_entries() -> list[dict[str, Any]]:
     """2,000 realistic API-call entries (a slice of shared/data/api-calls.jsonl.gz)."""
     with gzip.open(SAMPLE) as handle:
         return [orjson.loads(line) for line in handle]
+
+
+@pytest.fixture(scope="module")
+def sample_store(azurite: str, sample_entries: list[dict[str, Any]]) -> tuple[Settings, list[dict[str, Any]]]:
+    """The 2,000 sample entries, written once through LogWriter to the test module's own container."""
+    from tests.support.query import store_entries
+
+    settings = Settings.from_values({"storage": connection_string(azurite), "encryption_key": keygen(),
+                                     "container": f"q{uuid.uuid4().hex[:20]}", "batch_timeout": 0.1})
+    asyncio.run(store_entries(settings, sample_entries))
+    return settings, sample_entries
 
 
 _ids = itertools.count()

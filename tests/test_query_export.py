@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import io
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,6 @@ from tests.support.readback import cli_env, frames_in, run_cli
 FIRST, LAST = "2026-11-24", "2026-12-01"
 
 
-@pytest.fixture(scope="module")
-def stored(azurite: str, sample_entries: list[dict[str, Any]]) -> Iterator[tuple[Settings, list[dict[str, Any]]]]:
-    settings = Settings.from_values({"storage": connection_string(azurite), "encryption_key": keygen(),
-                                     "container": f"q{uuid.uuid4().hex[:20]}", "batch_timeout": 0.1})
-    asyncio.run(store_entries(settings, sample_entries))
-    yield settings, sample_entries
-
-
 def export(settings: Settings, out: str, *args: str, first: str = FIRST, last: str = LAST, code: int = 0) -> Any:
     result = run_cli("export", "--date", first, "--until", last, "--out", out, *args, env=cli_env(settings))
     assert result.returncode == code, result.stderr
@@ -52,9 +43,9 @@ def by_day(entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return days
 
 
-def test_parquet_to_a_directory_reads_back_whole(stored: tuple[Settings, list[dict[str, Any]]],
+def test_parquet_to_a_directory_reads_back_whole(sample_store: tuple[Settings, list[dict[str, Any]]],
                                                  tmp_path: Path) -> None:
-    settings, entries = stored
+    settings, entries = sample_store
     out = tmp_path / "lake"
     result = export(settings, str(out))
     days = by_day(entries)
@@ -91,8 +82,8 @@ def test_parquet_to_a_directory_reads_back_whole(stored: tuple[Settings, list[di
     assert marker["format"] == "parquet"
 
 
-def test_jsonl_holds_the_entries_as_stored(stored: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
-    settings, entries = stored
+def test_jsonl_holds_the_entries_as_stored(sample_store: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    settings, entries = sample_store
     out = tmp_path / "jsonl"
     export(settings, str(out), "--format", "jsonl", first="2026-11-25", last="2026-11-26")
     for day in ("2026-11-25", "2026-11-26"):
@@ -104,8 +95,8 @@ def test_jsonl_holds_the_entries_as_stored(stored: tuple[Settings, list[dict[str
     assert count == [(len(by_day(entries)["2026-11-25"]) + len(by_day(entries)["2026-11-26"]),)]
 
 
-def test_reexport_replaces_the_partition(stored: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
-    settings, entries = stored
+def test_reexport_replaces_the_partition(sample_store: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    settings, entries = sample_store
     out = tmp_path / "lake"
     day = "2026-11-26"
     expected = len(by_day(entries)[day])
@@ -122,9 +113,9 @@ def test_reexport_replaces_the_partition(stored: tuple[Settings, list[dict[str, 
     assert sorted(p.name for p in out.iterdir()) == ["_blobwriter", f"date={day}"]  # no staging left behind
 
 
-async def test_a_day_without_entries_leaves_the_destination_alone(stored: tuple[Settings, list[dict[str, Any]]],
+async def test_a_day_without_entries_leaves_the_destination_alone(sample_store: tuple[Settings, list[dict[str, Any]]],
                                                                   tmp_path: Path) -> None:
-    settings, _ = stored
+    settings, _ = sample_store
     out = tmp_path / "lake"
     (out / "date=2020-01-01").mkdir(parents=True)
     (out / "date=2020-01-01" / "part-0000.parquet").write_bytes(b"kept")
@@ -137,8 +128,8 @@ def _list(client: BlobServiceClient, container: str) -> list[str]:
     return sorted(b.name for b in client.get_container_client(container).list_blobs())
 
 
-def test_parquet_to_a_blob_container(stored: tuple[Settings, list[dict[str, Any]]], azurite: str) -> None:
-    settings, entries = stored
+def test_parquet_to_a_blob_container(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str) -> None:
+    settings, entries = sample_store
     container = f"x{uuid.uuid4().hex[:20]}"
     out = f"{connection_string(azurite)}Container={container};Prefix=gateway/v1"
     day = "2026-11-27"
@@ -169,8 +160,8 @@ def test_parquet_to_a_blob_container(stored: tuple[Settings, list[dict[str, Any]
     assert len(read_back()) == len(expected)
 
 
-def test_jsonl_to_a_container_url_with_a_sas(stored: tuple[Settings, list[dict[str, Any]]], azurite: str) -> None:
-    settings, entries = stored
+def test_jsonl_to_a_container_url_with_a_sas(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str) -> None:
+    settings, entries = sample_store
     container = f"x{uuid.uuid4().hex[:20]}"
     client = BlobServiceClient.from_connection_string(connection_string(azurite))
     client.create_container(container)

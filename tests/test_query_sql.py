@@ -8,9 +8,8 @@ import gzip
 import io
 import subprocess
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,11 @@ import pytest
 
 from blobwriter.cli import keygen
 from blobwriter.config import Settings
-from tests.conftest import ROOT, connection_string
+from tests.conftest import ROOT
 from tests.support.query import store_entries
 from tests.support.readback import cli_env, frames_in, run_cli
 
 FIRST, LAST = "2026-11-24", "2026-12-01"
-
-
-@pytest.fixture(scope="module")
-def stored(azurite: str, sample_entries: list[dict[str, Any]]) -> Iterator[tuple[Settings, list[dict[str, Any]]]]:
-    settings = Settings.from_values({"storage": connection_string(azurite), "encryption_key": keygen(),
-                                     "container": f"q{uuid.uuid4().hex[:20]}", "batch_timeout": 0.1})
-    asyncio.run(store_entries(settings, sample_entries))
-    yield settings, sample_entries
 
 
 def sql(settings: Settings, query: str, *args: str, fmt: str = "json", first: str = FIRST, last: str = LAST,
@@ -44,8 +35,8 @@ def sql(settings: Settings, query: str, *args: str, fmt: str = "json", first: st
     return orjson.loads(result.stdout) if fmt == "json" and code == 0 else result
 
 
-def test_one_request_by_id(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_one_request_by_id(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     wanted = next(e for e in entries if e["id"] == "e0000040")
     [row] = sql(settings, "SELECT * FROM logs WHERE id = 'e0000040'")
     assert list(row)[:len(wanted)] == list(wanted)  # the columns in the entries' field order
@@ -60,9 +51,9 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def test_columns_are_typed_as_read_json_types_them(stored: tuple[Settings, list[dict[str, Any]]],
+def test_columns_are_typed_as_read_json_types_them(sample_store: tuple[Settings, list[dict[str, Any]]],
                                                    tmp_path: Path) -> None:
-    settings, entries = stored
+    settings, entries = sample_store
     plain = tmp_path / "entries.jsonl.gz"
     with gzip.open(plain, "wb") as handle:
         handle.write(b"".join(orjson.dumps(e) + b"\n" for e in entries))
@@ -71,8 +62,8 @@ def test_columns_are_typed_as_read_json_types_them(stored: tuple[Settings, list[
     assert [(c["column_name"], c["column_type"]) for c in described] == [(name, kind) for name, kind, *_ in expected]
 
 
-def test_aggregates_match_the_entries(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_aggregates_match_the_entries(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     rows = sql(settings, "SELECT deployment, count(*) AS n, sum(cost_eur) AS cost, sum(tokens.total) AS tokens, "
                          "count(*) FILTER (WHERE status_code >= 400) AS errors, "
                          "max(response.usage.total_tokens) AS top FROM logs GROUP BY deployment ORDER BY deployment")
@@ -89,8 +80,8 @@ def test_aggregates_match_the_entries(stored: tuple[Settings, list[dict[str, Any
         assert row["top"] == max(e["response"]["usage"]["total_tokens"] for e in group if e["response"])
 
 
-def test_timestamps_and_utc_days(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_timestamps_and_utc_days(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     from tests.support.query import day_of
 
     rows = sql(settings, "SELECT strftime(timestamp::TIMESTAMPTZ, '%Y-%m-%d') AS day, count(*) AS n "
@@ -98,8 +89,8 @@ def test_timestamps_and_utc_days(stored: tuple[Settings, list[dict[str, Any]]]) 
     assert {r["day"]: r["n"] for r in rows} == dict(Counter(day_of(e) for e in entries))
 
 
-def test_formats(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_formats(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     query = "SELECT id, user, tokens, error FROM logs WHERE status_code = 429 ORDER BY id LIMIT 3"
     expected = sorted((e for e in entries if e["status_code"] == 429), key=lambda e: e["id"])[:3]
     rows = sql(settings, query)
@@ -115,21 +106,21 @@ def test_formats(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
     assert all("rate limited" in line and "NULL" in line for line in table[2:])
 
 
-def test_a_query_that_scans_logs_twice(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_a_query_that_scans_logs_twice(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     [row] = sql(settings, "SELECT count(*) AS n FROM logs a JOIN logs b ON a.user = b.user AND a.id < b.id")
     users = Counter(e["user"] for e in entries)
     assert row["n"] == sum(n * (n - 1) // 2 for n in users.values())
 
 
-def test_limit_stops_reading_and_empty_range(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, _ = stored
+def test_limit_stops_reading_and_empty_range(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, _ = sample_store
     assert len(sql(settings, "SELECT id FROM logs LIMIT 2")) == 2
     assert sql(settings, "SELECT count(*) AS n FROM logs", first="2020-01-01", last="2020-01-02") == [{"n": 0}]
 
 
-def test_sql_errors_exit_2(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, _ = stored
+def test_sql_errors_exit_2(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, _ = sample_store
     for query, needle in (("SELEC 1", "syntax error"), ("SELECT nope FROM logs", "nope")):
         result = sql(settings, query, code=2)
         assert result.stderr.startswith("blobwriter: error: SQL:") and needle in result.stderr

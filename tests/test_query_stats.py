@@ -6,8 +6,7 @@ import asyncio
 import csv
 import io
 import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from blobwriter.cli import keygen
 from blobwriter.config import Settings
 from blobwriter.query.fields import FieldMap
 from blobwriter.query.stats import Condition, Stats
-from tests.conftest import connection_string
 from tests.support.query import (
     MEASURES,
     assert_rows_equal,
@@ -32,15 +30,6 @@ from tests.support.readback import cli_env, frames_in, run_cli
 FIRST, LAST = "2026-11-24", "2026-12-01"
 
 
-@pytest.fixture(scope="module")
-def stored(azurite: str, sample_entries: list[dict[str, Any]]) -> Iterator[tuple[Settings, list[dict[str, Any]]]]:
-    """The 2,000 sample entries, written once through LogWriter to this module's own container."""
-    settings = Settings.from_values({"storage": connection_string(azurite), "encryption_key": keygen(),
-                                     "container": f"q{uuid.uuid4().hex[:20]}", "batch_timeout": 0.1})
-    asyncio.run(store_entries(settings, sample_entries))
-    yield settings, sample_entries
-
-
 def stats_json(settings: Settings, *args: str, **env: str) -> list[dict[str, Any]]:
     result = run_cli("stats", "--date", FIRST, "--until", LAST, *args, "--format", "json",
                      env=cli_env(settings, **env))
@@ -50,8 +39,8 @@ def stats_json(settings: Settings, *args: str, **env: str) -> list[dict[str, Any
     return rows
 
 
-def test_whole_range_is_one_row(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_whole_range_is_one_row(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     [row] = stats_json(settings)
     [expected] = expected_stats(entries)
     assert_rows_equal([row], [expected])
@@ -69,12 +58,12 @@ WHERES = [[], ["status_code=429"], ["deployment=gpt-4o", "deployment=gpt-4o-mini
 
 
 @pytest.fixture(scope="module")
-def stored_lines(stored: tuple[Settings, list[dict[str, Any]]]) -> list[bytes]:
+def stored_lines(sample_store: tuple[Settings, list[dict[str, Any]]]) -> list[bytes]:
     """The entries as the Reader returns them from Azurite (read once for the matrix below)."""
     from blobwriter.reader import Reader, date_range
     from blobwriter.store import open_store
 
-    settings, _ = stored
+    settings, _ = sample_store
 
     async def read() -> list[bytes]:
         store = open_store(settings)
@@ -95,9 +84,9 @@ def _date(text: str) -> Any:
 
 @pytest.mark.parametrize("where", WHERES, ids=lambda w: "&".join(w) or "all")
 @pytest.mark.parametrize("by", BYS, ids=lambda b: b or "none")
-def test_by_and_where_matrix(stored: tuple[Settings, list[dict[str, Any]]], stored_lines: list[bytes],
+def test_by_and_where_matrix(sample_store: tuple[Settings, list[dict[str, Any]]], stored_lines: list[bytes],
                              by: str, where: list[str]) -> None:
-    _, entries = stored
+    _, entries = sample_store
     keys = [k for k in by.split(",") if k]
     stats = Stats(FieldMap.parse([]), keys, [Condition.parse(w) for w in where])
     for line in stored_lines:
@@ -110,8 +99,8 @@ def test_by_and_where_matrix(stored: tuple[Settings, list[dict[str, Any]]], stor
         assert total["cost"] == pytest.approx(sum(r["cost"] for r in expected))
 
 
-def test_where_filters_really_filter(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_where_filters_really_filter(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     [limited] = stats_json(settings, "--where", "status_code=429")
     assert limited["requests"] == sum(1 for e in entries if e["status_code"] == 429) > 0
     assert limited["errors"] == limited["requests"]
@@ -119,8 +108,8 @@ def test_where_filters_really_filter(stored: tuple[Settings, list[dict[str, Any]
     assert none["requests"] == 0 and none["duration_ms_p50"] is None and none["cost"] == 0
 
 
-def test_formats_agree(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_formats_agree(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     args = ["stats", "--date", FIRST, "--until", LAST, "--by", "deployment"]
     rows = stats_json(settings, "--by", "deployment")
     assert_rows_equal(rows, expected_stats(entries, ["deployment"]))
@@ -151,16 +140,17 @@ def test_formats_agree(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
     assert total[6] == f"{sum(e['cost_eur'] for e in entries):,.6f}"
 
 
-def test_table_without_groups_has_no_totals_line(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, entries = stored
+def test_table_without_groups_has_no_totals_line(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, entries = sample_store
     result = run_cli("stats", "--date", FIRST, "--until", LAST, env=cli_env(settings))
     assert result.returncode == 0, result.stderr
     header, rule, row = result.stdout.splitlines()
     assert header.split() == MEASURES and row.split()[0] == f"{len(entries):,}"
 
 
-def test_map_overrides_and_stats_map_setting(stored: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
-    settings, entries = stored
+def test_map_overrides_and_stats_map_setting(sample_store: tuple[Settings, list[dict[str, Any]]],
+                                             tmp_path: Path) -> None:
+    settings, entries = sample_store
     cumulative = sum(e["cumulative_cost_eur"] for e in entries)
     [row] = stats_json(settings, "--map", "cost=cumulative_cost_eur")
     assert row["cost"] == pytest.approx(cumulative)
@@ -292,8 +282,8 @@ async def test_damaged_frames_are_reported_and_skipped_like_read(make_settings: 
     assert_rows_equal([row], expected_stats(survivors))
 
 
-async def test_empty_range_and_wrong_key(stored: tuple[Settings, list[dict[str, Any]]]) -> None:
-    settings, _ = stored
+async def test_empty_range_and_wrong_key(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, _ = sample_store
     result = run_cli("stats", "--date", "2020-01-01", "--format", "json", env=cli_env(settings))
     assert result.returncode == 0, result.stderr
     assert orjson.loads(result.stdout) == [{"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
