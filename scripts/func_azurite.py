@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devlocal import ROOT, dev_key, port_open, run_until_interrupted, wait_for_ports
+
 LOCAL = ROOT / ".local"
 KEY_FILE = LOCAL / "dev.key"
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
@@ -30,14 +29,6 @@ EXAMPLE = ROOT / "local.settings.json.example"
 SETTINGS = ROOT / "local.settings.json"
 DEFAULT_PORTS = {"blob": 10100, "queue": 10101, "table": 10102}
 FUNC_PORT = 7072  # `make run` serves on 7071, Core Tools' default
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 def with_ports(connection_string: str, ports: dict[str, int]) -> str:
@@ -52,20 +43,6 @@ def with_ports(connection_string: str, ports: dict[str, int]) -> str:
     return ";".join(parts)
 
 
-def dev_key() -> str:
-    """The development key `make run` uses (made once, kept in .local/dev.key)."""
-    if KEY_FILE.exists():
-        return KEY_FILE.read_text().strip()
-    sys.path.insert(0, str(ROOT))
-    from blobwriter.cli import keygen
-
-    key = keygen()
-    LOCAL.mkdir(exist_ok=True)
-    KEY_FILE.write_text(key + "\n")
-    KEY_FILE.chmod(0o600)
-    return key
-
-
 def ensure_local_settings(ports: dict[str, int]) -> None:
     example = json.loads(EXAMPLE.read_text(encoding="utf-8"))
     wanted = with_ports(example["Values"]["AzureWebJobsStorage"], ports)
@@ -78,7 +55,7 @@ def ensure_local_settings(ports: dict[str, int]) -> None:
     values = example["Values"]
     values["AzureWebJobsStorage"] = wanted
     values["BLOBWRITER_STORAGE"] = with_ports(values["BLOBWRITER_STORAGE"], ports)
-    values["BLOBWRITER_ENCRYPTION_KEY"] = dev_key()
+    values["BLOBWRITER_ENCRYPTION_KEY"] = dev_key(KEY_FILE)[0]
     SETTINGS.write_text(json.dumps(example, indent=2) + "\n", encoding="utf-8")
     SETTINGS.chmod(0o600)
     print(f"Made {SETTINGS.name} from {EXAMPLE.name} with the development key of `make run` (.local/dev.key).")
@@ -111,14 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     for service, port in ports.items():
         command += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
     azurite = subprocess.Popen(command, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not all(port_open(port) for port in ports.values()):
-        if azurite.poll() is not None or time.monotonic() > deadline:
-            print("Azurite did not start (see its output above).", file=sys.stderr)
-            if azurite.poll() is None:
-                azurite.terminate()
-            return 1
-        time.sleep(0.1)
+    if not wait_for_ports(azurite, list(ports.values())):
+        print("Azurite did not start (see its output above).", file=sys.stderr)
+        if azurite.poll() is None:
+            azurite.terminate()
+        return 1
     print(f"""
 Azurite for the Functions host is listening on 127.0.0.1: blob {ports['blob']}, queue {ports['queue']}, \
 table {ports['table']} (data in {args.location}). Ctrl-C stops it.
@@ -130,22 +104,7 @@ table {ports['table']} (data in {args.location}). Ctrl-C stops it.
     curl -s -X POST http://127.0.0.1:{FUNC_PORT}/api/logs -H 'content-type: application/json' -d '{{"user": "alice"}}'
 """, flush=True)
 
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        return azurite.wait()
-    except KeyboardInterrupt:
-        print("\nStopping Azurite...", flush=True)
-        return 0
-    finally:
-        if azurite.poll() is None:
-            azurite.terminate()
-            try:
-                azurite.wait(10)
-            except subprocess.TimeoutExpired:
-                azurite.kill()
+    return run_until_interrupted(azurite, "Stopping Azurite...", [(azurite, azurite.terminate, 10.0)])
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devlocal import ROOT, dev_key, port_open, run_until_interrupted, wait_for_ports
+
 LOCAL = ROOT / ".local"
 KEY_FILE = LOCAL / "dev.key"
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
@@ -24,35 +25,22 @@ HOST = os.environ.get("BLOBWRITER_HOST", "127.0.0.1")
 PORT = int(os.environ.get("BLOBWRITER_PORT", "7071"))
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
-
-
-def dev_key(env: dict[str, str]) -> str | None:
-    """The configured key, else the development key (made on first use)."""
+def configured_or_dev_key(env: dict[str, str]) -> str | None:
+    """None if a key is configured (BLOBWRITER_ENCRYPTION_KEY or a config file), else the development key."""
     if env.get("BLOBWRITER_ENCRYPTION_KEY") or env.get("BLOBWRITER_CONFIG"):
         return None
-    if KEY_FILE.exists():
-        return KEY_FILE.read_text().strip()
-    sys.path.insert(0, str(ROOT))
-    from blobwriter.keys import keygen
-
-    key = keygen()
-    KEY_FILE.write_text(key + "\n")
-    KEY_FILE.chmod(0o600)
-    print(f"Made a development encryption key (kept in {KEY_FILE.relative_to(ROOT)}, git-ignored):\n  {key}\n"
-          "Logs written with it can only be read with it. Use `blobwriter keygen` and a secret store in production.\n")
+    key, made = dev_key(KEY_FILE)
+    if made:
+        print(f"Made a development encryption key (kept in {KEY_FILE.relative_to(ROOT)}, git-ignored):\n  {key}\n"
+              "Logs written with it can only be read with it. Use `blobwriter keygen` and a secret store in "
+              "production.\n")
     return key
 
 
 def main() -> int:
     LOCAL.mkdir(exist_ok=True)
     env = dict(os.environ)
-    key = dev_key(env)
+    key = configured_or_dev_key(env)
     if key:
         env["BLOBWRITER_ENCRYPTION_KEY"] = key
     env.setdefault("BLOBWRITER_STORAGE", "UseDevelopmentStorage=true")
@@ -66,20 +54,15 @@ def main() -> int:
              "--blobPort", str(AZURITE_PORT), "--skipApiVersionCheck", "--silent", "--disableTelemetry"],
             start_new_session=True,
         )
-        deadline = time.monotonic() + 30
-        while not port_open(AZURITE_PORT):
-            if azurite.poll() is not None or time.monotonic() > deadline:
-                print("Azurite did not start; is port", AZURITE_PORT, "free?", file=sys.stderr)
-                return 1
-            time.sleep(0.1)
+        if not wait_for_ports(azurite, [AZURITE_PORT]):
+            print("Azurite did not start; is port", AZURITE_PORT, "free?", file=sys.stderr)
+            return 1
         print(f"Azurite is listening on 127.0.0.1:{AZURITE_PORT} (data in .local/azurite)")
 
     blobwriter = [sys.executable, "-m", "blobwriter"]
     server = subprocess.Popen([*blobwriter, "serve", "--host", HOST, "--port", str(PORT)], env=env,
                               start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not port_open(PORT) and server.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_ports(server, [PORT])  # if it exits instead, its own message says why
     today = time.strftime("%Y-%m-%d", time.gmtime())
     key_env = "BLOBWRITER_ENCRYPTION_KEY=$(cat .local/dev.key) " if key else ""
     if server.poll() is None:
@@ -95,28 +78,10 @@ blobwriter is serving on http://{HOST}:{PORT}  (Ctrl-C stops it and Azurite)
     curl -s http://{HOST}:{PORT}/api/health ; curl -s http://{HOST}:{PORT}/api/metrics
 """, flush=True)
 
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        print("\nStopping blobwriter (flushing queued entries) and Azurite...", flush=True)
-        return 0
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(70)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        if azurite is not None and azurite.poll() is None:
-            azurite.terminate()
-            try:
-                azurite.wait(10)
-            except subprocess.TimeoutExpired:
-                azurite.kill()
+    stops = [(server, lambda: server.send_signal(signal.SIGINT), 70.0)]
+    if azurite is not None:
+        stops.append((azurite, azurite.terminate, 10.0))
+    return run_until_interrupted(server, "Stopping blobwriter (flushing queued entries) and Azurite...", stops)
 
 
 if __name__ == "__main__":
