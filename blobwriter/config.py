@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from . import casts
+from .casts import Cast, StorageKind, storage_kind
 from .errors import ConfigError
-from .keys import SecretKey, parse_key
+from .keys import SecretKey
 from .limits import APPEND_BLOCK_LIMIT, BLOCKS_PER_BLOB_LIMIT, FRAME_OVERHEAD_BYTES, KiB, MiB
 from .privacy import parse_path
 
@@ -34,164 +35,6 @@ CONFIG_ENV = "BLOBWRITER_CONFIG"
 FILE_SECTION = "logging"
 # An app setting whose Key Vault reference did not resolve reaches the app as this literal text.
 KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
-
-StorageKind = Literal["connection_string", "account_url", "directory"]
-_CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
-
-Cast = Callable[[str, Any], Any]
-
-
-# -- casts: each takes the setting's name (for messages) and the raw value ---------------------
-
-
-def _bad(name: str, value: Any, why: str) -> ConfigError:
-    """A bad value: the message shows it (not a secret's), the public form does not."""
-    return ConfigError(f"Config '{name}' has value {value!r}: {why}", public=f"Config '{name}' is invalid: {why}")
-
-
-def _number(parse: Callable[[str], float], noun: str, low: float, high: float) -> Cast:
-    """A cast to a number in [low, high]; `parse` is int or float, `noun` names it in errors."""
-
-    def cast(name: str, value: Any) -> Any:
-        try:
-            number = parse(str(value).strip().replace("_", ""))
-        except ValueError:
-            raise _bad(name, value, f"not {noun} (allowed: {low} to {high}).") from None
-        if not low <= number <= high:
-            raise _bad(name, number, f"out of range (allowed: {low} to {high}).")
-        return number
-
-    return cast
-
-
-def _int(low: int, high: int) -> Cast:
-    return _number(int, "an integer", low, high)
-
-
-def _float(low: float, high: float) -> Cast:
-    return _number(float, "a number", low, high)
-
-
-def _choice(*allowed: str) -> Cast:
-    def cast(name: str, value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in allowed:
-            raise _bad(name, value, f"allowed values are {', '.join(allowed)}.")
-        return text
-
-    return cast
-
-
-def _text(name: str, value: Any) -> str:
-    return str(value).strip()
-
-
-def _container(name: str, value: Any) -> str:
-    text = str(value).strip()
-    if not _CONTAINER_RE.match(text):
-        raise _bad(name, text, "a container name is 3-63 lowercase letters, digits and single hyphens, "
-                               "starting and ending with a letter or digit.")
-    return text
-
-
-def _prefix(name: str, value: Any) -> str:
-    text = str(value or "").strip().replace("\\", "/")
-    if text.startswith("/") or ".." in text.split("/"):
-        raise _bad(name, text, "a blob-name prefix must be relative and must not contain '..'.")
-    # The HTTP stack (and Azure) collapse '.' and empty segments of a blob's URL path, so such a prefix
-    # would put blobs where the reader, listing by the literal prefix, does not look.
-    segments = text.removesuffix("/").split("/") if text else []
-    if any(segment in ("", ".") for segment in segments):
-        raise _bad(name, text, "a blob-name prefix must not have empty ('//') or '.' segments (the HTTP path "
-                               "would be normalized and blobs would land where readers do not look).")
-    if text and not text.endswith("/"):
-        text += "/"
-    return text
-
-
-# A credential inside a value that is not a connection string (so would be taken for a directory path).
-_CREDENTIAL_MARKERS = re.compile(r"(?i)(accountkey|sharedaccesssignature|sharedaccesskey|(^|[?&;])sig)=")
-
-
-def _storage(name: str, value: Any) -> str:
-    text = str(value).strip()
-    if storage_kind(text) == "directory" and _CREDENTIAL_MARKERS.search(text):
-        # Never echoed: the value holds a key or a SAS signature.
-        raise ConfigError(
-            f"Config '{name}' holds a credential (AccountKey=, SharedAccessSignature= or sig=) but is not a "
-            "connection string, so it would be taken for a directory path: write it as "
-            "'BlobEndpoint=https://<account>.blob.core.windows.net;SharedAccessSignature=<token>' or "
-            "'AccountName=...;AccountKey=...' (the value is not shown)."
-        )
-    return text
-
-
-def _optional_int(low: int, high: int) -> Cast:
-    """An integer in [low, high], or None when empty (unset: no bound)."""
-    inner = _int(low, high)
-
-    def cast(name: str, value: Any) -> int | None:
-        return None if str(value).strip() == "" else int(inner(name, value))
-
-    return cast
-
-
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", ""):
-        return False
-    raise _bad(name, value, "allowed values are true, false.")
-
-
-def _field_name(name: str, value: Any) -> str | None:
-    text = str(value or "").strip()
-    if not text:
-        return None
-    if text == "timestamp" or "." in text:
-        raise _bad(name, text, "a top-level field name other than 'timestamp', without '.'.")
-    return text
-
-
-def _paths(name: str, value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list | tuple) else str(value or "").split(",")
-    paths = tuple(str(item).strip() for item in items if str(item).strip())
-    for path in paths:
-        try:
-            parse_path(path)
-        except ValueError as exc:
-            raise ConfigError(f"Config '{name}' has path {path!r}: {exc}.",
-                              public=f"Config '{name}' has an invalid path: {exc}.") from None
-    return paths
-
-
-def _key(name: str, value: Any) -> SecretKey | None:
-    text = str(value or "").strip()
-    return parse_key(text, name) if text else None
-
-
-def _keys(name: str, value: Any) -> tuple[SecretKey, ...]:
-    items = value if isinstance(value, list | tuple) else str(value or "").split(",")
-    keys = []
-    for index, item in enumerate(items):
-        text = str(item).strip()
-        if text:
-            keys.append(parse_key(text, f"{name}[{index}]"))
-    return tuple(keys)
-
-
-def _optional_text(name: str, value: Any) -> str | None:
-    text = str(value or "").strip()
-    return text or None
-
-
-def _optional_secret(name: str, value: Any) -> str | None:
-    text = str(value or "").strip()
-    return text or None
-
 
 def _setting(default: Any, cast: Cast, help: str, *, secret: bool = False, required: bool = False,
              hidden: bool = False, alias: str | None = None, serve_only: bool = False) -> Any:
@@ -209,81 +52,85 @@ class Settings:
     """Validated settings for one writer, reader or server."""
 
     storage: str | None = _setting(
-        None, _storage, "connection string, 'UseDevelopmentStorage=true', https://<account>.blob.core.windows.net "
+        None, casts.storage, "connection string, 'UseDevelopmentStorage=true', https://<account>.blob.core.windows.net "
         "(Entra ID auth), or a local directory path", required=True, hidden=True)
-    container: str = _setting("logs", _container, "blob container that holds the log blobs")
-    blob_prefix: str = _setting("", _prefix, "blob-name prefix inside the container (e.g. 'gateway/')",
+    container: str = _setting("logs", casts.container, "blob container that holds the log blobs")
+    blob_prefix: str = _setting("", casts.prefix, "blob-name prefix inside the container (e.g. 'gateway/')",
                                 alias="directory")
-    encryption_key: SecretKey | None = _setting(None, _key, "base64 of 32 random bytes (AES-256-GCM)",
+    encryption_key: SecretKey | None = _setting(None, casts.key, "base64 of 32 random bytes (AES-256-GCM)",
                                                 secret=True, required=True)
     previous_keys: tuple[SecretKey, ...] = _setting(
-        (), _keys, "comma-separated older keys, for reading after a key rotation", secret=True)
-    compression: str = _setting("gzip", _choice("gzip", "none"), "gzip or none")
-    batch_size: int = _setting(10, _int(1, 1000), "most entries in one batch")
-    batch_timeout: float = _setting(1.0, _float(0.1, 60.0), "seconds a partial batch waits before it is written")
-    max_queue_size: int = _setting(250_000, _int(1, 10_000_000),
+        (), casts.keys, "comma-separated older keys, for reading after a key rotation", secret=True)
+    compression: str = _setting("gzip", casts.choice("gzip", "none"), "gzip or none")
+    batch_size: int = _setting(10, casts.integer(1, 1000), "most entries in one batch")
+    batch_timeout: float = _setting(1.0, casts.real(0.1, 60.0), "seconds a partial batch waits before it is written")
+    max_queue_size: int = _setting(250_000, casts.integer(1, 10_000_000),
                                    "most accepted-but-unwritten entries; past it writes get back-pressure (HTTP 503)")
     max_queue_bytes: int = _setting(
-        256 * MiB, _int(MiB, 64 * 1024 * MiB),
+        256 * MiB, casts.integer(MiB, 64 * 1024 * MiB),
         "most serialized bytes of accepted-but-unwritten entries; past it writes get back-pressure (HTTP 503)")
-    max_concurrent_writes: int = _setting(16, _int(1, 1024), "most appends in flight at once")
+    max_concurrent_writes: int = _setting(16, casts.integer(1, 1024), "most appends in flight at once")
     max_append_bytes: int = _setting(
-        APPEND_BLOCK_LIMIT, _int(64 * KiB, APPEND_BLOCK_LIMIT),
+        APPEND_BLOCK_LIMIT, casts.integer(64 * KiB, APPEND_BLOCK_LIMIT),
         "largest Append Block call, and so the largest frame; bigger batches are split", alias="max_chunk_bytes")
-    max_blocks_per_blob: int = _setting(BLOCKS_PER_BLOB_LIMIT, _int(1, BLOCKS_PER_BLOB_LIMIT),
+    max_blocks_per_blob: int = _setting(BLOCKS_PER_BLOB_LIMIT, casts.integer(1, BLOCKS_PER_BLOB_LIMIT),
                                         "appends per blob before rolling to the next part")
-    max_entry_bytes: int = _setting(MiB, _int(KiB, APPEND_BLOCK_LIMIT - FRAME_OVERHEAD_BYTES),
+    max_entry_bytes: int = _setting(MiB, casts.integer(KiB, APPEND_BLOCK_LIMIT - FRAME_OVERHEAD_BYTES),
                                     "largest serialized entry accepted")
-    max_body_bytes: int = _setting(10 * MiB, _int(KiB, 1024 * MiB), "largest HTTP request body accepted")
-    storage_timeout: float = _setting(30.0, _float(1.0, 600.0),
+    max_body_bytes: int = _setting(10 * MiB, casts.integer(KiB, 1024 * MiB), "largest HTTP request body accepted")
+    storage_timeout: float = _setting(30.0, casts.real(1.0, 600.0),
                                       "seconds one storage request may take before it is retried")
-    retry_backoff_max: float = _setting(30.0, _float(0.1, 300.0), "longest pause between retries of a failed append")
+    retry_backoff_max: float = _setting(30.0, casts.real(0.1, 300.0),
+                                        "longest pause between retries of a failed append")
     give_up_after: float = _setting(
-        300.0, _float(1.0, 86400.0), "seconds an append error that retrying cannot heal (403, a leased or sealed "
+        300.0, casts.real(1.0, 86400.0), "seconds an append error that retrying cannot heal (403, a leased or sealed "
         "blob, ...) is retried before its entries are reported failed")
-    stop_timeout: float = _setting(60.0, _float(0.0, 3600.0),
+    stop_timeout: float = _setting(60.0, casts.real(0.0, 3600.0),
                                    "seconds stop() keeps retrying unwritten entries before reporting them as failed")
     id_field: str | None = _setting(
-        None, _optional_text, "an entry field that identifies a request (e.g. 'id'): read, stats and export keep "
+        None, casts.optional_text, "an entry field that identifies a request (e.g. 'id'): read, stats and export keep "
         "the first entry of each value (a client's retry after a lost answer is not counted twice)")
-    ack: str = _setting("queued", _choice("queued", "written"),
+    ack: str = _setting("queued", casts.choice("queued", "written"),
                         "when POST /api/logs answers: 'queued' (202 once queued) or 'written' (200 once appended); "
                         "a request's ?wait=true|false overrides it")
     api_key: str | None = _setting(
-        None, _optional_secret, "when set, `blobwriter serve` requires it as x-functions-key header or ?code=",
+        None, casts.optional_secret, "when set, `blobwriter serve` requires it as x-functions-key header or ?code=",
         secret=True, serve_only=True)
     # -- what an entry may be, and what of it is kept (entries.py, privacy.py) --
     max_past_days: int | None = _setting(
-        None, _optional_int(0, 36500), "refuse entries whose timestamp is more than this many days before the "
+        None, casts.optional_integer(0, 36500), "refuse entries whose timestamp is more than this many days before the "
         "server's clock (unset: no bound)")
     max_future_days: int | None = _setting(
-        None, _optional_int(0, 36500), "refuse entries whose timestamp is more than this many days after the "
+        None, casts.optional_integer(0, 36500), "refuse entries whose timestamp is more than this many days after the "
         "server's clock (unset: no bound)")
     received_at_field: str | None = _setting(
-        None, _field_name, "when set, each entry gets this top-level field with the time the server received it "
+        None, casts.field_name, "when set, each entry gets this top-level field with the time the server received it "
         "(RFC 3339, UTC; a value sent by the client is replaced)")
     drop_fields: tuple[str, ...] = _setting(
-        (), _paths, "comma-separated dotted paths removed from every entry before it is encrypted "
+        (), casts.paths, "comma-separated dotted paths removed from every entry before it is encrypted "
         "('*' matches every list item or object member, e.g. request.messages.*.content)")
     mask_fields: tuple[str, ...] = _setting(
-        (), _paths, "comma-separated dotted paths whose values are replaced by \"[masked]\" before encryption")
+        (), casts.paths, "comma-separated dotted paths whose values are replaced by \"[masked]\" before encryption")
     truncate_bytes: int | None = _setting(
-        None, _optional_int(64, 64 * MiB), "strings longer than this many UTF-8 bytes are cut to it and marked "
+        None, casts.optional_integer(64, 64 * MiB),
+        "strings longer than this many UTF-8 bytes are cut to it and marked "
         "\"…[truncated: N bytes]\" (unset: off)")
     metadata_only: bool = _setting(
-        False, _bool, "drop the request and response bodies (the top-level 'request' and 'response' fields) "
+        False, casts.boolean, "drop the request and response bodies (the top-level 'request' and 'response' fields) "
         "from every entry")
     # -- `blobwriter serve` only (under Functions the host reads the body) --
     body_timeout: float = _setting(
-        60.0, _float(1.0, 3600.0), "seconds `blobwriter serve` waits for a request's whole body before answering 408",
+        60.0, casts.real(1.0, 3600.0),
+        "seconds `blobwriter serve` waits for a request's whole body before answering 408",
         serve_only=True)
     max_concurrent_bodies: int = _setting(
-        32, _int(1, 100_000), "most request bodies `blobwriter serve` reads at once (each up to max_body_bytes); "
+        32, casts.integer(1, 100_000),
+        "most request bodies `blobwriter serve` reads at once (each up to max_body_bytes); "
         "past it 503 with Retry-After", serve_only=True)
-    stats_map: str = _setting("", _text, "`blobwriter stats` field map: a preset (gateway, otel, litellm) and/or "
+    stats_map: str = _setting("", casts.text, "`blobwriter stats` field map: a preset (gateway, otel, litellm) and/or "
                               "measure=path items, comma-separated (docs/SCHEMA.md)")
     export_destination: str | None = _setting(
-        None, _optional_secret, "where the scheduled export writes each closed day (a directory, an https "
+        None, casts.optional_secret, "where the scheduled export writes each closed day (a directory, an https "
         "container URL, or a connection string with ;Container=NAME); unset: off", secret=True)
 
     def __post_init__(self) -> None:
@@ -392,16 +239,6 @@ def _resolve_aliases(values: Mapping[str, Any]) -> dict[str, Any]:
             log.warning("Config '%s' is deprecated: use '%s' (%s) instead.", old, f.name, f.env)
             resolved.setdefault(f.name, value)
     return resolved
-
-
-def storage_kind(storage: str) -> StorageKind:
-    """Tell which store a `storage` value selects."""
-    lowered = storage.lower()
-    if lowered.startswith(("http://", "https://")):
-        return "account_url"
-    if "=" in storage and (";" in storage or lowered.startswith("usedevelopmentstorage")):
-        return "connection_string"
-    return "directory"
 
 
 def load_settings(

@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from blobwriter.config import (
-    BLOCKS_PER_BLOB_LIMIT,
-    FIELDS,
-    FRAME_OVERHEAD_BYTES,
-    SecretKey,
-    Settings,
-    load_settings,
-    parse_key,
-    storage_kind,
-)
+from blobwriter.casts import storage_kind
+from blobwriter.config import FIELDS, Settings, load_settings
 from blobwriter.errors import ConfigError
+from blobwriter.keys import SecretKey, parse_key
+from blobwriter.limits import BLOCKS_PER_BLOB_LIMIT, FRAME_OVERHEAD_BYTES
 
 
 def b64(raw: bytes) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from ..config import storage_kind
+from ..casts import storage_kind
 from ..errors import ConfigError, StoreError
 
 MARKERS: Final = "_blobwriter/exported"  # one small JSON per exported day, outside the partitions

@@ -8,7 +8,6 @@ percentiles; a value that is not a number is counted as missing and reported, ne
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +31,8 @@ from .fields import (
     simdjson_parser,
     to_number,
 )
+from .measures import MEASURES, Group
 
-MEASURES: Final = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
-                   "duration_ms_p50", "duration_ms_p95")
-COST_DECIMALS: Final = 10
 _NUMERIC: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cost", "duration_ms")
 
 
@@ -75,76 +72,6 @@ class Condition:
         return cls(name, value, negate)
 
 
-class _Group:
-    """The running measures of one group."""
-
-    __slots__ = ("completion", "cost", "durations", "errors", "prompt", "requests", "total")
-
-    def __init__(self) -> None:
-        self.requests = self.errors = 0
-        self.prompt: int | float = 0
-        self.completion: int | float = 0
-        self.total: int | float = 0
-        self.cost: int | float = 0
-        self.durations: Counter[int | float] = Counter()
-
-    def merge(self, other: _Group) -> None:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.prompt += other.prompt
-        self.completion += other.completion
-        self.total += other.total
-        self.cost += other.cost
-        # A worker's partial group arrives with its durations as a list, one value per entry: counted in C.
-        self.durations.update(other.durations)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # As a plain tuple, durations as a list of values: pickled, unpickled and merged at C speed.
-        return _group, (self.requests, self.errors, self.prompt, self.completion, self.total, self.cost,
-                        list(self.durations.elements()))
-
-    def measures(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests, "errors": self.errors, "prompt_tokens": self.prompt,
-            "completion_tokens": self.completion, "total_tokens": self.total,
-            # A sum of binary floats: 0.1 + 0.2 is 0.30000000000000004. Ten decimals keep any currency exact.
-            "cost": round(self.cost, COST_DECIMALS) if isinstance(self.cost, float) else self.cost,
-            "duration_ms_p50": percentile(self.durations, 0.50), "duration_ms_p95": percentile(self.durations, 0.95),
-        }
-
-
-def _group(requests: int, errors: int, prompt: int | float, completion: int | float, total: int | float,
-           cost: int | float, durations: list[int | float]) -> _Group:
-    """A _Group from its pickled tuple (its durations left a list until it is merged: see merge)."""
-    group = _Group()
-    group.requests, group.errors, group.prompt, group.completion, group.total, group.cost = (
-        requests, errors, prompt, completion, total, cost)
-    group.durations = durations  # type: ignore[assignment]
-    return group
-
-
-def percentile(counts: Counter[int | float], q: float) -> int | float | None:
-    """The q-quantile by linear interpolation between closest ranks (numpy's default, DuckDB's
-    quantile_cont), from a value -> count table; None if it is empty."""
-    n = sum(counts.values())
-    if n == 0:
-        return None
-    rank = (n - 1) * q
-    low = math.floor(rank)
-    fraction = rank - low
-    below = 0  # entries with smaller values than the current one
-    values = sorted(counts)
-    for i, value in enumerate(values):
-        below_next = below + counts[value]
-        if low < below_next:
-            upper = value if low + 1 < below_next or i + 1 == len(values) else values[i + 1]
-            # Rounded to a millionth: 1787.25, not the 1787.2499999999995 that binary floats give.
-            result = round(value + (upper - value) * fraction, 6)
-            return int(result) if float(result).is_integer() else result
-        below = below_next
-    raise AssertionError("unreachable: rank beyond the counts")
-
-
 @dataclass
 class Ignored:
     """Values that should have been numbers and were not: how many per field, and an example."""
@@ -163,7 +90,7 @@ class Ignored:
 class StatsPart:
     """What Stats gathered over a run of entries: merged into the whole by Stats.merge()."""
 
-    groups: dict[tuple[Any, ...], _Group]
+    groups: dict[tuple[Any, ...], Group]
     ignored: Ignored
     unparsable: int
 
@@ -222,7 +149,7 @@ class Stats:
         self._plain_keys: list[Getter] | None = None
         if all(get is not None for _, get in self._keys):
             self._plain_keys = [get for _, get in self._keys if get is not None]
-        self.groups: dict[tuple[Any, ...], _Group] = {}
+        self.groups: dict[tuple[Any, ...], Group] = {}
         self.ignored = Ignored()
         self.unparsable = 0
         self._parser = simdjson_parser()
@@ -231,7 +158,7 @@ class Stats:
     def _compile(self, fields: FieldMap, keys: list[Source | None]) -> Callable[[Any], None]:
         """self.add_object for this field map, written out as one function (made once per Stats): the
         same steps, without a call per field read (the part of stats that runs for every entry)."""
-        names: dict[str, Any] = {"OBJECTS": OBJECTS, "ARRAYS": ARRAYS, "stats": self, "Group": _Group,
+        names: dict[str, Any] = {"OBJECTS": OBJECTS, "ARRAYS": ARRAYS, "stats": self, "Group": Group,
                                  "group_value": group_value, "utc_hour": utc_hour}
         lines = ["def add(entry):", "    get = entry.get"]
         body: list[str] = []
@@ -292,7 +219,7 @@ class Stats:
         return tuple([self._time(time_key, hour) if get is None else group_value(get(entry))
                       for time_key, get in self._keys])
 
-    def _status_text(self, group: _Group, status: Any) -> None:
+    def _status_text(self, group: Group, status: Any) -> None:
         """A status that is not an int: numeric text counts by its number, anything else is ignored."""
         code = to_number(status)
         if code is BAD:
@@ -315,7 +242,7 @@ class Stats:
         for key, group in part.groups.items():
             mine = self.groups.get(key)
             if mine is None:
-                mine = self.groups[key] = _Group()
+                mine = self.groups[key] = Group()
             mine.merge(group)
         for name, count in part.ignored.counts.items():
             self.ignored.counts[name] += count
@@ -364,7 +291,7 @@ class Stats:
                          for time_key, get in self._keys])
         group = self.groups.get(key)
         if group is None:
-            group = self.groups[key] = _Group()
+            group = self.groups[key] = Group()
         group.requests += 1
         # The measures: numbers as they are; anything else through _odd (numeric text, or counted as ignored).
         get = self._prompt
@@ -436,12 +363,12 @@ class Stats:
         for key in sorted(self.groups, key=_sort_key):
             rows.append({**dict(zip(self.by, key, strict=True)), **self.groups[key].measures()})
         if not self.by and not rows:  # no group keys: always one row, even for an empty range
-            rows.append(_Group().measures())
+            rows.append(Group().measures())
         return rows
 
     def totals(self) -> dict[str, Any]:
         """The measures over every group (percentiles over all durations, not averaged)."""
-        total = _Group()
+        total = Group()
         for group in self.groups.values():
             total.merge(group)
         return total.measures()
