@@ -258,10 +258,6 @@ def markdown_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(markdown_table(json.loads(FIGURES.read_text())))
-
-
 def read_until_closed(sock: socket.socket) -> bytes:
     """Everything a raw HTTP connection answers until the server closes it (or resets it)."""
     chunks = []
@@ -271,3 +267,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
     except (ConnectionResetError, TimeoutError):
         pass
     return b"".join(chunks)
+
+
+if __name__ == "__main__":
+    print(markdown_table(json.loads(FIGURES.read_text())))
