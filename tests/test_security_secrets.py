@@ -145,15 +145,6 @@ def blackhole() -> Iterator[str]:
         listener.close()
 
 
-@pytest.fixture
-def proxy(azurite_upstream: str) -> Iterator[StorageProxy]:
-    server = StorageProxy(azurite_upstream).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
-
-
 def _send_raw(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(data)
