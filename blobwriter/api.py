@@ -96,7 +96,6 @@ def error_response(exc: Exception, where: str = "index") -> Response:
     raise exc
 
 
-
 class _Accepted:
     """The 202 answer as two ASGI messages: the same bytes as _json(202, ...), without building a Response."""
 
@@ -128,6 +127,8 @@ class _App(Starlette):
 class KeyCheck:
     """BLOBWRITER_API_KEY as `blobwriter serve` checks it: the x-functions-key header or ?code=."""
 
+    REFUSED = "missing or wrong API key: send it as the x-functions-key header or ?code="
+
     def __init__(self, settings: Settings, check_key: bool) -> None:
         self._api_key = settings.api_key.encode() if check_key and settings.api_key else None
 
@@ -140,8 +141,13 @@ class KeyCheck:
         if not given:
             return None
         if not hmac.compare_digest(given, self._api_key):
-            raise HTTPError(401, "missing or wrong API key: send it as the x-functions-key header or ?code=")
+            raise HTTPError(401, self.REFUSED)
         return True
+
+    def require(self, headers: dict[bytes, bytes], query: dict[str, list[str]]) -> None:
+        """401 HTTPError unless `authenticated` (no key sent counts as a wrong one)."""
+        if not self.authenticated(headers, query):
+            raise HTTPError(401, self.REFUSED)
 
 
 def privacy_override(query: dict[str, list[str]]) -> Privacy | None:
@@ -191,23 +197,21 @@ class IngestEndpoint:
             headers = dict(scope["headers"])
             content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
             where = "line" if content_type in NDJSON_TYPES else "index"
-            response = await self._ingest(scope, receive, headers, content_type)
+            response = await self._ingest(scope, receive, headers, content_type, where)
         except Exception as exc:
             response = error_response(exc, where)
         await response(scope, receive, send)
 
-    async def _ingest(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes],
-                      content_type: str) -> ASGIApp:
+    async def _ingest(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], content_type: str,
+                      where: str) -> ASGIApp:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if not self._keys.authenticated(headers, query):
-            raise HTTPError(401, "missing or wrong API key: send it as the x-functions-key header or ?code=")
+        self._keys.require(headers, query)
         if content_type not in JSON_TYPES and content_type not in NDJSON_TYPES:
             raise HTTPError(415, f"unsupported Content-Type {content_type!r}; send application/json "
                                  "(an object or an array of objects) or application/x-ndjson")
         privacy = privacy_override(query)
         body = await self._read_body(headers, receive)
         writer = await self._writer()
-        where = "line" if content_type in NDJSON_TYPES else "index"
         values = parse_body(body, content_type)
         if len(body) > PARSE_IN_THREAD_BYTES:  # keep the event loop answering other requests meanwhile
             prepared = await asyncio.to_thread(writer.admit, values, where=where, privacy=privacy, from_json=True)
