@@ -84,14 +84,13 @@ class Frame:
 class Lane:
     """The frames waiting for one date's blob of this writer, and how that blob is doing."""
 
-    __slots__ = ("date", "failures", "in_flight", "last_cut", "part", "ready", "ready_bytes", "resume_at",
+    __slots__ = ("date", "failures", "in_flight", "last_cut", "part", "ready", "resume_at",
                  "rolled_for", "timer", "window")
 
     def __init__(self, date: str, window: float) -> None:
         self.date = date
         self.part = 0
         self.ready: deque[Frame] = deque()
-        self.ready_bytes = 0
         self.in_flight = 0
         self.window = window  # appends this lane may have in flight (the congestion window)
         self.last_cut = 0.0  # when the window was last halved: once per round trip, as TCP does
@@ -181,7 +180,6 @@ class Appender:
                 lane = self._lanes[frame.date] = Lane(frame.date, self._max_in_flight)
                 lane.part = self._parts.setdefault(frame.date, 0)
             lane.ready.append(frame)
-            lane.ready_bytes += len(frame.data)
             self._waiting.setdefault(frame.date, lane)
         self._frames += len(frames)
         if self._frames:
@@ -202,7 +200,7 @@ class Appender:
             if lane.timer is not None:
                 lane.timer.cancel()
                 lane.timer = None
-            frames, lane.ready, lane.ready_bytes = list(lane.ready), deque(), 0
+            frames, lane.ready = list(lane.ready), deque()
             self._settle(frames, error)
         self._waiting.clear()
 
@@ -233,7 +231,6 @@ class Appender:
         size = 0
         while lane.ready and (not frames or size + len(lane.ready[0].data) <= self._max_append_bytes):
             frame = lane.ready.popleft()
-            lane.ready_bytes -= len(frame.data)
             if frame.blob != blob and not self._reseal_now([frame], blob):
                 continue  # no attempt number left: settled as failed
             frames.append(frame)
@@ -262,7 +259,6 @@ class Appender:
                 if frames:  # retried: sealed anew, back to the front of the lane
                     frames = await self._reseal(frames, self.blob_name(lane.date, lane.part))
                     lane.ready.extendleft(reversed(frames))
-                    lane.ready_bytes += sum(len(f.data) for f in frames)
                     self._waiting[lane.date] = lane
             else:
                 self._landed(lane, frames, name, part, appended.offset, appended.blocks, started)
