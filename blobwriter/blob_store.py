@@ -50,8 +50,9 @@ def redact(text: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return redact(text)
+    """The first line of an exception's message (its callers redact the whole message they build)."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextmanager
