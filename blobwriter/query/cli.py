@@ -166,13 +166,11 @@ async def _sql(args: argparse.Namespace, settings: Settings, dates: list[str]) -
     source.check_keys()
     hint = ("" if answer.sample is None else
             f" (types came from the first {answer.sample:,} entries; --sample-size -1 types every column from all)")
-    if answer.misfits:
-        fields = ", ".join(f"{path} ({n})" for path, n in sorted(answer.misfits.items(), key=lambda x: -x[1])[:5])
-        print(f"blobwriter: note: values that did not fit their column's type are NULL: {fields}{hint}",
-              file=sys.stderr)
-    if answer.unknown:
-        fields = ", ".join(f"{path} ({n})" for path, n in sorted(answer.unknown.items(), key=lambda x: -x[1])[:5])
-        print(f"blobwriter: note: fields missing from `logs`: {fields}{hint}", file=sys.stderr)
+    for counts, what in ((answer.misfits, "values that did not fit their column's type are NULL"),
+                         (answer.unknown, "fields missing from `logs`")):
+        if counts:
+            fields = ", ".join(f"{path} ({n})" for path, n in sorted(counts.items(), key=lambda x: -x[1])[:5])
+            print(f"blobwriter: note: {what}: {fields}{hint}", file=sys.stderr)
     return source.finish()
 
 
