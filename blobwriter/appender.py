@@ -114,6 +114,7 @@ class Appender:
         self._retry_backoff_max = retry_backoff_max
         self._give_up_after = give_up_after
         self._writer = encoder.writer_id.hex()
+        self._names: dict[tuple[str, int], str] = {}  # (date, part) -> blob name (read by encoding threads too)
         self._sequence = itertools.count(1)
         self._lanes: dict[str, Lane] = {}
         self._parts: dict[str, int] = {}  # date -> the current part (read by encoding threads too)
@@ -134,6 +135,8 @@ class Appender:
         plaintext size before compressing: gzip never grows data by more than FRAME_OVERHEAD_BYTES
         allows for, so nothing is encoded twice."""
         budget = self._max_append_bytes - FRAME_OVERHEAD_BYTES
+        if sum(map(len, lines)) + len(lines) <= budget:  # the common case: it all fits one frame
+            return [self._frame(date, lines, settle, carry(0, len(lines)))]
         frames: list[Frame] = []
         start = size = 0
         for end, line in enumerate(lines):
@@ -244,8 +247,13 @@ class Appender:
         task.add_done_callback(self._tasks.discard)
 
     def blob_name(self, date: str, part: int) -> str:
-        """The name of part `part` of this writer's blob of `date` (layout.py)."""
-        return layout.writer_blob(self.store.prefix, date, self._writer, part)
+        """The name of part `part` of this writer's blob of `date` (layout.py); asked for every frame."""
+        name = self._names.get((date, part))
+        if name is None:
+            if len(self._names) >= 1024:  # dates and parts of long ago
+                self._names.clear()
+            name = self._names[date, part] = layout.writer_blob(self.store.prefix, date, self._writer, part)
+        return name
 
     async def _append(self, lane: Lane, frames: list[Frame], part: int) -> None:
         name = frames[0].blob

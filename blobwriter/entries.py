@@ -16,9 +16,10 @@ A call may span at most `MAX_DATES_PER_CALL` UTC dates.
 
 from __future__ import annotations
 
+import marshal
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -79,7 +80,10 @@ def parse_timestamp(text: Any) -> datetime:
     if type(text) is str and _RFC3339_FAST.fullmatch(text) is not None:
         try:
             moment = datetime.fromisoformat(text)
-            return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+            zone = moment.tzinfo
+            if zone is UTC:  # `Z` or +00:00
+                return moment
+            return moment.astimezone(UTC) if zone is not None else moment.replace(tzinfo=UTC)
         except (ValueError, OverflowError):
             pass  # a leap second, an impossible date or offset: the full parse below says which
     if not isinstance(text, str):
@@ -179,6 +183,44 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
+# A first look for NaN and infinity at C speed: marshal (format version 4) writes every float as the
+# byte 'g' (0xE7 when it may be referred to again) and its 8 bytes of IEEE 754 little-endian, and the
+# last two bytes of a NaN or an infinity are 0xF0-0xFF then 0x7F or 0xFF (exponent all ones). Where no
+# such bytes follow a float's type byte, no float is non-finite. It can only err towards looking closer
+# (bytes of a string or an integer that happen to match), and a value marshal does not take (a Mapping
+# that is not a dict, a subclass) is looked at closer too.
+_FLOAT_TYPES = (ord("g"), ord("g") | 0x80)
+
+
+def _marshal_scan(value: Any) -> bool:
+    """False when `value` surely holds no NaN or infinity; True when it must be looked at closer."""
+    try:
+        data = marshal.dumps(value, 4)
+    except ValueError:
+        return True
+    for tail in (0x7F, 0xFF):
+        i = data.find(tail, 8)
+        while i != -1:
+            if data[i - 1] >= 0xF0 and data[i - 8] in _FLOAT_TYPES:
+                return True
+            i = data.find(tail, i + 1)
+    return False
+
+
+def _look_closer(value: Any) -> bool:
+    return True
+
+
+def _marshal_scan_holds() -> bool:
+    """Whether this Python's marshal writes floats the way _marshal_scan expects (checked at import)."""
+    found = all(_marshal_scan({"a": [1, {"b": x}]}) for x in (math.nan, math.inf, -math.inf, -math.nan))
+    return found and not any(_marshal_scan({"a": [x, "\x7f\xff"]}) for x in (0.0, 1.5, -2.5e300, 5e-324))
+
+
+# Another marshal format (a future Python): every entry with a null is looked at closer, as before.
+_may_have_non_finite: Callable[[Any], bool] = _marshal_scan if _marshal_scan_holds() else _look_closer
+
+
 def number_error(path: str, value: Any) -> str:
     """The one message for a number JSON cannot store exactly, the same on every path in."""
     if isinstance(value, float):
@@ -200,6 +242,11 @@ class Rules:
     received_at_field: str | None = None
     privacy: Privacy = NO_PRIVACY
 
+    @property
+    def timed(self) -> bool:
+        """Whether admission reads the clock (a window, or a received-at stamp): then each call needs its own."""
+        return self.max_past_days is not None or self.max_future_days is not None or bool(self.received_at_field)
+
     @classmethod
     def from_settings(cls, settings: Any) -> Rules:
         return cls(settings.max_entry_bytes, settings.max_past_days, settings.max_future_days,
@@ -209,6 +256,7 @@ class Rules:
 
 
 _NOT_READ = datetime.min.replace(tzinfo=UTC)  # Admission.now when no rule needs the clock
+_ABSENT: Any = object()  # an entry without a timestamp
 
 
 class Admission:
@@ -219,8 +267,7 @@ class Admission:
                  now: datetime | None = None) -> None:
         self.rules = rules
         # The clock is read once per call, and only when something needs it.
-        timed = rules.max_past_days is not None or rules.max_future_days is not None or rules.received_at_field
-        self.now = now or (datetime.now(UTC) if timed else _NOT_READ)
+        self.now = now or (datetime.now(UTC) if rules.timed else _NOT_READ)
         self.privacy = rules.privacy.narrowed(privacy)
         # Values parsed from JSON text cannot hold NaN or infinity (the parsers refuse them); values
         # from Python can, and orjson would silently write them as null.
@@ -246,19 +293,20 @@ class Admission:
 
     def prepare(self, entry: Any) -> Prepared:
         """Validate, apply the privacy controls to, stamp and serialize one entry."""
-        if not isinstance(entry, Mapping):
+        if type(entry) is not dict and not isinstance(entry, Mapping):
             raise EntryError(f"an entry must be a JSON object, not {json_type(entry)}")
-        if "timestamp" not in entry:
+        timestamp = entry.get("timestamp", _ABSENT)
+        if timestamp is _ABSENT:
             timestamp, date = now_timestamp()
             entry = {**entry, "timestamp": timestamp}
         else:
-            timestamp = entry["timestamp"]
             if timestamp is None:
                 raise EntryError(f"'timestamp' is null: leave it out to get the current time, or send {_SHAPE}")
             moment = parse_timestamp(timestamp)
             if self.earliest is not None or self.latest is not None:
                 self._check_window(moment, timestamp)
-            date = moment.date().isoformat()
+            # A valid timestamp in UTC (`Z`) starts with its UTC date.
+            date = timestamp[:10] if timestamp[-1] == "Z" else moment.date().isoformat()
         field = self.rules.received_at_field
         if self.privacy.active:
             entry = self.privacy.apply(entry, keep=field)
@@ -273,9 +321,12 @@ class Admission:
             if found is not None:
                 raise EntryError(number_error(*found)) from None
             raise EntryError(f"entry is not JSON-serializable: {exc}") from None
-        # orjson writes NaN and infinity as null. Where the line has a null, reading it back (C speed) and
-        # comparing finds whether one stood for something else; only then is the entry walked (Python speed).
-        if self.check_numbers and b"null" in line and orjson.loads(line) != entry and _has_non_finite(entry):
+        # orjson writes NaN and infinity as null, silently. marshal's bytes (C speed) say whether a float
+        # may be one; only then is the line read back and compared (C speed) and, if it differs, the
+        # entry walked (Python speed). (Looking for a null in the line first would cost more than it
+        # saves: logged API calls nearly always hold one.)
+        if (self.check_numbers and _may_have_non_finite(entry)
+                and orjson.loads(line) != entry and _has_non_finite(entry)):
             found = _find_number(entry)
             raise EntryError(number_error(*found) if found else NOT_FINITE)
         if len(line) > self.rules.max_entry_bytes:
@@ -292,7 +343,7 @@ def prepare(entry: Any, max_entry_bytes: int) -> Prepared:
 
 def admit(values: Iterable[tuple[int, Any]], *, max_entry_bytes: int, max_entries: int, max_bytes: int,
           where: str = "index", rules: Rules | None = None, privacy: Privacy | None = None,
-          check_numbers: bool = True) -> list[Prepared]:
+          check_numbers: bool = True, admission: Admission | None = None) -> list[Prepared]:
     """Prepare every (position, value) of one call, all or nothing.
 
     Raises EntryError at the first bad value, naming it as `entry {where} {position}`, and
@@ -300,9 +351,12 @@ def admit(values: Iterable[tuple[int, Any]], *, max_entry_bytes: int, max_entrie
     serialized bytes: more than the queue can ever hold, so retrying would not help. The values
     are consumed one by one, so a huge call is refused without being read whole. The iterable
     itself may raise EntryError (a malformed line). `rules` (default: only max_entry_bytes) are the
-    writer's; `privacy` narrows its privacy controls for this call.
+    writer's; `privacy` narrows its privacy controls for this call. `admission`, when given, is used
+    instead of one made of `rules`, `privacy` and `check_numbers` (one that reads no clock can serve
+    many calls).
     """
-    admission = Admission(rules or Rules(max_entry_bytes), privacy=privacy, check_numbers=check_numbers)
+    if admission is None:
+        admission = Admission(rules or Rules(max_entry_bytes), privacy=privacy, check_numbers=check_numbers)
     prepared: list[Prepared] = []
     dates: set[str] = set()
     size = consumed = 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Final
 
 from .entries import Prepared
@@ -46,6 +47,7 @@ LINE: Final = 1
 WAITER: Final = 2
 ENQUEUED: Final = 3
 EPOCH: Final = 4
+_line, _waiter, _epoch = itemgetter(LINE), itemgetter(WAITER), itemgetter(EPOCH)
 
 
 class Settled:
@@ -55,15 +57,15 @@ class Settled:
     __slots__ = ("count", "epochs", "nbytes", "waiters")
 
     def __init__(self, items: list[Item]) -> None:
+        # Built for every frame (in an encoding thread, holding the GIL): loops in C, not Python.
         self.count = len(items)
-        self.nbytes = 0
-        self.waiters: list[Waiter] = []
-        self.epochs: dict[int, int] = {}
-        for item in items:
-            self.nbytes += len(item[LINE])
-            if item[WAITER] is not None:
-                self.waiters.append(item[WAITER])
-            self.epochs[item[EPOCH]] = self.epochs.get(item[EPOCH], 0) + 1
+        self.nbytes: int = sum(map(len, map(_line, items)))
+        self.waiters: list[Waiter] = list(filter(None, map(_waiter, items)))
+        self.epochs: dict[int, int]
+        if items and items[0][EPOCH] == items[-1][EPOCH]:  # epochs only grow along the queue: all one
+            self.epochs = {items[0][EPOCH]: len(items)}
+        else:
+            self.epochs = dict(Counter(map(_epoch, items)))
 
 
 class EntryQueue:

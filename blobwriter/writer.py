@@ -17,12 +17,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 from .appender import Appender, Frame, Landed
 from .codec import Encoder, frame_tag
 from .config import Settings
-from .entries import Prepared, Rules, admit
+from .entries import Admission, Prepared, Rules, admit
 from .entry_queue import DATE, ENQUEUED, LINE, EntryQueue, Item, Settled
 from .errors import EntryError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
 from .index import INDEX_INTERVAL, IndexBook, IndexRecord
@@ -48,6 +49,9 @@ class WriterState(enum.StrEnum):
     FAILED = "failed"  # the batch task died; nothing more is accepted
 
 
+_date, _line = itemgetter(DATE), itemgetter(LINE)
+
+
 def _carry_of(group: list[Item]) -> Callable[[int, int], Settled]:
     """What a frame of group[start:end] carries back to the queue."""
     return lambda start, end: Settled(group[start:end])
@@ -60,6 +64,10 @@ class LogWriter:
         settings.require("encryption_key")
         self.settings = settings
         self.rules = Rules.from_settings(settings)
+        # Without a clock to read or a call's own privacy controls, one Admission serves every call
+        # (by whether the values came from JSON text, which cannot hold NaN or infinity).
+        self._admissions = None if self.rules.timed else {
+            from_json: Admission(self.rules, check_numbers=not from_json) for from_json in (False, True)}
         self.store = store if store is not None else open_store(settings)
         self._queue = EntryQueue(settings.max_queue_size, settings.max_queue_bytes)
         self.metrics = WriterMetrics(queue_depth=lambda: self._queue.depth, queue_bytes=lambda: self._queue.bytes,
@@ -183,10 +191,11 @@ class LogWriter:
         controls for this call; `from_json` says the values were parsed from JSON text (which cannot hold
         NaN or infinity, so they need not be looked for)."""
         s = self.settings
+        admission = self._admissions[from_json] if self._admissions is not None and privacy is None else None
         try:
             return admit(values, max_entry_bytes=s.max_entry_bytes, max_entries=s.max_queue_size,
                          max_bytes=s.max_queue_bytes, where=where, rules=self.rules, privacy=privacy,
-                         check_numbers=not from_json)
+                         check_numbers=not from_json, admission=admission)
         except EntryError as exc:
             self.metrics.rejected += exc.consumed
             raise
@@ -350,11 +359,16 @@ class LogWriter:
         frames: list[Frame] = []
         batch_size = self.settings.batch_size
         for start in range(0, len(items), batch_size):
-            groups: dict[str, list[Item]] = {}
-            for item in items[start:start + batch_size]:
-                groups.setdefault(item[DATE], []).append(item)
+            batch = items[start:start + batch_size]
+            groups: dict[str, list[Item]]
+            if len(set(map(_date, batch))) == 1:  # the common case, found in C: one date
+                groups = {batch[0][DATE]: batch}
+            else:
+                groups = {}
+                for item in batch:
+                    groups.setdefault(item[DATE], []).append(item)
             for date, group in groups.items():
-                frames += self._appender.encode(date, [i[LINE] for i in group], self._frame_settled,
+                frames += self._appender.encode(date, list(map(_line, group)), self._frame_settled,
                                                 _carry_of(group))
         return frames
 

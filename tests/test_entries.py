@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blobwriter.entries import MAX_DATES_PER_CALL, Admission, Prepared, Rules, admit, format_timestamp, prepare
 from blobwriter.errors import EntryError, EntryTooLargeError
@@ -265,3 +267,49 @@ def test_numbers_json_cannot_store_exactly_are_refused(idle_writer: Callable[[An
 def test_numbers_at_the_edges_of_64_bits_are_stored_exactly(idle_writer: Callable[[Any], Prepared]) -> None:
     value = {"timestamp": TS, "min": -(2**63), "max": 2**64 - 1, "big": 1.7976931348623157e308, "null": None}
     assert orjson.loads(idle_writer(value).line) == value
+
+
+class _Record(dict[str, Any]):
+    """A dict subclass: orjson writes it, marshal does not take it."""
+
+
+@pytest.mark.parametrize("where", ["top", "nested list", "tuple", "dict subclass", "after a ref"])
+@pytest.mark.parametrize("value", [math.nan, -math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_found_wherever_they_hide(idle_writer: Callable[[Any], Prepared], value: float,
+                                                         where: str) -> None:
+    """The marshal prefilter (entries._marshal_scan) decides whether an entry is looked at closer: a miss
+    would let NaN through as null. Shapes where marshal refers back to an object, or refuses one."""
+    shared = 0.5
+    entry: dict[str, Any] = {"timestamp": TS, "none": None, "neg": -1, "text": "\x7f\xff caf\u00e9 \U0001f600"}
+    if where == "top":
+        entry["n"] = value
+    elif where == "nested list":
+        entry["a"] = {"list": [1, [shared, {"n": value}]]}
+    elif where == "tuple":
+        entry["a"] = (1, (value,))
+    elif where == "dict subclass":
+        entry["a"] = _Record(n=value)
+    else:  # the same float object twice: marshal writes it once, then a reference to it
+        entry["a"] = [value, value, shared, shared]
+    with pytest.raises(EntryError, match="JSON numbers must be finite"):
+        idle_writer(entry)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+                    max_leaves=20))
+@settings(deadline=None, database=None, derandomize=True, max_examples=500)
+def test_the_marshal_prefilter_never_misses_a_non_finite_number(value: Any) -> None:
+    """Whatever the shape, wherever _has_non_finite (the walk) finds NaN or infinity, the prefilter
+    asks to look closer; and admission refuses exactly those entries."""
+    from blobwriter.entries import _has_non_finite, _marshal_scan
+
+    bad = _has_non_finite(value)
+    if bad:
+        assert _marshal_scan(value)
+    entry = {"timestamp": TS, "v": value}
+    if bad:
+        with pytest.raises(EntryError, match="JSON numbers must be finite"):
+            prepare(entry, 1 << 20)
+    else:
+        assert orjson.loads(prepare(entry, 1 << 20).line) == orjson.loads(orjson.dumps(entry))
