@@ -212,6 +212,7 @@ class IngestEndpoint:
         privacy = privacy_override(query)
         body = await self._read_body(headers, receive)
         writer = await self._writer()
+        writer.shed(len(body))
         values = parse_body(body, content_type)
         if len(body) > PARSE_IN_THREAD_BYTES:  # keep the event loop answering other requests meanwhile
             prepared = await asyncio.to_thread(writer.admit, values, where=where, privacy=privacy, from_json=True)

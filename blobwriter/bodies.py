@@ -39,6 +39,9 @@ def _single_value(body: bytes) -> Iterator[tuple[int, Any]]:
 
 
 def _ndjson_values(body: bytes) -> Iterator[tuple[int, Any]]:
+    # Whether any line may hold an integer orjson cannot parse exactly, found for the whole body at
+    # once (a line's digits never run into the next line's): usually none, and no line is looked at.
+    long_runs = _has_long_run(body)
     number, start, end = 0, 0, len(body)
     while start < end:
         stop = body.find(b"\n", start)
@@ -47,14 +50,19 @@ def _ndjson_values(body: bytes) -> Iterator[tuple[int, Any]]:
         line = body[start:stop]
         start = stop + 1
         if line.strip():
-            yield number, _loads(line, f"malformed JSON on line {number}", number)
+            yield number, _loads(line, f"malformed JSON on line {number}", number, long_runs=long_runs)
 
 
-def _loads(text: bytes, what: str, position: int | None = None) -> Any:
+def _has_long_run(text: bytes) -> bool:
+    return _LONG_RUN in text.translate(_DIGITS_ONLY)
+
+
+def _loads(text: bytes, what: str, position: int | None = None, *, long_runs: bool = True) -> Any:
     """orjson, except where it would turn an integer wider than 64 bits into a float: then the exact
-    parser, so the entry is refused (it cannot be stored exactly) instead of silently changed."""
+    parser, so the entry is refused (it cannot be stored exactly) instead of silently changed.
+    `long_runs=False` says the caller found no run of 19 digits in a text that holds this one."""
     try:
-        if _LONG_RUN not in text.translate(_DIGITS_ONLY):
+        if not (long_runs and _has_long_run(text)):
             return orjson.loads(text)
         return _EXACT.decode(text.decode("utf-8"))
     except (orjson.JSONDecodeError, ValueError, RecursionError) as exc:

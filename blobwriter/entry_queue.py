@@ -104,6 +104,10 @@ class EntryQueue:
             self.urgent += count
         return waiter
 
+    def room_for(self, nbytes: int) -> bool:
+        """Whether one more call of `nbytes` serialized bytes (at least one entry) would fit now."""
+        return self.depth < self.max_entries and self.bytes + nbytes <= self.max_bytes
+
     def take(self, count: int) -> list[Item]:
         """Remove the oldest `count` pending entries (still counted until settled)."""
         items = [self.pending.popleft() for _ in range(count)]

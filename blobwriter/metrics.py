@@ -35,6 +35,8 @@ class WriterMetrics:
     written: int = _counter("blobwriter_entries_written", "Entries durably appended to storage")
     rejected: int = _counter("blobwriter_entries_rejected",
                              "Entries rejected before queueing (invalid, too large, or queue full)")
+    shed: int = _counter("blobwriter_requests_shed",
+                         "HTTP requests refused (503) before their body was parsed: the queue had no room for it")
     failed: int = _counter("blobwriter_entries_failed",
                            "Accepted entries given up on and reported (never silently dropped)")
     frames: int = _counter("blobwriter_frames", "Data frames appended to storage")

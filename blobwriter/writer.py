@@ -268,6 +268,19 @@ class LogWriter:
             "writer_id": self.writer_id,
         }
 
+    def shed(self, body_bytes: int) -> None:
+        """Refuse (QueueFullError) a request body that would not fit the queue now, before it is parsed:
+        under overload, a refusal costs no parsing. The body's size stands for its entries' serialized
+        size (JSON Lines from a logger: about the same). Only while entries are queued: a body alone in
+        an empty queue is parsed and judged by its entries (accepted, or 413 if it can never fit)."""
+        queue = self._queue
+        if queue.depth and not queue.room_for(body_bytes):
+            self.metrics.shed += 1
+            raise QueueFullError(
+                f"queue full: {queue.depth} entries ({queue.bytes} bytes) waiting for storage leave no room for "
+                f"a body of {body_bytes} bytes (max_queue_size={queue.max_entries}, "
+                f"max_queue_bytes={queue.max_bytes})", retry_after=self.retry_after())
+
     async def _probe_storage(self) -> str | None:
         """The error of the last storage probe (None: it answered), probing again if that one is old."""
         if self._probed is not None and time.monotonic() - self._probed[0] < HEALTH_PROBE_INTERVAL:

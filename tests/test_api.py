@@ -172,6 +172,29 @@ async def test_queue_full_answers_503_with_retry_after(make_settings: Callable[.
     assert writer.metrics.failed == 10  # reported, not silently dropped
 
 
+async def test_a_body_that_cannot_fit_is_refused_before_it_is_parsed(make_settings: Callable[..., Settings]) -> None:
+    """Under overload, parsing bodies only to refuse them took the CPU the encoder needed (bulk HTTP
+    answered most requests 503 after parsing them). Now a body larger than the queue's room is
+    refused first; a body alone in an empty queue is still judged by its entries."""
+    dead = connection_string(f"http://127.0.0.1:{free_port()}/devstoreaccount1")
+    settings = make_settings(storage=dead, max_queue_bytes=1 << 20, storage_timeout=1.0, stop_timeout=0.0)
+    app = create_app(settings)
+    ndjson = {"content-type": "application/x-ndjson"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        spaced = b"{" + b" " * (1 << 20) + b'"id": "roomy"}\n'  # 1 MiB as sent, ~60 bytes once serialized
+        assert (await client.post("/api/logs", content=spaced, headers=ndjson)).status_code == 202
+        writer = await app.state.writer_holder.get()
+        garbage = b"not json " * 117_000  # over 1 MiB: would be a 400, if it were parsed
+        refused = await client.post("/api/logs", content=garbage, headers=ndjson)
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert "no room for a body of 1053000 bytes" in refused.json()["error"]
+        assert writer.metrics.shed == 1 and writer.metrics.rejected == 0
+        assert (await client.post("/api/logs", content=b"not json", headers=ndjson)).status_code == 400  # fits
+        assert (await client.post("/api/logs", json=entry())).status_code == 202
+        assert writer.metrics.shed == 1 and writer.metrics.accepted == 2
+    await stop(app)
+
+
 async def test_api_key_is_checked_when_set(api: Callable[..., Any]) -> None:
     app, client, _ = await api(api_key="s3cret-key")
     assert (await client.post("/api/logs", json=entry())).status_code == 401

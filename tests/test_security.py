@@ -319,3 +319,17 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_key(tmp_path: Path) -
     assert "--insecure-no-key" in subprocess.run([sys.executable, "-m", "blobwriter", "serve", "--help"], cwd=ROOT,
                                                  capture_output=True, text=True, timeout=60).stdout
 
+
+
+def test_a_wide_integer_on_any_ndjson_line_is_parsed_exactly() -> None:
+    """The body is searched once for a run of 19 digits (bodies._ndjson_values); a line holding one
+    still goes to the exact parser (so admission refuses the integer instead of storing orjson's
+    float), and digits that only touch across a newline do not count as a run."""
+    from blobwriter.bodies import parse_body
+
+    line = f'{{"timestamp": "{TS}", "n": 1}}'
+    wide = f'{{"timestamp": "{TS}", "n": 18446744073709551616}}'
+    values = dict(parse_body("\n".join([line, line, wide, line]).encode(), "application/x-ndjson"))
+    assert values[3]["n"] == 2**64 and type(values[3]["n"]) is int
+    touching = f'{{"timestamp": "{TS}", "n": 1234567890}}\n1234567890123'.encode()  # 10 + 13 digits, two lines
+    assert [v for _, v in parse_body(touching, "application/x-ndjson")][1] == 1234567890123
