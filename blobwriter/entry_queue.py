@@ -9,6 +9,7 @@ epoch: each flush starts a new epoch, so entries put meanwhile are not waited fo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -50,22 +51,22 @@ EPOCH: Final = 4
 _line, _waiter, _epoch = itemgetter(LINE), itemgetter(WAITER), itemgetter(EPOCH)
 
 
-class Settled:
-    """A group of entries as the queue accounts for them once their lines are gone (encoded):
-    count, bytes, the durable callers' waiters, and their flush epochs."""
+# A group of entries as the queue accounts for them once their lines are gone (encoded): (entries,
+# nbytes, waiters, epochs): how many, their serialized bytes, the durable callers' waiters, and their
+# flush epochs as (epoch, count, epoch, count, ...). One per frame, waiting with it for storage (tens
+# of thousands at once at batch_size 10): a plain tuple of atoms, like Item, so that the garbage
+# collector stops tracking it (a dict inside, even of ints, would keep it tracked).
+Settled = tuple[int, int, tuple[Waiter, ...], tuple[int, ...]]
 
-    __slots__ = ("count", "epochs", "nbytes", "waiters")
 
-    def __init__(self, items: list[Item]) -> None:
-        # Built for every frame (in an encoding thread, holding the GIL): loops in C, not Python.
-        self.count = len(items)
-        self.nbytes: int = sum(map(len, map(_line, items)))
-        self.waiters: list[Waiter] = list(filter(None, map(_waiter, items)))
-        self.epochs: dict[int, int]
-        if items and items[0][EPOCH] == items[-1][EPOCH]:  # epochs only grow along the queue: all one
-            self.epochs = {items[0][EPOCH]: len(items)}
-        else:
-            self.epochs = dict(Counter(map(_epoch, items)))
+def settled_of(items: list[Item]) -> Settled:
+    # Made for every frame (in an encoding thread, holding the GIL): loops in C, not Python.
+    epochs: tuple[int, ...]
+    if items and items[0][EPOCH] == items[-1][EPOCH]:  # epochs only grow along the queue: all one
+        epochs = (items[0][EPOCH], len(items))
+    else:
+        epochs = tuple(itertools.chain.from_iterable(Counter(map(_epoch, items)).items()))
+    return len(items), sum(map(len, map(_line, items))), tuple(filter(None, map(_waiter, items))), epochs
 
 
 class EntryQueue:
@@ -126,9 +127,10 @@ class EntryQueue:
 
     def settle(self, settled: Settled) -> None:
         """Entries are written or reported failed: they no longer count."""
-        self.depth -= settled.count
-        self.bytes -= settled.nbytes
-        for epoch, n in settled.epochs.items():
+        entries, nbytes, _, epochs = settled
+        self.depth -= entries
+        self.bytes -= nbytes
+        for epoch, n in zip(epochs[::2], epochs[1::2], strict=True):
             left = self._epochs[epoch] - n
             if left:
                 self._epochs[epoch] = left
@@ -141,9 +143,10 @@ class EntryQueue:
 
     def fail(self, items: list[Item], reason: str) -> Settled:
         """Report entries as not written: their durable callers get WriteFailedError."""
-        settled = Settled(items)
-        error = WriteFailedError(f"{settled.count} entries were not written: {reason}")
-        for waiter in settled.waiters:
+        settled = settled_of(items)
+        entries, _, waiters, _ = settled
+        error = WriteFailedError(f"{entries} entries were not written: {reason}")
+        for waiter in waiters:
             waiter.fail(error)
         self.settle(settled)
         return settled

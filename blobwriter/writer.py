@@ -24,7 +24,7 @@ from .appender import Appender, Frame, Landed
 from .codec import Encoder, frame_tag
 from .config import Settings
 from .entries import Admission, Prepared, Rules, admit
-from .entry_queue import DATE, ENQUEUED, LINE, EntryQueue, Item, Settled
+from .entry_queue import DATE, ENQUEUED, LINE, EntryQueue, Item, Settled, settled_of
 from .errors import EntryError, QueueFullError, StoreError, WriteFailedError, WriterStoppedError
 from .index import INDEX_INTERVAL, IndexBook, IndexRecord
 from .metrics import WriterMetrics
@@ -54,7 +54,7 @@ _date, _line = itemgetter(DATE), itemgetter(LINE)
 
 def _carry_of(group: list[Item]) -> Callable[[int, int], Settled]:
     """What a frame of group[start:end] carries back to the queue."""
-    return lambda start, end: Settled(group[start:end])
+    return lambda start, end: settled_of(group[start:end])
 
 
 class LogWriter:
@@ -388,26 +388,27 @@ class LogWriter:
     def _frame_settled(self, frame: Frame, outcome: Landed | BaseException) -> None:
         """A data frame landed (index it, count it, resolve its waiters) or was given up on (report it)."""
         carry: Settled = frame.carry
+        entries, _, waiters, _ = carry
         if isinstance(outcome, Landed):
             record = IndexRecord(outcome.name, outcome.offset, len(frame.data), frame.body.sequence, frame.attempt,
                                  frame_tag(frame.data).hex())
             if self._index.record(frame.date, record):
                 self._write_indexes(frame.date)
             m = self.metrics
-            m.batch_entries.observe(carry.count)
+            m.batch_entries.observe(entries)
             m.frames += 1
-            m.written += carry.count
+            m.written += entries
             m.bytes_raw += frame.body.plaintext_length
             m.bytes_stored += len(frame.data)
-            for waiter in carry.waiters:
+            for waiter in waiters:
                 waiter.done_one()
-            log.debug("Wrote %d log entries to %s", carry.count, outcome.name)
+            log.debug("Wrote %d log entries to %s", entries, outcome.name)
         else:
-            error = WriteFailedError(f"{carry.count} entries were not written: {outcome}")
-            for waiter in carry.waiters:
+            error = WriteFailedError(f"{entries} entries were not written: {outcome}")
+            for waiter in waiters:
                 waiter.fail(error)
-            self.metrics.failed += carry.count
-            log.error("%d accepted log entries were NOT written: %s", carry.count, outcome)
+            self.metrics.failed += entries
+            log.error("%d accepted log entries were NOT written: %s", entries, outcome)
         self._queue.settle(carry)
 
     # -- index frames ----------------------------------------------------------------------
@@ -431,7 +432,7 @@ class LogWriter:
 
     def _fail_items(self, items: list[Item], reason: str) -> None:
         if items:
-            settled = self._queue.fail(items, reason)
-            self.metrics.failed += settled.count
+            entries = self._queue.fail(items, reason)[0]
+            self.metrics.failed += entries
             log.error("%d accepted log entries were NOT written: %s (last storage error: %s)",
-                      settled.count, reason, self._appender.storage_error)
+                      entries, reason, self._appender.storage_error)
