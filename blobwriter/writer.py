@@ -271,10 +271,12 @@ class LogWriter:
     def shed(self, body_bytes: int) -> None:
         """Refuse (QueueFullError) a request body that would not fit the queue now, before it is parsed:
         under overload, a refusal costs no parsing. The body's size stands for its entries' serialized
-        size (JSON Lines from a logger: about the same). Only while entries are queued: a body alone in
-        an empty queue is parsed and judged by its entries (accepted, or 413 if it can never fit)."""
+        size (JSON Lines from a logger: about the same). Only while entries are queued, and only for a
+        body within max_queue_bytes: a body alone in an empty queue, or one larger than the whole budget,
+        is parsed and judged by its entries (accepted, or 413 if they can never fit, which a retry would
+        not change)."""
         queue = self._queue
-        if queue.depth and not queue.room_for(body_bytes):
+        if queue.depth and body_bytes <= queue.max_bytes and not queue.room_for(body_bytes):
             self.metrics.shed += 1
             raise QueueFullError(
                 f"queue full: {queue.depth} entries ({queue.bytes} bytes) waiting for storage leave no room for "

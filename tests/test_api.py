@@ -175,20 +175,25 @@ async def test_queue_full_answers_503_with_retry_after(make_settings: Callable[.
 async def test_a_body_that_cannot_fit_is_refused_before_it_is_parsed(make_settings: Callable[..., Settings]) -> None:
     """Under overload, parsing bodies only to refuse them took the CPU the encoder needed (bulk HTTP
     answered most requests 503 after parsing them). Now a body larger than the queue's room is
-    refused first; a body alone in an empty queue is still judged by its entries."""
+    refused first. A body alone in an empty queue, or one larger than the whole budget (413 if its
+    entries are), is still judged by its entries."""
     dead = connection_string(f"http://127.0.0.1:{free_port()}/devstoreaccount1")
-    settings = make_settings(storage=dead, max_queue_bytes=1 << 20, storage_timeout=1.0, stop_timeout=0.0)
+    budget = 1 << 20
+    settings = make_settings(storage=dead, max_queue_bytes=budget, storage_timeout=1.0, stop_timeout=0.0)
     app = create_app(settings)
     ndjson = {"content-type": "application/x-ndjson"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-        spaced = b"{" + b" " * (1 << 20) + b'"id": "roomy"}\n'  # 1 MiB as sent, ~60 bytes once serialized
+        spaced = b"{" + b" " * budget + b'"id": "roomy"}\n'  # over the budget as sent, ~60 bytes serialized
         assert (await client.post("/api/logs", content=spaced, headers=ndjson)).status_code == 202
         writer = await app.state.writer_holder.get()
-        garbage = b"not json " * 117_000  # over 1 MiB: would be a 400, if it were parsed
+        garbage = b"x" * (budget - 10)  # fits the budget, not the room left: would be a 400 if parsed
         refused = await client.post("/api/logs", content=garbage, headers=ndjson)
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
-        assert "no room for a body of 1053000 bytes" in refused.json()["error"]
+        assert f"no room for a body of {budget - 10} bytes" in refused.json()["error"]
         assert writer.metrics.shed == 1 and writer.metrics.rejected == 0
+        assert (await client.post("/api/logs", content=b"x" * (budget + 1), headers=ndjson)).status_code == 400
+        many = b"".join(b'{"id": "e%07d"}\n' % i for i in range(70_000))  # ~1.2 MiB of entries: never fits
+        assert (await client.post("/api/logs", content=many, headers=ndjson)).status_code == 413
         assert (await client.post("/api/logs", content=b"not json", headers=ndjson)).status_code == 400  # fits
         assert (await client.post("/api/logs", json=entry())).status_code == 202
         assert writer.metrics.shed == 1 and writer.metrics.accepted == 2
