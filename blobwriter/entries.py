@@ -162,27 +162,6 @@ def _find_number(value: Any) -> tuple[str, Any] | None:
     return None
 
 
-def _has_non_finite(value: Any) -> bool:
-    """Whether a NaN or an infinity hides anywhere in `value` (orjson would write it as null)."""
-    stack = [value]
-    pop, many = stack.pop, stack.extend
-    while stack:
-        item = pop()
-        kind = type(item)
-        if kind is dict:
-            many(item.values())
-        elif kind is list or kind is tuple:
-            many(item)
-        elif kind is float:
-            if item - item != 0.0:  # NaN - NaN and inf - inf are NaN
-                return True
-        elif isinstance(item, Mapping):
-            many(item.values())
-        elif isinstance(item, float) and not math.isfinite(item):
-            return True
-    return False
-
-
 # A first look for NaN and infinity at C speed: marshal (format version 4) writes every float as the
 # byte 'g' (0xE7 when it may be referred to again) and its 8 bytes of IEEE 754 little-endian, and the
 # last two bytes of a NaN or an infinity are 0xF0-0xFF then 0x7F or 0xFF (exponent all ones). Where no
@@ -217,7 +196,7 @@ def _marshal_scan_holds() -> bool:
     return found and not any(_marshal_scan({"a": [x, "\x7f\xff"]}) for x in (0.0, 1.5, -2.5e300, 5e-324))
 
 
-# Another marshal format (a future Python): every entry with a null is looked at closer, as before.
+# Another marshal format (a future Python): every entry is read back and compared, as before the scan.
 _may_have_non_finite: Callable[[Any], bool] = _marshal_scan if _marshal_scan_holds() else _look_closer
 
 
@@ -322,13 +301,14 @@ class Admission:
                 raise EntryError(number_error(*found)) from None
             raise EntryError(f"entry is not JSON-serializable: {exc}") from None
         # orjson writes NaN and infinity as null, silently. marshal's bytes (C speed) say whether a float
-        # may be one; only then is the line read back and compared (C speed) and, if it differs, the
-        # entry walked (Python speed). (Looking for a null in the line first would cost more than it
-        # saves: logged API calls nearly always hold one.)
-        if (self.check_numbers and _may_have_non_finite(entry)
-                and orjson.loads(line) != entry and _has_non_finite(entry)):
+        # may be one; only then is the line read back and compared (C speed) and, if it differs (also for
+        # a tuple or a Mapping that is not a dict), the entry walked (Python speed) for the number and its
+        # path. (Looking for a null in the line first would cost more than it saves: logged API calls
+        # nearly always hold one.) Integers beyond 64 bits never get here: orjson.dumps refused them.
+        if self.check_numbers and _may_have_non_finite(entry) and orjson.loads(line) != entry:
             found = _find_number(entry)
-            raise EntryError(number_error(*found) if found else NOT_FINITE)
+            if found is not None:
+                raise EntryError(number_error(*found))
         if len(line) > self.rules.max_entry_bytes:
             raise EntryTooLargeError(
                 f"entry is {len(line)} bytes serialized; the limit (max_entry_bytes) is {self.rules.max_entry_bytes}"
@@ -342,21 +322,18 @@ def prepare(entry: Any, max_entry_bytes: int) -> Prepared:
 
 
 def admit(values: Iterable[tuple[int, Any]], *, max_entry_bytes: int, max_entries: int, max_bytes: int,
-          where: str = "index", rules: Rules | None = None, privacy: Privacy | None = None,
-          check_numbers: bool = True, admission: Admission | None = None) -> list[Prepared]:
+          where: str = "index", admission: Admission | None = None) -> list[Prepared]:
     """Prepare every (position, value) of one call, all or nothing.
 
     Raises EntryError at the first bad value, naming it as `entry {where} {position}`, and
     EntryTooLargeError as soon as the call holds more than `max_entries` entries or `max_bytes`
     serialized bytes: more than the queue can ever hold, so retrying would not help. The values
     are consumed one by one, so a huge call is refused without being read whole. The iterable
-    itself may raise EntryError (a malformed line). `rules` (default: only max_entry_bytes) are the
-    writer's; `privacy` narrows its privacy controls for this call. `admission`, when given, is used
-    instead of one made of `rules`, `privacy` and `check_numbers` (one that reads no clock can serve
-    many calls).
+    itself may raise EntryError (a malformed line). `admission` holds the writer's rules and this call's
+    privacy controls and clock (default: only max_entry_bytes is checked).
     """
     if admission is None:
-        admission = Admission(rules or Rules(max_entry_bytes), privacy=privacy, check_numbers=check_numbers)
+        admission = Admission(Rules(max_entry_bytes))
     prepared: list[Prepared] = []
     dates: set[str] = set()
     size = consumed = 0

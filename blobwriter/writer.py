@@ -191,11 +191,13 @@ class LogWriter:
         controls for this call; `from_json` says the values were parsed from JSON text (which cannot hold
         NaN or infinity, so they need not be looked for)."""
         s = self.settings
-        admission = self._admissions[from_json] if self._admissions is not None and privacy is None else None
+        if self._admissions is not None and privacy is None:
+            admission = self._admissions[from_json]
+        else:
+            admission = Admission(self.rules, privacy=privacy, check_numbers=not from_json)
         try:
             return admit(values, max_entry_bytes=s.max_entry_bytes, max_entries=s.max_queue_size,
-                         max_bytes=s.max_queue_bytes, where=where, rules=self.rules, privacy=privacy,
-                         check_numbers=not from_json, admission=admission)
+                         max_bytes=s.max_queue_bytes, where=where, admission=admission)
         except EntryError as exc:
             self.metrics.rejected += exc.consumed
             raise

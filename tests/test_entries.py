@@ -300,11 +300,11 @@ def test_non_finite_numbers_are_found_wherever_they_hide(idle_writer: Callable[[
                     max_leaves=20))
 @settings(deadline=None, database=None, derandomize=True, max_examples=500)
 def test_the_marshal_prefilter_never_misses_a_non_finite_number(value: Any) -> None:
-    """Whatever the shape, wherever _has_non_finite (the walk) finds NaN or infinity, the prefilter
+    """Whatever the shape, wherever _find_number (the walk) finds NaN or infinity, the prefilter
     asks to look closer; and admission refuses exactly those entries."""
-    from blobwriter.entries import _has_non_finite, _marshal_scan
+    from blobwriter.entries import _find_number, _marshal_scan
 
-    bad = _has_non_finite(value)
+    bad = _find_number(value) is not None
     if bad:
         assert _marshal_scan(value)
     entry = {"timestamp": TS, "v": value}
