@@ -91,10 +91,7 @@ class EntryQueue:
         """Queue entries, all or none; QueueFullError if they would pass either limit."""
         count = len(prepared)
         nbytes = sum([len(p.line) for p in prepared])
-        if self.depth + count > self.max_entries or self.bytes + nbytes > self.max_bytes:
-            raise QueueFullError(
-                f"queue full: {self.depth} entries ({self.bytes} bytes) waiting for storage "
-                f"(max_queue_size={self.max_entries}, max_queue_bytes={self.max_bytes})", retry_after=retry_after())
+        self.make_room(count, nbytes, retry_after)
         waiter = Waiter(count) if durable else None
         now, epoch = time.monotonic(), self._epoch
         self.pending.extend([(p.date, p.line, waiter, now, epoch) for p in prepared])
@@ -105,9 +102,13 @@ class EntryQueue:
             self.urgent += count
         return waiter
 
-    def room_for(self, nbytes: int) -> bool:
-        """Whether one more call of `nbytes` serialized bytes (at least one entry) would fit now."""
-        return self.depth < self.max_entries and self.bytes + nbytes <= self.max_bytes
+    def make_room(self, count: int, nbytes: int, retry_after: Callable[[], float], what: str = "") -> None:
+        """QueueFullError (back-pressure) unless `count` more entries of `nbytes` serialized bytes fit now;
+        `what` names them in the message."""
+        if self.depth + count > self.max_entries or self.bytes + nbytes > self.max_bytes:
+            raise QueueFullError(
+                f"queue full: {self.depth} entries ({self.bytes} bytes) waiting for storage{what} "
+                f"(max_queue_size={self.max_entries}, max_queue_bytes={self.max_bytes})", retry_after=retry_after())
 
     def take(self, count: int) -> list[Item]:
         """Remove the oldest `count` pending entries (still counted until settled)."""

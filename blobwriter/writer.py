@@ -278,12 +278,12 @@ class LogWriter:
         is parsed and judged by its entries (accepted, or 413 if they can never fit, which a retry would
         not change)."""
         queue = self._queue
-        if queue.depth and body_bytes <= queue.max_bytes and not queue.room_for(body_bytes):
-            self.metrics.shed += 1
-            raise QueueFullError(
-                f"queue full: {queue.depth} entries ({queue.bytes} bytes) waiting for storage leave no room for "
-                f"a body of {body_bytes} bytes (max_queue_size={queue.max_entries}, "
-                f"max_queue_bytes={queue.max_bytes})", retry_after=self.retry_after())
+        if queue.depth and body_bytes <= queue.max_bytes:
+            try:
+                queue.make_room(1, body_bytes, self.retry_after, f" leave no room for a body of {body_bytes} bytes")
+            except QueueFullError:
+                self.metrics.shed += 1
+                raise
 
     async def _probe_storage(self) -> str | None:
         """The error of the last storage probe (None: it answered), probing again if that one is old."""
