@@ -161,3 +161,24 @@ async def test_small_reads_stay_in_process(tmp_path: Path, key: str) -> None:
     await damaged_store(tmp_path, key)
     _, report, was_parallel = await read(tmp_path, key, workers=2)
     assert not was_parallel and report.entries > 500
+
+
+def test_a_decoding_worker_loads_neither_the_azure_sdk_nor_the_writer() -> None:
+    """The package root loads its names when first used: a decoding worker (one per core, started by
+    every large read) and `stats` over a directory do not pay for the Azure SDK at start-up. The
+    root's names all still resolve."""
+    import subprocess
+    import sys
+
+    code = ("import sys, blobwriter, blobwriter.decode_worker, blobwriter.query.stats; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('azure', 'aiohttp') "
+            "or m in ('blobwriter.writer', 'blobwriter.blob_store')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    import blobwriter
+
+    for name in blobwriter.__all__:  # each loads from its module (AttributeError if _WHERE lacks it)
+        assert getattr(blobwriter, name) is not None
+    assert blobwriter.LogWriter is LogWriter and blobwriter.AppendBlobStore.__name__ == "AppendBlobStore"
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        blobwriter.Nope  # noqa: B018
