@@ -12,10 +12,22 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from blobwriter.cli import keygen
 from blobwriter.config import Settings
-from blobwriter.query.fields import FieldMap
+from blobwriter.query.fields import (
+    _MISSING,
+    FieldMap,
+    FieldPath,
+    Source,
+    _lookup,
+    compile_path,
+    dotted_get,
+    plain,
+    simdjson_parser,
+)
 from blobwriter.query.stats import Condition, Stats
 from tests.support.query import (
     MEASURES,
@@ -385,3 +397,32 @@ def test_the_written_out_aggregation_equals_the_step_by_step_one(sample_entries:
             assert compiled.ignored == stepwise.ignored == dicts.ignored, (maps, by, where)
             ignored += sum(stepwise.ignored.counts.values())
     assert ignored > 0  # the odd values were met, not filtered out everywhere
+
+
+_SEGMENT = st.sampled_from(["a", "b", "0", "1"])
+_KEY = st.lists(_SEGMENT, min_size=1, max_size=3).map(".".join)  # some keys have dots: "a.b", "b.0.a"
+_VALUE = st.recursive(st.none() | st.integers(-3, 3),
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEY, inner, max_size=4),
+                      max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@example(entry={"a": {"b": {}, "b.c": {"d": 1}}, "a.b": {"c": {"d": 2}}}, path=["a", "b", "c", "d"])  # deepest first
+@example(entry={"a": None, "a.b": 3}, path=["a", "b"])  # a null on the way: the key with the dot
+@given(entry=st.dictionaries(_KEY, _VALUE, max_size=5), path=st.lists(_SEGMENT, min_size=1, max_size=4))
+def test_a_path_finds_what_the_full_walk_finds(entry: dict[str, Any], path: list[str]) -> None:
+    """FieldPath.get walks the plain steps, then tries only the keys with dots it passed (_after_walk);
+    compiled and written-out lookups take shortcuts too. Each must find what _lookup, the definition,
+    finds from the top, in entries as dicts and as parsed by pysimdjson (whose missing keys are slow)."""
+    field = FieldPath(".".join(path))
+    found = _lookup(entry, field, 0)
+    expected = None if found is _MISSING else found
+    parser = simdjson_parser()
+    shapes: list[Any] = [entry] + ([parser.parse(orjson.dumps(entry))] if parser is not None else [])
+    for shape in shapes:
+        assert plain(field.get(shape)) == expected
+        assert plain(compile_path(field)(shape)) == expected
+        assert plain(Source(((field, None),)).compiled()(shape)) == expected
+        if len(path) == 2:
+            key = ".".join(path)
+            assert plain(dotted_get(shape, key)) == (entry.get(key))

@@ -25,6 +25,7 @@ from .fields import (
     TIME_KEYS,
     FieldMap,
     Source,
+    dotted_get,
     group_value,
     matches,
     plain,
@@ -159,7 +160,7 @@ class Stats:
         """self.add_object for this field map, written out as one function (made once per Stats): the
         same steps, without a call per field read (the part of stats that runs for every entry)."""
         names: dict[str, Any] = {"OBJECTS": OBJECTS, "ARRAYS": ARRAYS, "stats": self, "Group": Group,
-                                 "group_value": group_value, "utc_hour": utc_hour}
+                                 "group_value": group_value, "utc_hour": utc_hour, "dotted_get": dotted_get}
         lines = ["def add(entry):", "    get = entry.get"]
         body: list[str] = []
         body.append('hour = utc_hour(get("timestamp"))' if self._needs_hour else "hour = None")
