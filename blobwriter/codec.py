@@ -356,7 +356,9 @@ class FrameScanner:
                     continue
                 return
             self._pos, self._last_start = end, pos
-            yield Found(self._base + pos, header, bytes(buffer[pos:end]))
+            with memoryview(buffer) as view:  # one copy, not two (a bytearray slice is a copy already)
+                data = bytes(view[pos:end])
+            yield Found(self._base + pos, header, data)
 
 
 def _find_header(buffer: bytearray, start: int) -> int | None:

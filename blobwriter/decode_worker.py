@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .codec import Decoder
-from .decoding import Answer, decode_batch
+from .decoding import Answer, decode_batch, keep_heap
 from .keys import SecretKey
 
 PIPE_BYTES = 4 * 1024 * 1024  # the size asked for the pipes to and from a worker (at most pipe-max-size)
@@ -119,6 +119,7 @@ def _widen(pipe: Any) -> None:
 def serve() -> None:
     """The worker's loop (`python -m blobwriter.decode_worker`): decode each batch read from stdin."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's to handle: it ends the input
+    keep_heap()  # started for a large read only
     source = sys.stdin.buffer
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything else printed goes to stderr, not into the answers

@@ -16,6 +16,7 @@ again from that byte, whose bytes it keeps (`window`) until every frame before t
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import os
 from collections import deque
@@ -38,6 +39,7 @@ POOL_AFTER_BYTES = 8 * 1024 * 1024  # stored bytes a read decodes in-process bef
 AHEAD_PER_WORKER = 3  # batches in flight per worker process
 BLOBS_AHEAD = 2  # blobs downloading at once (the one being read and the next)
 RANGES_AHEAD = 2  # download ranges buffered per blob, besides the one being scanned
+HEAP_PAD_BYTES = 64 * 1024 * 1024  # free heap a large read's processes keep (keep_heap)
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -83,6 +85,19 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def keep_heap(pad: int = HEAP_PAD_BYTES) -> None:
+    """Have glibc keep `pad` bytes of freed heap instead of returning it to the system. Each frame
+    decoded is a few MB of short-lived objects (its plaintext, one bytes per entry); by default glibc
+    gives that memory back as soon as it is freed and takes it again, zero-filled page by page, for
+    the next frame: half a million page faults and a third of a core for 1,000,000 entries. For the
+    processes of a large read only (Decoding). Elsewhere than glibc: nothing to do."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc (musl, macOS)
+        return
+    mallopt(-2, pad)  # M_TOP_PAD (malloc.h): also ends glibc's dynamic trim and mmap thresholds
 
 
 def entry_lines(plaintext: bytes) -> list[bytes]:
@@ -138,6 +153,7 @@ class Decoding:
         self.workers = default_workers() if workers is None else workers
         self.id_field = id_field
         self.in_process_bytes = 0
+        self._large = False  # past POOL_AFTER_BYTES: workers started (if more than one), keep_heap() done
         self._pool: asyncio.Task[list[Worker]] | None = None
         self._next = 0
 
@@ -153,8 +169,11 @@ class Decoding:
     def submit(self, blob: str, date: str, frames: list[bytes], task: EntryTask[Any] | None) -> asyncio.Future[Answer]:
         """Decode a batch: at once in this process, or sent to a worker (its answer comes later)."""
         size = sum(len(data) for data in frames)
-        if self._pool is None and self.workers > 1 and self.in_process_bytes + size > POOL_AFTER_BYTES:
-            self._pool = asyncio.ensure_future(self._start())
+        if not self._large and self.in_process_bytes + size > POOL_AFTER_BYTES:
+            self._large = True
+            keep_heap()
+            if self.workers > 1:
+                self._pool = asyncio.ensure_future(self._start())
         if self._pool is not None:
             return asyncio.ensure_future(self._run((blob, date, frames, task, self.id_field)))
         self.in_process_bytes += size
