@@ -25,6 +25,7 @@ from blobwriter.query.fields import (
     _lookup,
     compile_path,
     dotted_get,
+    group_value,
     plain,
     simdjson_parser,
 )
@@ -426,3 +427,8 @@ def test_a_path_finds_what_the_full_walk_finds(entry: dict[str, Any], path: list
         if len(path) == 2:
             key = ".".join(path)
             assert plain(dotted_get(shape, key)) == (entry.get(key))
+    # The written-out aggregation (Stats._compile) reads --by fields with Source.inline: its one group's key.
+    stats = Stats(FieldMap({"k": field.text}), ["k"])
+    stats.add_line(orjson.dumps(entry))
+    stats.add(entry)
+    assert list(stats.groups) == [(group_value(expected),)]

@@ -90,6 +90,16 @@ class FieldPath:
                 return None if found is _MISSING else found
         return current
 
+    def from_top_keys(self, entry: Any, keys: Any) -> Any:
+        """self.get(entry) when the first step leads to no object or list (it is missing, null or a
+        scalar): only a key with dots at the top can lead on; `keys` are the entry's (_keys)."""
+        for end, key in self.joins[0][1:]:
+            if key in keys:
+                found = _lookup(entry[key], self, end)
+                if found is not _MISSING:
+                    return found
+        return None
+
     def _after_walk(self, entry: Any, depth: int) -> Any:
         """_lookup(entry, self, 0) when the plain walk stopped at segment `depth`. The walk took the steps
         _lookup tries first, so what is left are the keys with dots in the objects it passed, deepest
@@ -168,23 +178,35 @@ def _name(names: dict[str, Any], value: Any) -> str:
     return name
 
 
+# In generated code: the entry's keys (see _keys), made the first time a line needs them, once per entry.
+_TOP_KEYS: Final = "(top if top is not None else (top := keys_of(entry)))"
+
+
 def _inline_path(path: FieldPath, target: str, names: dict[str, Any]) -> list[str]:
-    """compile_path(path) written out as statements setting `target` (see Source.inline)."""
+    """compile_path(path) written out as statements setting `target` (see Source.inline). When the first
+    step leads to no object or list (a failed call's `"tokens": null`), what is left are keys with dots
+    at the top, looked up in the entry's keys, taken once per entry however many paths ask."""
     segments = path.segments
     if len(segments) == 1:
         return [f"{target} = get({segments[0]!r})"]
+    names.setdefault("keys_of", _keys)
     if len(segments) == 2:
         first, second = segments
         # entry.get(first) is read once, at the top (FIRSTS: the generated code's first lines set them).
         firsts: dict[str, str] = names.setdefault(FIRSTS, {})
         inner = firsts.setdefault(first, f"_first{len(firsts)}")
+        dotted = f"entry[{path.text!r}] if {path.text!r} in {_TOP_KEYS} else None"
         return [f"if type({inner}) in OBJECTS:",
-                f"    {target} = {inner}[{second!r}] if {second!r} in {inner} else dotted_get(entry, {path.text!r})",
+                f"    {target} = {inner}[{second!r}] if {second!r} in {inner} else ({dotted})",
                 f"elif type({inner}) in ARRAYS:",
                 f"    {target} = {_name(names, path.get)}(entry)",
                 "else:",
-                f"    {target} = dotted_get(entry, {path.text!r})"]
-    return [f"{target} = {_name(names, compile_path(path))}(entry)"]
+                f"    {target} = {dotted}"]
+    return [f"{target} = get({segments[0]!r})",  # the first step, for a moment
+            f"if type({target}) in OBJECTS or type({target}) in ARRAYS:",
+            f"    {target} = {_name(names, compile_path(path))}(entry)",
+            "else:",
+            f"    {target} = {_name(names, path.from_top_keys)}(entry, {_TOP_KEYS})"]
 
 
 def _keys(value: Any) -> Any:

@@ -25,7 +25,6 @@ from .fields import (
     TIME_KEYS,
     FieldMap,
     Source,
-    dotted_get,
     group_value,
     matches,
     plain,
@@ -160,8 +159,8 @@ class Stats:
         """self.add_object for this field map, written out as one function (made once per Stats): the
         same steps, without a call per field read (the part of stats that runs for every entry)."""
         names: dict[str, Any] = {"OBJECTS": OBJECTS, "ARRAYS": ARRAYS, "stats": self, "Group": Group,
-                                 "group_value": group_value, "utc_hour": utc_hour, "dotted_get": dotted_get}
-        lines = ["def add(entry):", "    get = entry.get"]
+                                 "group_value": group_value, "utc_hour": utc_hour}
+        lines = ["def add(entry):", "    get = entry.get", "    top = None"]
         body: list[str] = []
         body.append('hour = utc_hour(get("timestamp"))' if self._needs_hour else "hour = None")
         if self._where:
