@@ -27,6 +27,7 @@ from bench.env import (
     PYTHON,
     ROOT,
     Azurite,
+    compile_package,
     connection_string,
     delete_container,
     entry_lines,
@@ -545,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     only = args.only.split(",") if args.only else sections
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop Azurite and servers on the way out
+    compile_package()
     bench = Bench(mode)
     try:
         for section in sections:
