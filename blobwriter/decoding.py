@@ -245,7 +245,8 @@ class BlobScan(Generic[T]):
         self._decoding = decoding
         self._name, self._date, self._task = name, date, task
         self._scanner = FrameScanner()
-        self._window = bytearray()  # bytes fed from _window_base on: what a rescan may need
+        # The chunks fed from _window_base on, as they came (not copied): what a rescan may need.
+        self._window: deque[bytes] = deque()
         self._window_base = 0
         self._eof = False
         self._batch = _Batch()
@@ -253,7 +254,7 @@ class BlobScan(Generic[T]):
 
     async def items(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[Item]:
         async for chunk in chunks:
-            self._window += chunk
+            self._window.append(chunk)
             self._scanner.feed(chunk)
             self._scan()
             while len(self._pending) > self._decoding.ahead:
@@ -313,8 +314,9 @@ class BlobScan(Generic[T]):
                 return items
         items.append(BatchEnd(answer.result, True))
         if last_end is not None:  # a later rescan starts past every frame answered so far
-            del self._window[:last_end - self._window_base]
-            self._window_base = last_end
+            window = self._window
+            while window and self._window_base + len(window[0]) <= last_end:
+                self._window_base += len(window.popleft())
         return items
 
     def _rescan(self, offset: int) -> None:
@@ -323,8 +325,9 @@ class BlobScan(Generic[T]):
         self.close()
         self._batch = _Batch()
         self._scanner = FrameScanner(offset, damaged=True)
-        self._scanner.feed(bytes(self._window[offset - self._window_base:]))
-        del self._window[:offset - self._window_base]
+        rest = b"".join(self._window)[offset - self._window_base:]
+        self._scanner.feed(rest)
+        self._window = deque([rest])
         self._window_base = offset
         if self._eof:
             self._scanner.finish()

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from blobwriter import decoding
+from blobwriter import decoding, store
 from blobwriter.codec import HEADER_SIZE, Damage, Decoder, Encoder, FrameScanner, walk_frames
 from blobwriter.config import Settings
 from blobwriter.errors import FrameError, UnknownKeyError
@@ -120,9 +120,11 @@ def serial_scan(root: Path, key: str, name: str) -> list[tuple[int, str]]:
 
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Start the pool at once, and make batches of a few frames, so that every case crosses them."""
+    """Start the pool at once, make batches of a few frames and reads of a few hundred bytes, so that
+    every case crosses them (a rescan too: it joins the chunks it kept)."""
     monkeypatch.setattr(decoding, "POOL_AFTER_BYTES", 0)
     monkeypatch.setattr(decoding, "BATCH_BYTES", 2500)
+    monkeypatch.setattr(store, "READ_RANGE_BYTES", 333)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores for a pool")
