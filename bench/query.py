@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from bench.env import ROOT, Azurite, connection_string, entry_lines, machine, new_container
+from bench.env import ROOT, Azurite, compile_package, connection_string, entry_lines, machine, new_container
 
 PYTHON = sys.executable
 FIRST_DAY = datetime(2026, 11, 24, tzinfo=UTC)
@@ -140,6 +140,32 @@ def _tree_rss(root: int) -> int:
                 family.add(pid)
                 grew = True
     return sum(rss.get(pid, 0) for pid in family)
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) so far of a process and all its descendants (Azurite's node)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            pid = int(entry.name)
+            parents[pid] = int(fields[1])
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError, ValueError):
+            continue
+    family, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return sum(cpu.get(pid, 0.0) for pid in family)
 
 
 def measure(command: list[str] | str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -252,6 +278,7 @@ def run(mode: str, work: Path, count: int, days: int, ranges: list[int], *, reus
     from blobwriter.cli import keygen
     from blobwriter.config import Settings
     jq = ensure_jq()
+    compile_package()
     result: dict[str, Any] = {"mode": mode, "entries": count, "days": days, "entries_per_day": count // days,
                               "started": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
                               "versions": versions(jq),
@@ -313,7 +340,11 @@ def run(mode: str, work: Path, count: int, days: int, ranges: list[int], *, reus
         step("duckdb_read_json_plain", "DuckDB read_json over the plain .jsonl",
              [PYTHON, "-c", DUCKDB_RUN, DUCKDB_STATS.format(path=plain)], None, count)
         ours = step("stats_directory", "blobwriter stats over the directory store", stats(last), env(directory), count)
+        server = azurite.process.pid if azurite.process else None
+        served_before = _tree_cpu(server) if server else 0.0
         ours_azurite = step("stats_azurite", "blobwriter stats over Azurite", stats(last), env(blob), count)
+        if server:  # Azurite runs on the same cores: what it took of them is not in the run's CPU seconds
+            runs["stats_azurite"]["azurite_cpu_seconds"] = round(_tree_cpu(server) - served_before, 2)
         ours_one = step("stats_directory_one_process", "blobwriter stats over the directory store, one process",
                         stats(last, workers=1), env(directory), count)
         jq_out = None
@@ -432,8 +463,11 @@ def render(result: dict[str, Any]) -> str:
         "the same groups and measures (`count`, sums, `quantile_cont` for the percentiles).",
         "- `stats_directory`, `stats_azurite`: `blobwriter stats --by user,deployment --format json` over the whole "
         "range, from a directory store and from Azurite (in memory, on this machine: its CPU is part of the run's "
-        "load but not of its CPU seconds). `stats_directory_one_process`: the same with the reader's worker "
-        "processes off.",
+        "load but not of its CPU seconds"
+        + (f"; serving this run took Azurite {runs['stats_azurite']['azurite_cpu_seconds']:.1f} CPU seconds of "
+           f"the machine's {m.get('cpu_affinity') or m.get('cpus')} cores"
+           if "azurite_cpu_seconds" in runs.get("stats_azurite", {}) else "")
+        + "). `stats_directory_one_process`: the same with the reader's worker processes off.",
         "- `zcat_jq`: `zcat file | jq -n 'reduce inputs ...'`, the same groups, counts and sums only (jq has no "
         "percentiles)." if "zcat_jq" in runs else f"- zcat | jq: skipped ({result.get('zcat_jq_skipped')}).",
         "- `stats_directory_N_days`, `export_parquet_N_days`: the first N days, for memory as the range grows; "
