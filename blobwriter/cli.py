@@ -13,7 +13,7 @@ from datetime import date as Date
 
 from . import __version__
 from .config import Settings, load_settings
-from .decoding import CountEntries
+from .decoding import CountEntries, keep_heap
 from .errors import BlobwriterError, ConfigError
 from .keys import keygen
 from .query import cli as query_cli
@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(settings, host=args.host, port=args.port, log_level=args.log_level,
                   insecure_no_key=args.insecure_no_key)
             return EXIT_OK
+        keep_heap()  # every other command reads (read, verify, stats, sql, export)
         if args.command in query_cli.COMMANDS:
             return query_cli.run(args, settings)
         if not settings.keys:

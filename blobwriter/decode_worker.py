@@ -119,7 +119,7 @@ def _widen(pipe: Any) -> None:
 def serve() -> None:
     """The worker's loop (`python -m blobwriter.decode_worker`): decode each batch read from stdin."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's to handle: it ends the input
-    keep_heap()  # started for a large read only
+    keep_heap()  # a process that only reads
     source = sys.stdin.buffer
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything else printed goes to stderr, not into the answers

@@ -39,7 +39,7 @@ POOL_AFTER_BYTES = 8 * 1024 * 1024  # stored bytes a read decodes in-process bef
 AHEAD_PER_WORKER = 3  # batches in flight per worker process
 BLOBS_AHEAD = 2  # blobs downloading at once (the one being read and the next)
 RANGES_AHEAD = 2  # download ranges buffered per blob, besides the one being scanned
-HEAP_PAD_BYTES = 64 * 1024 * 1024  # free heap a large read's processes keep (keep_heap)
+HEAP_PAD_BYTES = 64 * 1024 * 1024  # free heap a reading process keeps (keep_heap)
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -91,8 +91,10 @@ def keep_heap(pad: int = HEAP_PAD_BYTES) -> None:
     """Have glibc keep `pad` bytes of freed heap instead of returning it to the system. Each frame
     decoded is a few MB of short-lived objects (its plaintext, one bytes per entry); by default glibc
     gives that memory back as soon as it is freed and takes it again, zero-filled page by page, for
-    the next frame: half a million page faults and a third of a core for 1,000,000 entries. For the
-    processes of a large read only (Decoding). Elsewhere than glibc: nothing to do."""
+    the next frame: half a million page faults and a third of a core for 1,000,000 entries. Called by
+    the processes that only read: the CLI's reading commands and the reader's worker processes, not
+    a host that also writes (under Functions, the export timer shares the writer's process). Elsewhere
+    than glibc: nothing to do."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # pragma: no cover - not glibc (musl, macOS)
@@ -153,7 +155,6 @@ class Decoding:
         self.workers = default_workers() if workers is None else workers
         self.id_field = id_field
         self.in_process_bytes = 0
-        self._large = False  # past POOL_AFTER_BYTES: workers started (if more than one), keep_heap() done
         self._pool: asyncio.Task[list[Worker]] | None = None
         self._next = 0
 
@@ -169,11 +170,8 @@ class Decoding:
     def submit(self, blob: str, date: str, frames: list[bytes], task: EntryTask[Any] | None) -> asyncio.Future[Answer]:
         """Decode a batch: at once in this process, or sent to a worker (its answer comes later)."""
         size = sum(len(data) for data in frames)
-        if not self._large and self.in_process_bytes + size > POOL_AFTER_BYTES:
-            self._large = True
-            keep_heap()
-            if self.workers > 1:
-                self._pool = asyncio.ensure_future(self._start())
+        if self._pool is None and self.workers > 1 and self.in_process_bytes + size > POOL_AFTER_BYTES:
+            self._pool = asyncio.ensure_future(self._start())
         if self._pool is not None:
             return asyncio.ensure_future(self._run((blob, date, frames, task, self.id_field)))
         self.in_process_bytes += size
