@@ -12,10 +12,13 @@ MEASURES: Final = ("requests", "errors", "prompt_tokens", "completion_tokens", "
 COST_DECIMALS: Final = 10
 
 
+SETTLE_AT: Final = 4096  # durations a group keeps uncounted (Group.recent) at most
+
+
 class Group:
     """The running measures of one group."""
 
-    __slots__ = ("completion", "cost", "durations", "errors", "prompt", "requests", "total")
+    __slots__ = ("completion", "cost", "durations", "errors", "prompt", "recent", "requests", "total")
 
     def __init__(self) -> None:
         self.requests = self.errors = 0
@@ -23,7 +26,23 @@ class Group:
         self.completion: int | float = 0
         self.total: int | float = 0
         self.cost: int | float = 0
-        self.durations: Counter[int | float] = Counter()
+        self.durations: Counter[int | float] = Counter()  # value -> count: settle() first
+        # Durations not counted yet, one per entry: appended as entries come (stats' aggregation) and as a
+        # worker's partial groups arrive (merge), counted in bulk, in C, past SETTLE_AT (settle).
+        self.recent: list[int | float] = []
+
+    def add_duration(self, value: int | float) -> None:
+        recent = self.recent
+        recent.append(value)
+        if len(recent) >= SETTLE_AT:
+            self.settle()
+
+    def settle(self) -> Counter[int | float]:
+        """Count the recent durations into the value -> count table, and return it."""
+        if self.recent:
+            self.durations.update(self.recent)
+            self.recent = []
+        return self.durations
 
     def merge(self, other: Group) -> None:
         self.requests += other.requests
@@ -32,31 +51,37 @@ class Group:
         self.completion += other.completion
         self.total += other.total
         self.cost += other.cost
-        # A worker's partial group arrives with its durations as a list, one value per entry: counted in C.
-        self.durations.update(other.durations)
+        if other.durations:
+            self.durations.update(other.durations)
+        recent = self.recent
+        recent += other.recent  # a worker's partial group: its durations as they came
+        if len(recent) >= SETTLE_AT:
+            self.settle()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # As a plain tuple, durations as a list of values: pickled, unpickled and merged at C speed.
+        # As a plain tuple, durations as a list of values, one per entry (a worker's partial group holds
+        # a few, never counted): pickled, unpickled and merged at C speed.
         return _group, (self.requests, self.errors, self.prompt, self.completion, self.total, self.cost,
-                        list(self.durations.elements()))
+                        self.recent + list(self.durations.elements()))
 
     def measures(self) -> dict[str, Any]:
+        durations = self.settle()
         return {
             "requests": self.requests, "errors": self.errors, "prompt_tokens": self.prompt,
             "completion_tokens": self.completion, "total_tokens": self.total,
             # A sum of binary floats: 0.1 + 0.2 is 0.30000000000000004. Ten decimals keep any currency exact.
             "cost": round(self.cost, COST_DECIMALS) if isinstance(self.cost, float) else self.cost,
-            "duration_ms_p50": percentile(self.durations, 0.50), "duration_ms_p95": percentile(self.durations, 0.95),
+            "duration_ms_p50": percentile(durations, 0.50), "duration_ms_p95": percentile(durations, 0.95),
         }
 
 
 def _group(requests: int, errors: int, prompt: int | float, completion: int | float, total: int | float,
            cost: int | float, durations: list[int | float]) -> Group:
-    """A Group from its pickled tuple (its durations left a list until it is merged: see merge)."""
+    """A Group from its pickled tuple (its durations recent, counted when merged past SETTLE_AT)."""
     group = Group()
     group.requests, group.errors, group.prompt, group.completion, group.total, group.cost = (
         requests, errors, prompt, completion, total, cost)
-    group.durations = durations  # type: ignore[assignment]
+    group.recent = durations
     return group
 
 

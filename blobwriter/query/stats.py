@@ -31,7 +31,7 @@ from .fields import (
     simdjson_parser,
     to_number,
 )
-from .measures import MEASURES, Group
+from .measures import MEASURES, SETTLE_AT, Group
 
 _NUMERIC: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cost", "duration_ms")
 
@@ -190,7 +190,8 @@ class Stats:
                  "if completion is not None:", "    group.completion += completion",
                  "if total is not None:", "    group.total += total",
                  "if cost is not None:", "    group.cost += cost",
-                 "if duration is not None:", "    group.durations[duration] += 1"]
+                 "if duration is not None:", "    recent = group.recent", "    recent.append(duration)",
+                 f"    if len(recent) >= {SETTLE_AT}:", "        group.settle()"]
         error, status = fields.source("error"), fields.source("status_code")
         if error is not None:
             body += error.inline("error", names)
@@ -325,7 +326,7 @@ class Stats:
         if duration is not None and type(duration) is not int and type(duration) is not float:
             duration = self._odd("duration_ms", duration)
         if duration is not None:
-            group.durations[duration] += 1
+            group.add_duration(duration)
         get = self._error
         if get is not None and get(entry) is not None:
             group.errors += 1
