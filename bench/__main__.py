@@ -102,6 +102,11 @@ PEERS = {
 SECTIONS = ["baselines", "peers", "tuning", "latency", "p99", "http", "drain", "memory", "outage", "fleet"]
 
 
+def _busy_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of the machine's CPU time (all cores) that was busy between two Bench.machine_busy()."""
+    return (after[0] - before[0]) / max(1e-9, after[1] - before[1])
+
+
 class Bench:
     def __init__(self, mode: str) -> None:
         from blobwriter.keys import keygen
@@ -321,6 +326,18 @@ class Bench:
         self.proxy.per_blob_peak = 0
         cpu0, busy0 = self.cpu(), self.machine_busy()
         started = time.monotonic()
+        # The machine's busy share while the writers are measured, from the bench's own clock: the run
+        # as a whole also holds the start-up and the drain, when it idles.
+        window: dict[str, tuple[float, float]] = {}
+
+        def sample_at(moment: float, name: str) -> None:
+            time.sleep(max(0.0, moment - time.time()))
+            window[name] = self.machine_busy()
+
+        samplers = [threading.Thread(target=sample_at, args=(start_at + f["warmup"] + offset, name), daemon=True)
+                    for offset, name in ((0.0, "start"), (f["measure"], "end"))]
+        for sampler in samplers:
+            sampler.start()
         children = []
         for i, count in enumerate(split):
             cfg = {"storage": connection_string(self.storage_url), "container": container, "key": self.key,
@@ -345,12 +362,15 @@ class Bench:
                 outputs.append(orjson.loads(line[7:]))
         cpu1, busy1 = self.cpu(), self.machine_busy()
         run_s = time.monotonic() - started
+        for sampler in samplers:
+            sampler.join()
         counts, peak = dict(self.proxy.counts), self.proxy.per_blob_peak
         result: dict[str, Any] = {"writers": n, "processes": procs, "naming": naming, "latency_s": latency,
                                   "run_s": round(run_s, 1), "proxy_counts": counts, "per_blob_peak": peak,
                                   "proxy_cpu_s": round(cpu1[0] - cpu0[0], 2),
                                   "azurite_cpu_s": round(cpu1[1] - cpu0[1], 2),
-                                  "machine_busy": round((busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1]), 3)}
+                                  "machine_busy": round(_busy_share(window["start"], window["end"]), 3),
+                                  "machine_busy_run": round(_busy_share(busy0, busy1), 3)}
         if any(o is None for o in outputs):
             result["error"] = "a fleet process failed"
             delete_container(self.azurite.url, container)

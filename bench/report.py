@@ -560,7 +560,7 @@ def _fleet(r: dict[str, Any], add: Any) -> None:
         "everything is read back with blobwriter's Reader and the index check of `blobwriter verify`; each "
         "entry carries its writer and sequence number, so an entry written and not read back is 'lost', one "
         "read twice 'duplicated'. 'Throttled' is the share of Append Block requests the proxy answered 503. "
-        "'Machine CPU' is how busy both cores were over the run (everything on the machine).")
+        "'Machine CPU' is how busy both cores were (everything on the machine) during the measured window.")
     add("")
     add("| naming | latency | writers | offered/s | written/s | append requests | throttled | per-blob peak req/s "
         "| appends per million | blobs | lost | duplicated | failed | drained (s) | writers' CPU s | Azurite CPU s "
