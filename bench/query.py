@@ -117,21 +117,23 @@ def write_files(work: Path, count: int, days: int) -> tuple[Path, Path]:
 # -- measuring -------------------------------------------------------------------------------------
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of a process and all its descendants (its reader's worker processes, a pipeline)."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
+def _process_stats() -> dict[int, list[str]]:
+    """The fields of /proc/PID/stat after the command name, of every process."""
+    stats: dict[int, list[str]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            pid = int(entry.name)
-            parents[pid] = int(fields[1])
-            rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
+                stats[int(entry.name)] = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
+    return stats
+
+
+def _family(root: int, stats: dict[int, list[str]]) -> set[int]:
+    """A process and all its descendants (its reader's worker processes, a pipeline, Azurite's node)."""
+    parents = {pid: int(fields[1]) for pid, fields in stats.items() if len(fields) > 1}
     family, grew = {root}, True
     while grew:
         grew = False
@@ -139,33 +141,21 @@ def _tree_rss(root: int) -> int:
             if parent in family and pid not in family:
                 family.add(pid)
                 grew = True
-    return sum(rss.get(pid, 0) for pid in family)
+    return family
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    stats = _process_stats()
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sum(int(stats[pid][21]) * page for pid in _family(root, stats) if pid in stats)
 
 
 def _tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) so far of a process and all its descendants (Azurite's node)."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+    """CPU seconds (user + system) so far of a process and all its descendants."""
+    stats = _process_stats()
     ticks = os.sysconf("SC_CLK_TCK")
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            pid = int(entry.name)
-            parents[pid] = int(fields[1])
-            cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
-        except (OSError, IndexError, ValueError):
-            continue
-    family, grew = {root}, True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in family and pid not in family:
-                family.add(pid)
-                grew = True
-    return sum(cpu.get(pid, 0.0) for pid in family)
+    return sum((int(stats[pid][11]) + int(stats[pid][12])) / ticks for pid in _family(root, stats) if pid in stats)
 
 
 def measure(command: list[str] | str, env: dict[str, str] | None = None) -> dict[str, Any]:
