@@ -93,12 +93,18 @@ class FieldPath:
     def from_top_keys(self, entry: Any, keys: Any) -> Any:
         """self.get(entry) when the first step leads to no object or list (it is missing, null or a
         scalar): only a key with dots at the top can lead on; `keys` are the entry's (_keys)."""
-        for end, key in self.joins[0][1:]:
+        found = self._through_dotted_keys(entry, keys, 0)
+        return None if found is _MISSING else found
+
+    def _through_dotted_keys(self, value: Any, keys: Any, start: int) -> Any:
+        """What the keys with dots of the object `value` (reached at segment `start`; `keys` are its
+        _keys) lead to, in _lookup's order; _MISSING if none does."""
+        for end, key in self.joins[start][1:]:
             if key in keys:
-                found = _lookup(entry[key], self, end)
+                found = _lookup(value[key], self, end)
                 if found is not _MISSING:
                     return found
-        return None
+        return _MISSING
 
     def _after_walk(self, entry: Any, depth: int) -> Any:
         """_lookup(entry, self, 0) when the plain walk stopped at segment `depth`. The walk took the steps
@@ -114,14 +120,8 @@ class FieldPath:
             if found is not _MISSING:
                 return found
             value = passed[start]
-            if type(value) not in OBJECTS:
-                continue  # a list: its index has no alternative
-            keys = _keys(value)
-            for end, key in self.joins[start][1:]:
-                if key in keys:
-                    found = _lookup(value[key], self, end)
-                    if found is not _MISSING:
-                        return found
+            if type(value) in OBJECTS:  # (a list: its index has no alternative)
+                found = self._through_dotted_keys(value, _keys(value), start)
         return found
 
 
