@@ -20,6 +20,9 @@ from tests.support.azurite import Azurite as _Azurite
 from tests.support.azurite import connection_string, free_port, wait_for_port  # noqa: F401 - used by bench modules
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+DATA = BENCH / "data" / "api-calls.jsonl.gz"
+PYTHON = sys.executable
 
 
 def compile_package() -> None:
@@ -28,9 +31,6 @@ def compile_package() -> None:
     import from source at each start when the bytecode is stale or missing: a checkout installed
     editable, in an environment that sets PYTHONDONTWRITEBYTECODE (this one does)."""
     compileall.compile_dir(ROOT / "blobwriter", quiet=1)
-BENCH = ROOT / "bench"
-DATA = BENCH / "data" / "api-calls.jsonl.gz"
-PYTHON = sys.executable
 
 
 def entry_lines() -> list[bytes]:
