@@ -24,12 +24,18 @@ from urllib.parse import urlsplit
 from . import layout
 from .config import Settings
 from .errors import StoreError
-from .store import READ_RANGE_BYTES, Appended
+from .store import Appended
 
 log = logging.getLogger("blobwriter.store")
 
 SDK_RETRIES = 3  # quick in-request retries of transient errors (not appends: the writer retries those)
-RANGES_IN_FLIGHT = 4  # download requests of one blob being read at once
+# A blob being read downloads RANGES_IN_FLIGHT ranges of DOWNLOAD_BYTES at once. 8 MiB rather than
+# the SDK's 4 MiB halves the billed read operations, and Azurite (the stand-in here and in CI) reads
+# every range of at most 4 MiB twice to answer it with an MD5 nobody asked for: over it, a read of a
+# day cost it half the CPU (docs/BENCHMARKS-QUERY.md). Under 32 MiB, so one GET each.
+DOWNLOAD_BYTES = 8 * 1024 * 1024
+RANGES_IN_FLIGHT = 2
+DOWNLOAD_BLOCK_BYTES = 256 * 1024  # what a download's body is read in (the storage SDK's own default)
 
 
 # Credentials as they appear in URLs, connection strings and headers: a SAS signature (`sig=`), an
@@ -142,9 +148,12 @@ class AppendBlobStore:
             middlewares=(_never_resend_appends(),),
         )
         # The timeouts go to the transport: given a transport, the client ignores its own timeout options.
+        # So does the block size a download is read in: azure-core's own default is 4 KiB, a Python
+        # step per 4 KiB (a CPU second a day read); the storage SDK's, for the transport it makes, 256 KiB.
         timeouts = {"connection_timeout": min(10.0, s.storage_timeout), "read_timeout": s.storage_timeout}
         options: dict[str, Any] = {
-            "transport": AioHttpTransport(session=self._session, session_owner=False, **timeouts),
+            "transport": AioHttpTransport(session=self._session, session_owner=False,
+                                          connection_data_block_size=DOWNLOAD_BLOCK_BYTES, **timeouts),
             "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=SDK_RETRIES,
                                              random_jitter_range=1),
             **timeouts,
@@ -227,10 +236,10 @@ class AppendBlobStore:
 
         async def download(offset: int) -> bytes:
             with _storage_errors(f"reading {name}", self.description):
-                downloader = await blob.download_blob(offset=offset, length=min(READ_RANGE_BYTES, size - offset))
+                downloader = await blob.download_blob(offset=offset, length=min(DOWNLOAD_BYTES, size - offset))
                 return bytes(await downloader.readall())
 
-        offsets = iter(range(0, size, READ_RANGE_BYTES))
+        offsets = iter(range(0, size, DOWNLOAD_BYTES))
         in_flight = deque(asyncio.ensure_future(download(offset)) for offset in islice(offsets, RANGES_IN_FLIGHT))
         try:
             while in_flight:

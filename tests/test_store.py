@@ -143,6 +143,37 @@ async def test_read_while_another_instance_appends(make_settings: Callable[..., 
     assert sum(e["id"] == "big" for e in found) == 12
 
 
+async def test_downloads_read_their_body_in_large_blocks(make_settings: Callable[..., Settings],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store hands the SDK its own transport, which would read a download's body 4 KiB per
+    Python step (azure-core's default, not the storage SDK's): a CPU second for a day read."""
+    import aiohttp.streams
+
+    from blobwriter import blob_store
+
+    asked: list[int] = []
+    original = aiohttp.streams.StreamReader.read
+
+    async def read(self: aiohttp.streams.StreamReader, n: int = -1) -> bytes:
+        asked.append(n)
+        return await original(self, n)
+
+    settings = make_settings(compression="none")
+    encoder = Encoder(settings.encryption_key, compression="none")  # type: ignore[arg-type]
+    store = AppendBlobStore(settings)
+    try:
+        await store.open()
+        await store.append(NAME, encoder.encode([orjson.dumps({"pad": os.urandom(600_000).hex()})], 1,
+                                                blob=NAME, date=DAY)[0])
+        monkeypatch.setattr(aiohttp.streams.StreamReader, "read", read)
+        data = b"".join([chunk async for chunk in store.read(NAME)])
+    finally:
+        await store.close()
+    assert len(data) > 1_000_000
+    assert asked and set(asked) == {blob_store.DOWNLOAD_BLOCK_BYTES}
+    assert blob_store.DOWNLOAD_BLOCK_BYTES >= 64 * 1024
+
+
 def make_small(encoder: Encoder, n: int) -> bytes:
     return encoder.encode([orjson.dumps({"id": f"s{n}"})], n, blob=NAME, date=DAY)[0]
 
