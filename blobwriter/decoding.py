@@ -91,7 +91,10 @@ def keep_heap(pad: int = HEAP_PAD_BYTES) -> None:
     """Have glibc keep `pad` bytes of freed heap instead of returning it to the system. Each frame
     decoded is a few MB of short-lived objects (its plaintext, one bytes per entry); by default glibc
     gives that memory back as soon as it is freed and takes it again, zero-filled page by page, for
-    the next frame: half a million page faults and a third of a core for 1,000,000 entries. Called by
+    the next frame: half a million page faults and a third of a core for 1,000,000 entries. Setting
+    the pad also fixes glibc's threshold for mmap'ing a block at 128 KiB, so each 8 MiB download
+    range would still be mapped and faulted in afresh (200,000 faults per 1,000,000 entries from Azurite):
+    blocks up to 32 MiB (glibc's limit) come from the kept heap too. Called by
     the processes that only read: the CLI's reading commands and the reader's worker processes, not
     a host that also writes (under Functions, the export timer shares the writer's process). Elsewhere
     than glibc: nothing to do."""
@@ -100,6 +103,7 @@ def keep_heap(pad: int = HEAP_PAD_BYTES) -> None:
     except (OSError, AttributeError):  # pragma: no cover - not glibc (musl, macOS)
         return
     mallopt(-2, pad)  # M_TOP_PAD (malloc.h): also ends glibc's dynamic trim and mmap thresholds
+    mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
 
 
 def entry_lines(plaintext: bytes) -> list[bytes]:
