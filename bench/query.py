@@ -425,14 +425,22 @@ ROUND_THREE = [
     "`PYTHONDONTWRITEBYTECODE`, so edited modules were compiled again at each start).",
     "- **Durations** are appended per entry and counted in bulk (`Group.recent`), not counted per entry "
     "and expanded again to be sent.",
+    "- **Downloads** (after 1fc340a). The store gives the SDK its own aiohttp transport, which dropped the "
+    "storage SDK's 256 KiB read block for azure-core's 4 KiB: a Python step per 4 KiB of every download, about "
+    "a CPU second here. Ranges of 8 MiB instead of 4 MiB (two in flight: the same 16 MiB ahead) halve the "
+    "billed read operations, and Azurite reads a range of at most 4 MiB twice to compute an MD5: its CPU for "
+    "this read fell from 4.1-4.8 s to 1.8-2.7 s. glibc's mmap threshold, pinned at 128 KiB by `M_TOP_PAD`, is "
+    "raised to 32 MiB so that the ranges come from the kept heap: 263,000 -> ~67,000 page faults. By hand "
+    "against an Azurite filled the same way: 6.8-7.1 s and 8.4-8.7 CPU s before, 5.5-5.9 s and 7.8-7.9 CPU s "
+    "after; the run above: 0.67x of DuckDB before (1fc340a), 0.88x now.",
     "",
     "Side by side, by hand, on the bench's 1,000,000 entries in a directory store, alternating runs, both "
     "compiled: 2b3ba8b 5.78 / 5.61 / 5.71 s (10.5-10.7 CPU s); after 4.11 / 4.06 / 4.16 s (7.2-7.4 CPU s); "
     "byte-identical answers. DuckDB on the gzip file took 4.5-4.8 s on the same machine that hour.",
     "",
-    "The Azurite run stays below DuckDB on this machine: Azurite serves from the same two cores, and its "
-    "own CPU for the read (in the table's description below) plus the reader's is more than two cores can "
-    "do in DuckDB's time.",
+    "The Azurite run stays below DuckDB on this machine: Azurite serves from the same two cores (most of "
+    "its CPU is V8's garbage collector), and its own CPU for the read (in the table's description below) "
+    "plus the reader's leaves two cores no room to finish in DuckDB's time.",
 ]
 
 
