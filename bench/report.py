@@ -375,7 +375,8 @@ def _machine(r: dict[str, Any], add: Any) -> None:
     add("## The machine")
     add("")
     add(f"- {mach.get('cpu_model', '?')}, {mach.get('cpus')} CPUs ({mach.get('cpu_affinity')} usable), "
-        f"{mach.get('memory_gib')} GiB; {mach.get('platform')}; load average at start {mach.get('loadavg_at_start')}")
+        f"{mach.get('memory_gib')} GiB; {mach.get('platform')}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in mach.get('loadavg_at_start') or ())}")
     add("- Shared and noisy: each figure is one run, not a best-of, and other developers' test suites run on "
         "the same 2 cores at the same time. Everything of the bench runs on this machine at once: Azurite "
         "(node), the latency proxy (Python, aiohttp, a thread of the bench process), the process under test "
@@ -473,7 +474,10 @@ def _peers(r: dict[str, Any], add: Any) -> None:
             f"{tuned['cpu_s'] / tuned['wall_s']:.0%} (tuned) of one core, and Azurite "
             f"{default.get('azurite_cpu_s', 0):.1f} / {tuned.get('azurite_cpu_s', 0):.1f} CPU s over the "
             f"{default.get('run_s', 0):.0f} / {tuned.get('run_s', 0):.0f} s runs, on 2 cores shared with the "
-            "proxy and other developers' tests. Every entry accepted stays counted in the queue until its append "
+            "proxy and other developers' tests. Most of Azurite's share is its own: Azurite 3.37 computes a CRC-64 "
+            "of every appended block, byte by byte in JavaScript, for the x-ms-content-crc64 it answers (about 60% "
+            "of its samples in a `perf` profile of a defaults run, node --perf-basic-prof); Azure does that on its "
+            "own machines, not on the writer's cores. Every entry accepted stays counted in the queue until its append "
             "is acknowledged, so at most max_queue_size entries are in the system: by Little's law the "
             "throughput is at most max_queue_size / (time from write() to acknowledgement).")
         if default.get("refused"):
