@@ -40,6 +40,7 @@ AHEAD_PER_WORKER = 3  # batches in flight per worker process
 BLOBS_AHEAD = 2  # blobs downloading at once (the one being read and the next)
 RANGES_AHEAD = 2  # download ranges buffered per blob, besides the one being scanned
 HEAP_PAD_BYTES = 64 * 1024 * 1024  # free heap a reading process keeps (keep_heap)
+HEAP_BLOCK_BYTES = 32 * 1024 * 1024  # blocks it takes from that heap, not mmap (glibc's largest threshold)
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -93,17 +94,17 @@ def keep_heap(pad: int = HEAP_PAD_BYTES) -> None:
     gives that memory back as soon as it is freed and takes it again, zero-filled page by page, for
     the next frame: half a million page faults and a third of a core for 1,000,000 entries. Setting
     the pad also fixes glibc's threshold for mmap'ing a block at 128 KiB, so each 8 MiB download
-    range would still be mapped and faulted in afresh (200,000 faults per 1,000,000 entries from Azurite):
-    blocks up to 32 MiB (glibc's limit) come from the kept heap too. Called by
-    the processes that only read: the CLI's reading commands and the reader's worker processes, not
-    a host that also writes (under Functions, the export timer shares the writer's process). Elsewhere
-    than glibc: nothing to do."""
+    range would still be mapped and faulted in afresh (200,000 faults per 1,000,000 entries from
+    Azurite): blocks up to HEAP_BLOCK_BYTES come from the kept heap too. Called by the processes that
+    only read: the CLI's reading commands and the reader's worker processes, not a host that also
+    writes (under Functions, the export timer shares the writer's process). Elsewhere than glibc:
+    nothing to do."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # pragma: no cover - not glibc (musl, macOS)
         return
     mallopt(-2, pad)  # M_TOP_PAD (malloc.h): also ends glibc's dynamic trim and mmap thresholds
-    mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
+    mallopt(-3, HEAP_BLOCK_BYTES)  # M_MMAP_THRESHOLD
 
 
 def entry_lines(plaintext: bytes) -> list[bytes]:
