@@ -32,7 +32,8 @@ SDK_RETRIES = 3  # quick in-request retries of transient errors (not appends: th
 # A blob being read downloads RANGES_IN_FLIGHT ranges of DOWNLOAD_BYTES at once. 8 MiB rather than
 # the SDK's 4 MiB halves the billed read operations, and Azurite (the stand-in here and in CI) reads
 # every range of at most 4 MiB twice to answer it with an MD5 nobody asked for: over it, a read of a
-# day cost it half the CPU (docs/BENCHMARKS-QUERY.md). Under 32 MiB, so one GET each.
+# day cost it half the CPU (docs/BENCHMARKS-QUERY.md). Under 32 MiB, so one GET each. The reader's
+# Prefetch (decoding.RANGES_AHEAD) buffers ranges of this size on top of those in flight.
 DOWNLOAD_BYTES = 8 * 1024 * 1024
 RANGES_IN_FLIGHT = 2
 DOWNLOAD_BLOCK_BYTES = 256 * 1024  # what a download's body is read in (the storage SDK's own default)
