@@ -11,7 +11,7 @@ INFRA_VENV  := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run func-azurite lock test test-fast lint bench bench-full clean
+.PHONY: install run func-azurite lock test test-fast lint bench bench-full bench-tools clean
 
 install: $(PY_STAMP) $(NODE_STAMP) $(INFRA_STAMP)
 
@@ -59,22 +59,25 @@ lint: install
 	$(BIN)/mypy
 
 ## bench: the quick benchmark (~10 min); writes docs/BENCHMARKS.md, bench/results.json, docs/bench-*.png
-bench: install
+bench: install bench-tools
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
-	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -qq && apt-get install -y -qq wrk >/dev/null || true; fi; }
-	@command -v wrk >/dev/null 2>&1 || echo "bench: wrk not installed (not root?); using the slower Python load generator"
 	$(BIN)/python -m bench --quick
 	$(BIN)/python -m bench.query --quick
 
 ## bench-full: 20-60 s windows, every peer at every store latency, a 60 s outage, the fleet at 1.5 s too (~40 min)
-bench-full: install
+bench-full: install bench-tools
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
-	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -qq && apt-get install -y -qq wrk >/dev/null || true; fi; }
-	@command -v wrk >/dev/null 2>&1 || echo "bench: wrk not installed (not root?); using the slower Python load generator"
 	$(BIN)/python -m bench --full
 	$(BIN)/python -m bench.query --full
+
+# The HTTP load generators, from Debian, as root: wrk (closed loop, the throughput runs) and hey (a fixed
+# rate: the isolation runs). Without them the bench falls back or leaves those runs out, and says so.
+bench-tools:
+	@{ command -v wrk >/dev/null 2>&1 && command -v hey >/dev/null 2>&1; } || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && apt-get install -y -qq wrk hey >/dev/null || true; fi; }
+	@command -v wrk >/dev/null 2>&1 || echo "bench: wrk not installed (not root?); using the slower Python load generator"
+	@command -v hey >/dev/null 2>&1 || echo "bench: hey not installed (not root?); isolation is measured at saturation only"
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) node_modules .pytest_cache .ruff_cache

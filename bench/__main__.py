@@ -51,6 +51,7 @@ OFFERED_RATE = 150_000  # entries/s offered to the LogWriter peers: above what t
 # ... and to the batch-10 and OTel peers, as before issue 10: far above what they take (more only starves
 # OTel's export thread of the GIL and grows the batch-10 queue faster).
 OTHERS_RATE = 75_000
+ISOLATION_SHARE = 0.4  # the isolation runs' fixed rate: this share of single-entry requests/s at 0 ms
 SYNC_CALLERS = 64
 STORE_LATENCY = 1.5
 FLEET_DATE = "2026-11-24"  # a live fleet writes today's date: every writer the same one
@@ -121,6 +122,7 @@ class Bench:
         self.lines = entry_lines()
         self.dates = sample_dates()
         self.entries_file = http.body_file(self.lines)
+        self.one_entry_file = http.body_file(self.lines[:1])  # the body of every fixed-rate request
         self.results: dict[str, Any] = {"mode": mode, "started": datetime.now(UTC).isoformat(timespec="seconds"),
                                         "machine": machine(), "tuned_settings": TUNED, "bulk_http_settings": BULK_HTTP,
                                         "offered_rate": OFFERED_RATE, "others_rate": OTHERS_RATE,
@@ -139,6 +141,7 @@ class Bench:
         finally:
             self.azurite.stop()
             self.entries_file.unlink(missing_ok=True)
+            self.one_entry_file.unlink(missing_ok=True)
 
     def keep_azurite_small(self) -> None:
         """Restart Azurite, and point the proxy at the new one, once it holds too much memory."""
@@ -264,16 +267,29 @@ class Bench:
         log.info("  bare: %.0f req/s, p99 %.2f ms", out["bare"]["requests_per_s"], out["bare"]["latency_ms"]["p99"])
         for latency in (0.0, STORE_LATENCY):
             out[f"single_{latency}"] = self.http_run(latency, 1, seconds, DEFAULTS)
+        # Isolation (issue 10) compares p99 at the same offered load: a fixed rate, a share of what the server
+        # took at 0 ms, so that neither run saturates (wrk's closed loop offers whatever the server takes).
+        if http.HEY:
+            rate = round(ISOLATION_SHARE * out["single_0.0"]["requests_per_s"], -2)
+            log.info("HTTP: single-entry POSTs at a fixed %.0f requests/s (hey, 32 workers)", rate)
+            for latency in (0.0, STORE_LATENCY):
+                out[f"paced_{latency}"] = self.http_run(latency, 1, seconds, DEFAULTS, rate=rate)
+        else:
+            log.warning("hey is not installed: isolation is measured at saturation only (offered loads differ)")
         out["bulk_1.5"] = self.http_run(STORE_LATENCY, 100, seconds, BULK_HTTP, read_back=True)
         self.results["http"] = out
 
     def http_run(self, latency: float, per: int, seconds: float, settings: dict[str, Any],
-                 read_back: bool = False) -> dict[str, Any]:
+                 read_back: bool = False, rate: float = 0.0) -> dict[str, Any]:
+        """`blobwriter serve` under load: as fast as wrk's connections go, or (rate) at a fixed rate."""
         server, container = self.serve(latency, settings)
         cpu0 = self.cpu()
         try:
             time.sleep(0.5)
-            result = http.load(server.url, self.entries_file, per, seconds)
+            if rate:
+                result = http.paced(server.url, self.one_entry_file, rate, seconds)
+            else:
+                result = http.load(server.url, self.entries_file, per, seconds)
             result["rss_end"] = server.rss()
             result["server_cpu_s"] = round(server.cpu(), 2)
             values, drained = http.wait_drained(server, self.p["drain"])

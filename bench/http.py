@@ -22,6 +22,7 @@ from bench.env import BENCH, PYTHON, ROOT, connection_string, free_port, wait_fo
 
 LUA = BENCH / "wrk" / "post.lua"
 WRK = shutil.which("wrk")
+HEY = shutil.which("hey")
 
 
 def body_file(lines: list[bytes]) -> Path:
@@ -142,6 +143,34 @@ def load(url: str, data: Path, per_request: int, duration: float, connections: i
     if line is None:
         raise RuntimeError(f"loadgen failed: {out.stderr[-1000:]}")
     return orjson.loads(line[9:])
+
+
+def paced(url: str, body: Path, rate: float, duration: float, workers: int = 32) -> dict[str, Any]:
+    """POST the same single-entry body at a fixed rate for `duration` seconds (hey: `workers`
+    workers, each sending on its own clock tick, so the offered load is `rate` whatever the server's
+    latency, as long as a request takes less than a tick); requests/s, latency percentiles (ms)."""
+    if HEY is None:
+        raise RuntimeError("a paced load needs hey (apt-get install hey)")
+    argv = [HEY, "-z", f"{duration:g}s", "-c", str(workers), "-q", f"{rate / workers:.3f}", "-m", "POST",
+            "-T", "application/json", "-D", str(body), "-o", "csv", url + "/api/logs"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    rows = [line.split(",") for line in out.stdout.splitlines()[1:] if line and line[0].isdigit()]
+    if not rows:
+        raise RuntimeError(f"hey failed: {out.stdout[-1000:]} {out.stderr[-1000:]}")
+    seconds = max(float(row[7]) for row in rows)  # offset: when each request started, from the run's start
+    times = sorted(float(row[0]) * 1e3 for row in rows)
+    statuses: dict[str, int] = {}
+    for row in rows:
+        statuses[row[6]] = statuses.get(row[6], 0) + 1
+
+    def pct(q: float) -> float:
+        return times[min(len(times) - 1, int(len(times) * q / 100))]
+
+    return {"tool": "hey", "workers": workers, "rate_offered": rate, "seconds": seconds, "requests": len(rows),
+            "requests_per_s": len(rows) / seconds, "status": statuses,
+            "non_2xx": sum(n for code, n in statuses.items() if not code.startswith("2")),
+            "latency_ms": {"mean": sum(times) / len(times), "p50": pct(50), "p90": pct(90), "p99": pct(99),
+                           "p99.9": pct(99.9), "max": times[-1]}}
 
 
 class Sampler:

@@ -120,10 +120,23 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"{m.get('queue_depth', 0):,.0f} entries queued at SIGTERM; exited after {d.get('exit_s')} s; read back "
             f"{d['stored']['entries']:,} of {m.get('accepted', 0):,.0f} accepted", ok)
     single0, single15 = h.get("single_0.0", {}), h.get(f"single_{lat}", {})
+    paced0, paced15 = h.get("paced_0.0", {}), h.get(f"paced_{lat}", {})
+    saturated = ""
     if single0 and single15:
         a, b = single0["latency_ms"]["p99"], single15["latency_ms"]["p99"]
-        add(f"isolation: POST /api/logs p99, {lat} s vs 0 ms store", "<= 1.2x", f"{b / a:.2f}x ({b:.1f} vs {a:.1f} ms)",
+        saturated = (f"{b / a:.2f}x at saturation ({b:.1f} vs {a:.1f} ms; wrk's closed loop, where the offered loads "
+                     f"differ: {_n(single15['requests_per_s'])} vs {_n(single0['requests_per_s'])} requests/s)")
+    if paced0 and paced15:
+        a, b = paced0["latency_ms"]["p99"], paced15["latency_ms"]["p99"]
+        add(f"isolation: POST /api/logs p99 at the same offered load ({_n(paced0['rate_offered'])} requests/s, a "
+            f"fixed rate), {lat} s vs 0 ms store", "<= 1.2x",
+            f"{b / a:.2f}x ({b:.1f} vs {a:.1f} ms; {_n(paced15['requests_per_s'])} and "
+            f"{_n(paced0['requests_per_s'])} requests/s answered)"
+            + (f"; for reference, {saturated}" if saturated else ""),
             b / a <= 1.2)
+    elif saturated:  # hey was not installed: no run at a fixed rate, and so no equal offered load
+        add(f"isolation: POST /api/logs p99, {lat} s vs 0 ms store (hey not installed: measured at saturation only)",
+            "<= 1.2x at the same offered load", saturated, None)
     mem = r.get("memory")
     if mem:
         limit = mem["max_queue_bytes"] + mem["overhead_allowed"]
@@ -382,7 +395,8 @@ def _machine(r: dict[str, Any], add: Any) -> None:
         "(node), the latency proxy (Python, aiohttp, a thread of the bench process), the process under test "
         "and the load generator.")
     add(f"- Python {mach.get('python')}, node {mach.get('node')}, Azurite {mach.get('azurite')}, "
-        f"load generator: {r['load_generator']} ({mach.get('wrk_version') or 'wrk not installed'})")
+        f"load generator: {r['load_generator']} ({mach.get('wrk_version') or 'wrk not installed'})"
+        + ("; fixed-rate runs: hey" if r.get("http", {}).get("paced_0.0") else ""))
     pk = mach.get("packages", {})
     add("- " + ", ".join(f"{k} {v}" for k, v in pk.items() if v))
     add("")
@@ -393,8 +407,9 @@ def _machine(r: dict[str, Any], add: Any) -> None:
     add("make bench-full   # full: 20-60 s windows, every peer at every latency, the fleet at 0 ms and 1.5 s (~40 min)")
     add("```")
     add("")
-    add("Both install `requirements-bench.txt` into `.venv` and, as root, `wrk` via apt-get if it is missing "
-        "(otherwise a Python aiohttp load generator is used, which caps lower; the report says which). "
+    add("Both install `requirements-bench.txt` into `.venv` and, as root, `wrk` and `hey` via apt-get if they "
+        "are missing (without wrk a Python aiohttp load generator is used, which caps lower; without hey the "
+        "fixed-rate isolation runs are left out; the report says which). "
         "The bench starts its own in-memory Azurite (`node_modules/.bin/azurite-blob`) on a free port and the "
         "storage proxy of `tests/support/proxy.py` in front of it; the proxy holds every storage request for "
         "the store latency, then forwards it, so the real azure SDK and HTTP path are measured. Every peer "
@@ -661,6 +676,15 @@ def _http(r: dict[str, Any], add: Any) -> None:
         f"bulk run {_settings(r['bulk_http_settings'])} (other settings default). 'entries/s accepted' is the "
         "writer's accepted counter over the run; the written and read-back columns are checked after the load "
         "stops and the queue drains (read back with the Reader, index checked).")
+    if h.get("paced_0.0"):
+        add("")
+        add("The fixed-rate runs measure isolation (does a slow store slow the API down?) at the same offered load, "
+            "as issue 10 asks: hey, 32 workers, each sending one single-entry POST per tick of its own clock, "
+            f"{_n(h['paced_0.0']['rate_offered'])} requests/s in all (40% of what the server took at 0 ms in the "
+            "run above, so that neither run saturates). wrk's runs are a closed loop: each connection sends as soon "
+            "as its last answer came, so the offered load is whatever the server takes, and it differs between "
+            "the two stores; their p99s are queueing at saturation. hey's latencies include its own client "
+            "(a Go HTTP client), so its p50 is not comparable with wrk's.")
     add("")
     add("| run | requests/s | entries/s accepted | p50 ms | p99 ms | non-2xx | accepted | written | read back "
         "| appends per million | server RSS MiB |")
@@ -668,8 +692,11 @@ def _http(r: dict[str, Any], add: Any) -> None:
     if bare:
         add(f"| bare ASGI app, single-entry | {_n(bare['requests_per_s'])} | – | {bare['latency_ms']['p50']:.2f} | "
             f"{bare['latency_ms']['p99']:.2f} | {_n(bare['non_2xx'])} | – | – | – | – | – |")
+    rate = _n(h.get("paced_0.0", {}).get("rate_offered"))
     for key, label in (("single_0.0", "serve, single-entry, 0 ms store"),
                        ("single_1.5", "serve, single-entry, 1.5 s store"),
+                       ("paced_0.0", f"serve, single-entry at a fixed {rate}/s, 0 ms store"),
+                       ("paced_1.5", f"serve, single-entry at a fixed {rate}/s, 1.5 s store"),
                        ("bulk_1.5", "serve, NDJSON x100, 1.5 s store")):
         x = h.get(key)
         if not x:
@@ -679,7 +706,7 @@ def _http(r: dict[str, Any], add: Any) -> None:
             f"{x['latency_ms']['p99']:.2f} | {_n(x['non_2xx'])} | {_n(m.get('accepted'))} | {_n(m.get('written'))} | "
             f"{_n(x.get('stored', {}).get('entries'))} | {_n(cost(m))} | {_mib(x.get('rss_end'))} |")
     add("")
-    add("What limits these: CPU. One worker is one Python thread for HTTP parsing, JSON parsing, validation "
+    add("What limits the wrk runs: CPU. One worker is one Python thread for HTTP parsing, JSON parsing, validation "
         "and queueing (the encode runs in threads but shares the GIL), and wrk, Azurite and the proxy take the "
         "other core. Per single-entry request the server parses the JSON, validates the timestamp, serializes "
         "the entry and queues it, then (amortized) compresses, encrypts and appends it; the bare app only reads "
