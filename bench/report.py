@@ -130,7 +130,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         a, b = paced0["latency_ms"]["p99"], paced15["latency_ms"]["p99"]
         add(f"isolation: POST /api/logs p99 at the same offered load ({_n(paced0['rate_offered'])} requests/s, a "
             f"fixed rate), {lat} s vs 0 ms store", "<= 1.2x",
-            f"{b / a:.2f}x ({b:.1f} vs {a:.1f} ms; {_n(paced15['requests_per_s'])} and "
+            f"{b / a:.3f}x ({b:.1f} vs {a:.1f} ms; {_n(paced15['requests_per_s'])} and "
             f"{_n(paced0['requests_per_s'])} requests/s answered)"
             + (f"; for reference, {saturated}" if saturated else ""),
             b / a <= 1.2)
