@@ -70,8 +70,7 @@ bench-full: install bench-tools
 	$(BIN)/python -m bench --full
 	$(BIN)/python -m bench.query --full
 
-# The HTTP load generators, from Debian, as root: wrk (closed loop, the throughput runs) and hey (a fixed
-# rate: the isolation runs). Without them the bench falls back or leaves those runs out, and says so.
+## bench-tools: the bench's HTTP load generators from Debian, as root: wrk (closed loop, the throughput runs) and hey (a fixed rate, the isolation runs)
 bench-tools:
 	@{ command -v wrk >/dev/null 2>&1 && command -v hey >/dev/null 2>&1; } || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
