@@ -24,6 +24,7 @@ import psutil
 from bench import http, micro
 from bench.env import (
     BENCH,
+    ISOLATION_SHARE,
     PYTHON,
     ROOT,
     Azurite,
@@ -51,7 +52,6 @@ OFFERED_RATE = 150_000  # entries/s offered to the LogWriter peers: above what t
 # ... and to the batch-10 and OTel peers, as before issue 10: far above what they take (more only starves
 # OTel's export thread of the GIL and grows the batch-10 queue faster).
 OTHERS_RATE = 75_000
-ISOLATION_SHARE = 0.4  # the isolation runs' fixed rate: this share of single-entry requests/s at 0 ms
 SYNC_CALLERS = 64
 STORE_LATENCY = 1.5
 FLEET_DATE = "2026-11-24"  # a live fleet writes today's date: every writer the same one

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,21 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 DATA = BENCH / "data" / "api-calls.jsonl.gz"
 PYTHON = sys.executable
+ISOLATION_SHARE = 0.4  # the isolation runs' fixed rate: this share of single-entry requests/s at 0 ms
+
+
+def nearest_rank(ordered: Sequence[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of values sorted ascending, not empty."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
+def latency_ms(seconds: list[float]) -> dict[str, float]:
+    """A load run's latencies (seconds) as every run reports them: mean, percentiles and max, in ms."""
+    ordered = sorted(seconds)
+    if not ordered:
+        return dict.fromkeys(("mean", "p50", "p90", "p99", "p99.9", "max"), 0.0)
+    return {"mean": sum(ordered) / len(ordered) * 1e3,
+            **{f"p{q:g}": nearest_rank(ordered, q) * 1e3 for q in (50, 90, 99, 99.9)}, "max": ordered[-1] * 1e3}
 
 
 def compile_package() -> None:

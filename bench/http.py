@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import orjson
 import psutil
 
-from bench.env import BENCH, PYTHON, ROOT, connection_string, free_port, wait_for_port
+from bench.env import BENCH, PYTHON, ROOT, connection_string, free_port, latency_ms, wait_for_port
 
 LUA = BENCH / "wrk" / "post.lua"
 WRK = shutil.which("wrk")
@@ -158,19 +159,11 @@ def paced(url: str, body: Path, rate: float, duration: float, workers: int = 32)
     if not rows:
         raise RuntimeError(f"hey failed: {out.stdout[-1000:]} {out.stderr[-1000:]}")
     seconds = max(float(row[7]) for row in rows)  # offset: when each request started, from the run's start
-    times = sorted(float(row[0]) * 1e3 for row in rows)
-    statuses: dict[str, int] = {}
-    for row in rows:
-        statuses[row[6]] = statuses.get(row[6], 0) + 1
-
-    def pct(q: float) -> float:
-        return times[min(len(times) - 1, int(len(times) * q / 100))]
-
+    statuses = dict(Counter(row[6] for row in rows))
     return {"tool": "hey", "workers": workers, "rate_offered": rate, "seconds": seconds, "requests": len(rows),
             "requests_per_s": len(rows) / seconds, "status": statuses,
             "non_2xx": sum(n for code, n in statuses.items() if not code.startswith("2")),
-            "latency_ms": {"mean": sum(times) / len(times), "p50": pct(50), "p90": pct(90), "p99": pct(99),
-                           "p99.9": pct(99.9), "max": times[-1]}}
+            "latency_ms": latency_ms([float(row[0]) for row in rows])}
 
 
 class Sampler:

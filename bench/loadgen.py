@@ -13,6 +13,8 @@ import time
 import aiohttp
 import orjson
 
+from bench.env import latency_ms
+
 
 async def main(url: str, path: str, per: int, ctype: str, seconds: float, connections: int) -> dict:
     lines = [x for x in open(path, "rb").read().split(b"\n") if x]
@@ -52,17 +54,10 @@ async def main(url: str, path: str, per: int, ctype: str, seconds: float, connec
         started = time.monotonic()
         await asyncio.gather(*(worker(n) for n in range(connections)))
         elapsed = time.monotonic() - started
-    latencies.sort()
     n = len(latencies)
-
-    def pct(q: float) -> float:
-        return latencies[min(n - 1, int(n * q / 100))] * 1e3 if n else 0.0
-
     return {"tool": "python-aiohttp (fallback)", "connections": connections, "threads": 1, "seconds": elapsed,
             "requests": n, "requests_per_s": n / elapsed, "non_2xx": status["503"] + status["other"],
-            "socket_errors": errors, "ok_per_s": status["202"] / elapsed,
-            "latency_ms": {"mean": sum(latencies) / n * 1e3 if n else 0.0, "p50": pct(50), "p90": pct(90),
-                           "p99": pct(99), "p99.9": pct(99.9), "max": latencies[-1] * 1e3 if n else 0.0},
+            "socket_errors": errors, "ok_per_s": status["202"] / elapsed, "latency_ms": latency_ms(latencies),
             "status": status}
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import psutil
 
-from bench.env import entry_lines
+from bench.env import entry_lines, nearest_rank
 
 PROC = psutil.Process()
 RETRY_REFUSED = 0.005
@@ -428,8 +428,7 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
                   bytes_raw=peer.c.bytes_raw, bytes_stored=peer.c.bytes_stored)
     if latencies:
         ordered = sorted(latencies)
-        result["call_latency"] = {f"p{q}": ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
-                                  for q in (50, 90, 99, 99.9)}
+        result["call_latency"] = {f"p{q}": nearest_rank(ordered, q) for q in (50, 90, 99, 99.9)}
         result["call_latency"]["max"] = ordered[-1]
         result["call_latency"]["count"] = len(ordered)
     result["timeline"] = timeline

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.env import ROOT
+from bench.env import ISOLATION_SHARE, ROOT
 
 APPEND_BYTES = 4 * 1024 * 1024  # Azure's Append Block limit, max_append_bytes' default
 
@@ -680,11 +680,11 @@ def _http(r: dict[str, Any], add: Any) -> None:
         add("")
         add("The fixed-rate runs measure isolation (does a slow store slow the API down?) at the same offered load, "
             "as issue 10 asks: hey, 32 workers, each sending one single-entry POST per tick of its own clock, "
-            f"{_n(h['paced_0.0']['rate_offered'])} requests/s in all (40% of what the server took at 0 ms in the "
-            "run above, so that neither run saturates). wrk's runs are a closed loop: each connection sends as soon "
-            "as its last answer came, so the offered load is whatever the server takes, and it differs between "
-            "the two stores; their p99s are queueing at saturation. hey's latencies include its own client "
-            "(a Go HTTP client), so its p50 is not comparable with wrk's.")
+            f"{_n(h['paced_0.0']['rate_offered'])} requests/s in all ({ISOLATION_SHARE:.0%} of what the server took "
+            "at 0 ms in the run above, so that neither run saturates). wrk's runs are a closed loop: each "
+            "connection sends as soon as its last answer came, so the offered load is whatever the server takes, "
+            "and it differs between the two stores; their p99s are queueing at saturation. hey's latencies "
+            "include its own client (a Go HTTP client), so its p50 is not comparable with wrk's.")
     add("")
     add("| run | requests/s | entries/s accepted | p50 ms | p99 ms | non-2xx | accepted | written | read back "
         "| appends per million | server RSS MiB |")
