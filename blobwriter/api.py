@@ -210,9 +210,17 @@ class IngestEndpoint:
             raise HTTPError(415, f"unsupported Content-Type {content_type!r}; send application/json "
                                  "(an object or an array of objects) or application/x-ndjson")
         privacy = privacy_override(query)
-        body = await self._read_body(headers, receive)
+        declared = headers.get(b"content-length")
+        size = int(declared) if declared is not None and declared.isdigit() else None
+        if size is not None and size > self._max_body:
+            raise HTTPError(413, f"body of {size} bytes is over the limit of {self._max_body} (max_body_bytes)",
+                            {"Connection": "close"})
         writer = await self._writer()
-        writer.shed(len(body))
+        if size is not None:  # refused before a byte of the body is read (or, with Expect: 100-continue, sent)
+            writer.shed(size)
+        body = await self._read_body(receive)
+        if size is None:  # chunked: its size is known once it is read
+            writer.shed(len(body))
         values = parse_body(body, content_type)
         if len(body) > PARSE_IN_THREAD_BYTES:  # keep the event loop answering other requests meanwhile
             prepared = await asyncio.to_thread(writer.admit, values, where=where, privacy=privacy, from_json=True)
@@ -239,17 +247,13 @@ class IngestEndpoint:
             return False
         raise HTTPError(400, f"wait must be true or false, not {given[0][:20]!r}")
 
-    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    async def _read_body(self, receive: Receive) -> bytes:
         """Read the body, refusing (413) as soon as it passes max_body_bytes, (408) if it is not all there
         within body_timeout, and (503) when max_concurrent_bodies bodies are still arriving already.
 
         A body that arrived whole is read at once and takes no slot: the slots count only the bodies
         still arriving (slow or stalled clients, each holding a connection and up to max_body_bytes)."""
         limit = self._max_body
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPError(413, f"body of {int(declared)} bytes is over the limit of {limit} (max_body_bytes)",
-                            {"Connection": "close"})
         try:
             async with asyncio.timeout(self._body_timeout):
                 first, more = _chunk(await receive(), 0, limit)

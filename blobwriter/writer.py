@@ -271,12 +271,13 @@ class LogWriter:
         }
 
     def shed(self, body_bytes: int) -> None:
-        """Refuse (QueueFullError) a request body that would not fit the queue now, before it is parsed:
-        under overload, a refusal costs no parsing. The body's size stands for its entries' serialized
-        size (JSON Lines from a logger: about the same). Only while entries are queued, and only for a
-        body within max_queue_bytes: a body alone in an empty queue, or one larger than the whole budget,
-        is parsed and judged by its entries (accepted, or 413 if they can never fit, which a retry would
-        not change)."""
+        """Refuse (QueueFullError) a request body that would not fit the queue now: before it is read when
+        its size is declared (Content-Length), else before it is parsed. Under overload, a refusal costs
+        no reading or parsing (and a client that sent `Expect: 100-continue` does not send the body).
+        The body's size stands for its entries' serialized size (JSON Lines from a logger: about the
+        same). Only while entries are queued, and only for a body within max_queue_bytes: a body alone
+        in an empty queue, or one larger than the whole budget, is parsed and judged by its entries
+        (accepted, or 413 if they can never fit, which a retry would not change)."""
         queue = self._queue
         if queue.depth and body_bytes <= queue.max_bytes:
             try:

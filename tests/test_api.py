@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import uvicorn
 
 from blobwriter.api import create_app
 from blobwriter.config import Settings
@@ -198,6 +199,58 @@ async def test_a_body_that_cannot_fit_is_refused_before_it_is_parsed(make_settin
         assert (await client.post("/api/logs", json=entry())).status_code == 202
         assert writer.metrics.shed == 1 and writer.metrics.accepted == 2
     await stop(app)
+
+
+async def test_a_declared_body_that_cannot_fit_is_refused_before_it_is_read(
+        make_settings: Callable[..., Settings]) -> None:
+    """Over real HTTP (uvicorn): with Content-Length, the 503 comes before the body is read, so a client
+    that asks `Expect: 100-continue` is never told to send it, and one that sent it anyway keeps its
+    connection (the unread body is skipped) for the next request."""
+    dead = connection_string(f"http://127.0.0.1:{free_port()}/devstoreaccount1")
+    budget = 1 << 20
+    settings = make_settings(storage=dead, max_queue_bytes=budget, storage_timeout=1.0, stop_timeout=0.0)
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+
+        def post(body_bytes: int, *extra: bytes) -> bytes:
+            return b"".join([b"POST /api/logs HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-ndjson\r\n",
+                             b"Content-Length: %d\r\n" % body_bytes, *extra, b"\r\n"])
+
+        async def answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, Any]]:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            _, _, fields = head.lower().partition(b"content-length: ")
+            if not fields:  # an interim answer (100 Continue) has no body
+                return head.split(b"\r\n")[0], {}
+            length = int(fields.split(b"\r\n")[0])
+            return head.split(b"\r\n")[0], orjson.loads(await reader.readexactly(length))
+
+        one = orjson.dumps(entry()) + b"\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(len(one)) + one)  # queued: storage is down, so it stays
+        assert (await answer(reader))[0] == b"HTTP/1.1 202 Accepted"
+        big = budget - 10  # within the budget, over the room left
+        writer.write(post(big, b"Expect: 100-continue\r\n"))
+        status, body = await answer(reader)
+        assert status == b"HTTP/1.1 503 Service Unavailable", status  # not "100 Continue": nothing was read
+        assert f"no room for a body of {big} bytes" in body["error"]
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(big) + b"x" * big)  # sent whole, without asking: refused, and skipped unread
+        assert (await answer(reader))[0] == b"HTTP/1.1 503 Service Unavailable"
+        writer.write(post(len(one)) + one)  # the same connection still works
+        assert (await answer(reader)) == (b"HTTP/1.1 202 Accepted", {"accepted": 1})
+        writer.close()
+        queued = await app.state.writer_holder.get()
+        assert queued.metrics.shed == 2 and queued.metrics.accepted == 2 and queued.metrics.rejected == 0
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def test_api_key_is_checked_when_set(api: Callable[..., Any]) -> None:
