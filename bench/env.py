@@ -24,6 +24,7 @@ BENCH = ROOT / "bench"
 DATA = BENCH / "data" / "api-calls.jsonl.gz"
 PYTHON = sys.executable
 ISOLATION_SHARE = 0.4  # the isolation runs' fixed rate: this share of single-entry requests/s at 0 ms
+ISOLATION_ROUNDS = 3  # fixed-rate runs per store latency, interleaved (0 ms, 1.5 s, 0 ms, ...), latencies pooled
 
 
 def nearest_rank(ordered: Sequence[float], q: float) -> float:

@@ -163,7 +163,25 @@ def paced(url: str, body: Path, rate: float, duration: float, workers: int = 32)
     return {"tool": "hey", "workers": workers, "rate_offered": rate, "seconds": seconds, "requests": len(rows),
             "requests_per_s": len(rows) / seconds, "status": statuses,
             "non_2xx": sum(n for code, n in statuses.items() if not code.startswith("2")),
-            "latency_ms": latency_ms([float(row[0]) for row in rows])}
+            "latency_ms": latency_ms(latencies := [float(row[0]) for row in rows]), "latencies_s": latencies}
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fixed-rate runs of one setup as one: latencies pooled (each run's `latencies_s`, dropped here),
+    requests, seconds, statuses and the writer's counters summed; each run's own figures under `runs`."""
+    latencies = [x for run in runs for x in run.pop("latencies_s")]
+    out = dict(runs[-1])
+    out["requests"] = sum(run["requests"] for run in runs)
+    out["seconds"] = sum(run["seconds"] for run in runs)
+    out["requests_per_s"] = out["requests"] / out["seconds"]
+    out["status"] = dict(sum((Counter(run["status"]) for run in runs), Counter()))
+    out["non_2xx"] = sum(run["non_2xx"] for run in runs)
+    out["latency_ms"] = latency_ms(latencies)
+    out["metrics"] = {k: sum(run["metrics"].get(k, 0) for run in runs) for k in runs[-1]["metrics"]}
+    out["accepted_per_s"] = out["metrics"].get("accepted", 0) / out["seconds"]
+    out["rss_end"] = max(run.get("rss_end") or 0 for run in runs)
+    out["runs"] = [{"requests_per_s": run["requests_per_s"], "latency_ms": run["latency_ms"]} for run in runs]
+    return out
 
 
 class Sampler:

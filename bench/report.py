@@ -128,10 +128,15 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                      f"differ: {_n(single15['requests_per_s'])} vs {_n(single0['requests_per_s'])} requests/s)")
     if paced0 and paced15:
         a, b = paced0["latency_ms"]["p99"], paced15["latency_ms"]["p99"]
+        rounds = ""
+        if len(paced0.get("runs", ())) > 1:
+            pairs = zip(paced0["runs"], paced15["runs"], strict=True)
+            rounds = (f"; {len(paced0['runs'])} interleaved runs each, latencies pooled; the pairs' own ratios "
+                      + ", ".join(f"{y['latency_ms']['p99'] / x['latency_ms']['p99']:.2f}x" for x, y in pairs))
         add(f"isolation: POST /api/logs p99 at the same offered load ({_n(paced0['rate_offered'])} requests/s, a "
             f"fixed rate), {lat} s vs 0 ms store", "<= 1.2x",
             f"{b / a:.3f}x ({b:.1f} vs {a:.1f} ms; {_n(paced15['requests_per_s'])} and "
-            f"{_n(paced0['requests_per_s'])} requests/s answered)"
+            f"{_n(paced0['requests_per_s'])} requests/s answered{rounds})"
             + (f"; for reference, {saturated}" if saturated else ""),
             b / a <= 1.2)
     elif saturated:  # hey was not installed: no run at a fixed rate, and so no equal offered load
@@ -681,7 +686,12 @@ def _http(r: dict[str, Any], add: Any) -> None:
         add("The fixed-rate runs measure isolation (does a slow store slow the API down?) at the same offered load, "
             "as issue 10 asks: hey, 32 workers, each sending one single-entry POST per tick of its own clock, "
             f"{_n(h['paced_0.0']['rate_offered'])} requests/s in all ({ISOLATION_SHARE:.0%} of what the server took "
-            "at 0 ms in the run above, so that neither run saturates). wrk's runs are a closed loop: each "
+            "at 0 ms in the run above, so that neither run saturates). "
+            + (f"The pair runs {len(h['paced_0.0']['runs'])} times, interleaved (0 ms, 1.5 s, 0 ms, ...), and each "
+               "store's latencies are pooled: one run's p99 is its slowest 1% (~270 requests), which one hiccup "
+               "of this shared machine moves. The table shows the pooled figures. "
+               if len(h["paced_0.0"].get("runs", ())) > 1 else "")
+            + "wrk's runs are a closed loop: each "
             "connection sends as soon as its last answer came, so the offered load is whatever the server takes, "
             "and it differs between the two stores; their p99s are queueing at saturation. hey's latencies "
             "include its own client (a Go HTTP client), so its p50 is not comparable with wrk's.")
