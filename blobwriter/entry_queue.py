@@ -90,11 +90,15 @@ class EntryQueue:
     def put(self, prepared: list[Prepared], *, durable: bool, retry_after: Callable[[], float]) -> Waiter | None:
         """Queue entries, all or none; QueueFullError if they would pass either limit."""
         count = len(prepared)
-        nbytes = sum([len(p.line) for p in prepared])
+        nbytes = len(prepared[0].line) if count == 1 else sum([len(p.line) for p in prepared])
         self.make_room(count, nbytes, retry_after)
         waiter = Waiter(count) if durable else None
         now, epoch = time.monotonic(), self._epoch
-        self.pending.extend([(p.date, p.line, waiter, now, epoch) for p in prepared])
+        if count == 1:  # write() and single-entry POSTs: no comprehensions (their frames are ~0.6 us of a ~10 us write)
+            date, line = prepared[0]
+            self.pending.append((date, line, waiter, now, epoch))
+        else:
+            self.pending.extend([(p.date, p.line, waiter, now, epoch) for p in prepared])
         self.depth += count
         self.bytes += nbytes
         self._epochs[epoch] = self._epochs.get(epoch, 0) + count
