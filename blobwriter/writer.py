@@ -35,7 +35,7 @@ log = logging.getLogger("blobwriter.writer")
 
 HEALTH_PROBE_SECONDS = 5.0  # how long a storage probe may take
 HEALTH_PROBE_INTERVAL = 5.0  # at most one storage probe this often, however many health checks come
-ENCODE_JOBS = 4  # encoding jobs (worker threads) at once: each spends most of its wall time waiting for the GIL
+ENCODE_JOBS = 2  # encoding jobs (worker threads) at once
 ENCODE_ENTRIES = 4096  # entries one encoding job takes at most
 
 
