@@ -167,8 +167,9 @@ def paced(url: str, body: Path, rate: float, duration: float, workers: int = 32)
 
 
 def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fixed-rate runs of one setup as one: latencies pooled (each run's `latencies_s`, dropped here),
-    requests, seconds, statuses and the writer's counters summed; each run's own figures under `runs`."""
+    """Fixed-rate runs of one setup as one: latencies pooled (each run's `latencies_s`, dropped here);
+    requests, seconds, statuses, CPU seconds and the writer's counters summed; the slowest drain; each
+    run's own figures under `runs`."""
     latencies = [x for run in runs for x in run.pop("latencies_s")]
     out = dict(runs[-1])
     out["requests"] = sum(run["requests"] for run in runs)
@@ -180,7 +181,14 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["metrics"] = {k: sum(run["metrics"].get(k, 0) for run in runs) for k in runs[-1]["metrics"]}
     out["accepted_per_s"] = out["metrics"].get("accepted", 0) / out["seconds"]
     out["rss_end"] = max(run.get("rss_end") or 0 for run in runs)
-    out["runs"] = [{"requests_per_s": run["requests_per_s"], "latency_ms": run["latency_ms"]} for run in runs]
+    for key in ("server_cpu_s", "proxy_cpu_s", "azurite_cpu_s"):
+        out[key] = round(sum(run.get(key) or 0 for run in runs), 2)
+    drained = [run.get("drained_s") for run in runs]
+    out["drained_s"] = None if None in drained else max(drained)  # the slowest drain; None: one did not drain
+    codes = {run.get("exit_code") for run in runs}
+    out["exit_code"] = codes.pop() if len(codes) == 1 else None  # None: the runs ended differently (see `runs`)
+    out["runs"] = [{key: run.get(key) for key in ("requests_per_s", "latency_ms", "server_cpu_s", "drained_s",
+                                                  "exit_code")} for run in runs]
     return out
 
 
