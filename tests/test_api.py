@@ -215,6 +215,9 @@ async def test_a_declared_body_that_cannot_fit_is_refused_before_it_is_read(
     serving = asyncio.create_task(server.serve())
     try:
         while not server.started:
+            if serving.done():  # it could not start (the port taken, say): say why instead of waiting forever
+                serving.result()
+                raise AssertionError("uvicorn stopped before it started serving")
             await asyncio.sleep(0.01)
 
         def post(body_bytes: int, *extra: bytes) -> bytes:
