@@ -96,7 +96,7 @@ def _never_resend_appends() -> Any:
     the same bytes again, which readers must report as a replay. The writer retries appends itself,
     sealed anew, so that a reader can drop the extra copy as a retry.
     """
-    from aiohttp import ClientError, ClientOSError, ServerDisconnectedError
+    from aiohttp import ClientConnectorError, ClientError, ClientOSError, ServerDisconnectedError
 
     class DroppedAppend(AppendNotResent, ClientError):
         pass
@@ -105,6 +105,10 @@ def _never_resend_appends() -> Any:
         try:
             return await handler(request)
         except (ClientOSError, ServerDisconnectedError) as exc:
+            # A connection that was never made sent nothing (and aiohttp does not resend it): its own error
+            # says so. Only a drop after the request went out leaves the outcome unknown.
+            if isinstance(exc, ClientConnectorError):
+                raise
             if request.method == "PUT" and request.url.query.get("comp") == "appendblock":
                 raise DroppedAppend(f"connection dropped during an append ({type(exc).__name__}); "
                                     "not resent, the outcome is unknown") from exc

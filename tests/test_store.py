@@ -18,7 +18,7 @@ from blobwriter.config import Settings
 from blobwriter.errors import StoreError
 from blobwriter.layout import shared_blob, writer_blob
 from blobwriter.store import DirectoryStore, open_store
-from tests.conftest import connection_string
+from tests.conftest import connection_string, free_port
 from tests.support.proxy import FaultPlan, StorageProxy
 from tests.support.readback import (
     blob_bytes,
@@ -183,6 +183,18 @@ async def test_check_reports_missing_container(make_settings: Callable[..., Sett
     try:
         with pytest.raises(StoreError, match="unreachable"):
             await store.check()  # never opened: the container does not exist
+    finally:
+        await store.close()
+
+
+async def test_an_append_that_never_connected_says_so(make_settings: Callable[..., Settings]) -> None:
+    """Nothing listens: no byte was sent, so the error must not call the outcome unknown (which tells
+    on-call to look for duplicates); it names the connection that failed."""
+    store = AppendBlobStore(make_settings(storage=proxied(f"http://127.0.0.1:{free_port()}")))
+    try:
+        with pytest.raises(StoreError) as caught:
+            await store.append(NAME, frame_maker(make_settings())(1))
+        assert "outcome is unknown" not in str(caught.value) and "connect" in str(caught.value).lower()
     finally:
         await store.close()
 
