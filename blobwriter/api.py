@@ -150,6 +150,11 @@ class KeyCheck:
             raise HTTPError(401, self.REFUSED)
 
 
+def query_of(scope: Scope) -> dict[str, list[str]]:
+    """The query string's parameters; a bare `?wait` or `?wait=` is kept, as an empty value."""
+    return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+
 def privacy_override(query: dict[str, list[str]]) -> Privacy | None:
     """A request's own privacy controls (query parameters), which can only keep less than the settings:
     ?metadata_only=true, ?drop=a.b,c, ?mask=request.messages.*.content, ?truncate_bytes=N."""
@@ -158,14 +163,14 @@ def privacy_override(query: dict[str, list[str]]) -> Privacy | None:
     metadata_only = False
     if "metadata_only" in query:
         value = query["metadata_only"][-1].strip().lower()
-        if value not in ("true", "1", "yes"):
+        if value not in ("true", "1", "yes", ""):
             raise HTTPError(400, f"metadata_only={value[:20]!r}: a request can only keep less than the settings "
                                  "say, so the one value is true")
         metadata_only = True
     truncate: int | None = None
     if "truncate_bytes" in query:
         text = query["truncate_bytes"][-1].strip()
-        if not text.isdigit() or not 1 <= int(text) <= 1 << 30:
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1 << 30:
             raise HTTPError(400, f"truncate_bytes={text[:20]!r}: a whole number of bytes (1 or more)")
         truncate = int(text)
     paths = {name: tuple(p.strip() for v in query.get(name, []) for p in v.split(",") if p.strip())
@@ -204,11 +209,15 @@ class IngestEndpoint:
 
     async def _ingest(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], content_type: str,
                       where: str) -> ASGIApp:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = query_of(scope)
         self._keys.require(headers, query)
         if content_type not in JSON_TYPES and content_type not in NDJSON_TYPES:
             raise HTTPError(415, f"unsupported Content-Type {content_type!r}; send application/json "
                                  "(an object or an array of objects) or application/x-ndjson")
+        coding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if coding != b"identity":
+            raise HTTPError(415, f"unsupported Content-Encoding {coding.decode('latin-1')[:40]!r}; send the body "
+                                 "uncompressed", {"Accept-Encoding": "identity"})
         privacy = privacy_override(query)
         declared = headers.get(b"content-length")
         size = int(declared) if declared is not None and declared.isdigit() else None
@@ -226,9 +235,10 @@ class IngestEndpoint:
             prepared = await asyncio.to_thread(writer.admit, values, where=where, privacy=privacy, from_json=True)
         else:
             prepared = writer.admit(values, where=where, privacy=privacy, from_json=True)
-        future = writer.submit(prepared, durable=self._wait(query))
+        durable = self._wait(query)
+        future = writer.submit(prepared, durable=durable)
         if future is None:
-            return _Accepted(len(prepared))
+            return _json(200, {"written": 0}) if durable else _Accepted(len(prepared))  # durable: nothing to wait for
         try:
             await asyncio.wait_for(asyncio.shield(future), DURABLE_WAIT_SECONDS)
         except TimeoutError:
@@ -361,9 +371,8 @@ def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm
     async def health(request: Request) -> Response:
         # Storage is probed at most every few seconds however often this is called (LogWriter.health).
         # Without the key: whether all is well and the writer's state, no error text, ids or figures.
-        query = parse_qs(request.scope.get("query_string", b"").decode("latin-1"))
         try:
-            authenticated = keys.authenticated(dict(request.scope["headers"]), query)
+            authenticated = keys.authenticated(dict(request.scope["headers"]), query_of(request.scope))
         except HTTPError as exc:
             return error_response(exc)
         status = await (await holder.get()).health()
@@ -373,6 +382,10 @@ def create_app(settings: Settings, *, check_api_key: bool = True, handle_sigterm
         return _json(200 if status["ok"] else 503, status)
 
     async def metrics(request: Request) -> Response:
+        try:  # the counters are not secret, but whoever may not write should not watch either
+            keys.require(dict(request.scope["headers"]), query_of(request.scope))
+        except HTTPError as exc:
+            return error_response(exc)
         writer = await holder.get()
         return Response(writer.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 

@@ -1,6 +1,8 @@
 """Request bodies into values: one JSON document, a JSON array (element by element), or NDJSON (line
-by line). Every number is kept exactly or refused: an integer wider than 64 bits, NaN or infinity
-raises EntryError naming the element or line, never a silently changed value."""
+by line). Integers are kept exactly or refused: one wider than 64 bits, NaN or infinity raises
+EntryError naming the element or line. Other numbers become the nearest 64-bit double, as in any JSON
+parser (0.1 is stored as 0.1's double; 1e-400, below the smallest double, as 0.0), and one beyond the
+largest double (1e400) is refused, never stored as infinity."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import orjson
 from .entries import NOT_FINITE
 from .errors import EntryError
 
+JSON_WHITESPACE = b" \t\n\r"  # RFC 8259's four: not the vertical tab or form feed bytes.strip() also takes
 JSON_TYPES = {"application/json", ""}
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/jsonlines", "application/x-jsonlines"}
 
@@ -28,7 +31,7 @@ def parse_body(body: bytes, content_type: str) -> Iterator[tuple[int, Any]]:
     """
     if content_type in NDJSON_TYPES:
         return _ndjson_values(body)
-    start = len(body) - len(body.lstrip())
+    start = len(body) - len(body.lstrip(JSON_WHITESPACE))
     if body[start:start + 1] == b"[":
         return _array_values(body)
     return _single_value(body)
@@ -67,7 +70,12 @@ def _loads(text: bytes, what: str, position: int | None = None, *, long_runs: bo
         return _EXACT.decode(text.decode("utf-8"))
     except (orjson.JSONDecodeError, ValueError, RecursionError) as exc:
         problem = _json_problem(exc)
-        if "is infinity when parsed as double" in problem:  # orjson's words for 1e400
+        if "not valid UTF-8" in problem:  # orjson's words for any invalid UTF-8, surrogate or not
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                problem = _not_utf8(bad)
+        elif "is infinity when parsed as double" in problem:  # orjson's words for 1e400
             problem = f"a number is infinity as a 64-bit double ({problem.split(': ', 1)[-1]}): {NOT_FINITE}"
         elif _NON_FINITE_LITERAL.search(text):  # say why NaN or Infinity is refused, not just where
             try:
@@ -82,7 +90,7 @@ def _array_values(body: bytes) -> Iterator[tuple[int, Any]]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EntryError(f"malformed JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise EntryError(f"malformed JSON: {_not_utf8(exc)}") from None
     index, i, end = 0, _skip(text, text.index("[") + 1), len(text)
     if i < end and text[i] == "]":
         i = _skip(text, i + 1)
@@ -119,6 +127,10 @@ def _finite(literal: str) -> float:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON: {NOT_FINITE}")
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 ({exc.reason} at byte {exc.start})"
 
 
 def _json_problem(exc: BaseException) -> str:

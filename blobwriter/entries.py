@@ -37,6 +37,10 @@ MAX_DATES_PER_CALL = 100
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson (and so the stored JSON) holds exactly
 INT_RANGE = "JSON integers are stored in 64 bits (-2^63 to 2^64-1); send larger ones as strings"
 NOT_FINITE = "JSON numbers must be finite (no NaN or infinity)"
+# orjson serializes at most this many levels of objects and arrays (the entry itself is the first).
+MAX_DEPTH = 254
+TOO_DEEP = f"objects and arrays nested more than {MAX_DEPTH} levels deep (the entry itself counts as one)"
+NOT_UNICODE = "a string holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not Unicode text"
 
 
 class Prepared(NamedTuple):
@@ -288,7 +292,10 @@ class Admission:
             date = timestamp[:10] if timestamp[-1] == "Z" else moment.date().isoformat()
         field = self.rules.received_at_field
         if self.privacy.active:
-            entry = self.privacy.apply(entry, keep=field)
+            try:
+                entry = self.privacy.apply(entry, keep=field)
+            except RecursionError:  # the controls walk the entry; far deeper than orjson would serialize
+                raise EntryError(f"entry has {TOO_DEEP}") from None
         if field is not None:
             entry = {**entry, field: self.received}
         try:
@@ -296,9 +303,14 @@ class Admission:
             # allocation alive, ~9 KB of memory per queued 1.2 KB entry instead of ~1.7 KB.
             line = bytes(memoryview(orjson.dumps(entry)))
         except (TypeError, orjson.JSONEncodeError) as exc:
-            found = _find_number(entry) if "64-bit" in str(exc) else None
+            reason = str(exc)
+            found = _find_number(entry) if "64-bit" in reason else None
             if found is not None:
                 raise EntryError(number_error(*found)) from None
+            if "Recursion limit" in reason:
+                raise EntryError(f"entry has {TOO_DEEP}") from None
+            if "surrogates not allowed" in reason:
+                raise EntryError(f"entry is not valid JSON text: {NOT_UNICODE}") from None
             raise EntryError(f"entry is not JSON-serializable: {exc}") from None
         # orjson writes NaN and infinity as null, silently. marshal's bytes (C speed) say whether a float
         # may be one; only then is the line read back and compared (C speed) and, if it differs (also for

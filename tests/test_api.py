@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gzip
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -265,6 +266,11 @@ async def test_api_key_is_checked_when_set(api: Callable[..., Any]) -> None:
     assert (await client.post("/api/logs", json=entry(), headers={"x-functions-key": "s3cret-key"})).status_code == 202
     assert (await client.post("/api/logs?code=s3cret-key", json=entry())).status_code == 202
     assert (await client.get("/api/health")).status_code == 200
+    # Metrics, like every route under Functions, needs the key: whoever may not write does not watch either.
+    assert (await client.get("/api/metrics")).status_code == 401
+    assert (await client.get("/api/metrics", headers={"x-functions-key": "nope"})).status_code == 401
+    metrics = await client.get("/api/metrics?code=s3cret-key")
+    assert metrics.status_code == 200 and "blobwriter_entries_accepted_total 2.0" in metrics.text
 
 
 async def test_methods_and_paths(api: Callable[..., Any]) -> None:
@@ -339,3 +345,78 @@ async def test_ack_setting_and_wait_override_either_way(api: Callable[..., Any])
     app, client, settings = await api(ack="queued", batch_timeout=60)
     assert (await client.post("/api/logs", json=entry())).status_code == 202
     assert (await client.post("/api/logs?wait=true", json=entry())).status_code == 200
+
+
+def nested(depth: int, leaf: Any) -> bytes:
+    """An entry whose field `x` holds `depth` levels of objects (the entry itself is one more)."""
+    return b'{"timestamp":"2026-11-24T10:00:00Z","x":' + b'{"a":' * depth + orjson.dumps(leaf) + b"}" * depth + b"}"
+
+
+async def test_deep_nesting_is_a_400_naming_the_limit_with_or_without_privacy_controls(
+        api: Callable[..., Any]) -> None:
+    """orjson writes at most 254 levels; deeper entries are refused with that limit named, also when a
+    privacy control walks the entry first (it used to exhaust Python's recursion: a 500)."""
+    app, client, settings = await api()
+    headers = {"content-type": "application/json"}
+    ok = await client.post("/api/logs?wait=true&truncate_bytes=4", content=nested(253, "y" * 20), headers=headers)
+    assert ok.status_code == 200, ok.text
+    for depth in (254, 990, 1000):
+        for query in ("", "?truncate_bytes=10", "?drop=" + ".".join(["x"] + ["a"] * 995)):
+            response = await client.post("/api/logs" + query, content=nested(depth, "y" * 20), headers=headers)
+            assert response.status_code == 400, (depth, query, response.text)
+            error = response.json()["error"]
+            assert "nested" in error and ("254 levels" in error or "too deeply" in error), error
+    stored = await read_all(settings, ["2026-11-24"])
+    assert len(stored) == 1 and "truncated" in orjson.dumps(stored[0]).decode()
+
+
+async def test_query_parameters_take_ascii_digits_and_bare_flags(api: Callable[..., Any]) -> None:
+    """?truncate_bytes=² (a Unicode digit int() refuses) is a 400, not a 500; a bare ?wait means true,
+    and ?wait=true over no entries is 200 {"written": 0} like any other durable answer."""
+    app, client, _ = await api(batch_timeout=60)
+    for value in ("%C2%B2", "%D9%A1%D9%A2", ""):
+        response = await client.post(f"/api/logs?truncate_bytes={value}", json=entry())
+        assert response.status_code == 400 and "truncate_bytes" in response.json()["error"], value
+    for query in ("?wait", "?wait="):
+        response = await client.post("/api/logs" + query, json=entry())
+        assert (response.status_code, response.json()) == (200, {"written": 1}), query
+    for body, ctype in ((b"[]", "application/json"), (b"", "application/x-ndjson")):
+        response = await client.post("/api/logs?wait=true", content=body, headers={"content-type": ctype})
+        assert (response.status_code, response.json()) == (200, {"written": 0}), ctype
+    assert (await client.post("/api/logs", json=[])).status_code == 202
+
+
+async def test_a_compressed_body_is_415_naming_content_encoding(api: Callable[..., Any]) -> None:
+    """Content-Encoding was ignored: a gzip body got a 400 about UTF-8 surrogates, and a plain body
+    labelled gzip was stored."""
+    app, client, _ = await api()
+    body = orjson.dumps(entry())
+    for coding, content in (("gzip", gzip.compress(body)), ("gzip", body), ("br", body), ("deflate", body)):
+        response = await client.post("/api/logs", content=content,
+                                     headers={"content-type": "application/json", "content-encoding": coding})
+        assert response.status_code == 415 and "Content-Encoding" in response.json()["error"], coding
+    plain = await client.post("/api/logs", content=body,
+                              headers={"content-type": "application/json", "content-encoding": "identity"})
+    assert plain.status_code == 202
+
+
+async def test_encoding_errors_are_named_alike_in_every_body_shape(api: Callable[..., Any]) -> None:
+    """Invalid UTF-8 is 'not UTF-8 (... at byte N)' whether the body is an object, NDJSON or an array
+    (orjson's words were 'surrogates not allowed'); a lone surrogate escape is refused by name; a form
+    feed is not JSON whitespace, before an array as before an object."""
+    app, client, _ = await api()
+    bad = b'{"timestamp":"2026-11-24T10:00:00Z","k":"\xff\xfe"}'
+    for content, ctype in ((bad, "application/json"), (b"[" + bad + b"]", "application/json"),
+                           (bad + b"\n", "application/x-ndjson")):
+        response = await client.post("/api/logs", content=content, headers={"content-type": ctype})
+        error = response.json()["error"]
+        assert response.status_code == 400 and "not UTF-8" in error and "at byte" in error, error
+        assert "surrogates" not in error
+    lone = b'[{"timestamp":"2026-11-24T10:00:00Z","k":"\\ud800"}]'
+    response = await client.post("/api/logs", content=lone, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "unpaired UTF-16 surrogate" in response.json()["error"]
+    for prefix in (b"\x0c", b"\x0b"):
+        for doc in (b'[{"k":1}]', b'{"k":1}'):
+            response = await client.post("/api/logs", content=prefix + doc,
+                                         headers={"content-type": "application/json"})
+            assert response.status_code == 400, (prefix, doc)
