@@ -120,7 +120,12 @@ async def test_read_with_config_file(stored: tuple[Settings, dict[str, list[dict
 
 
 @pytest.mark.parametrize("args", [["read", "--date", "2026-13-01"], ["read", "--date", "17.05.2026"],
-                                  ["verify", "--date", "2026-05-17", "--until", "tomorrow"], ["read"]])
+                                  ["verify", "--date", "2026-05-17", "--until", "tomorrow"], ["read"],
+                                  # other ISO 8601 forms Python 3.11's fromisoformat takes (QA F7)
+                                  ["read", "--date", "2026-W48-2"], ["read", "--date", "20261124"],
+                                  ["verify", "--date", "2026-W48"],
+                                  ["stats", "--date", "2026-11-24", "--until", "2026-334"],
+                                  ["read", "--date", "2026-11-2\uff14"]])
 def test_bad_arguments_exit_2(args: list[str], tmp_path: Path) -> None:
     result = run_cli(*args, env=cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()})))
     assert_clean_error(result)
