@@ -42,7 +42,8 @@ examples:
 
 `logs` has one column per top-level field, typed as DuckDB's read_json types them (objects are
 structs: request.model); a field whose type varies is JSON. The session time zone is UTC:
-timestamp::TIMESTAMPTZ reads the entries' timestamps (naive ones as UTC)."""
+timestamp::TIMESTAMPTZ reads the entries' timestamps (naive ones as UTC). SQL is one statement,
+whose answer is printed (several are refused: a WITH clause or subqueries combine questions)."""
 
 EXPORT_HELP = "write a date range as hive-style Parquet or gzip JSON Lines partitions (plaintext)"
 EXPORT_EPILOG = """\
@@ -102,7 +103,7 @@ def add_commands(commands: Any, date: Callable[[str], Date]) -> None:
     stats.add_argument("--format", choices=output.FORMATS, default="table", help="output format (default: table)")
 
     sql = command("sql", SQL_HELP, SQL_EPILOG, needs)
-    sql.add_argument("query", metavar="SQL", help="the query; the date range is the table `logs`")
+    sql.add_argument("query", metavar="SQL", help="one SQL statement; the date range is the table `logs`")
     sql.add_argument("--format", choices=output.FORMATS, default="table", help="output format (default: table)")
     sql.add_argument("--sample-size", type=_sample_size, default=20_480, metavar="N",
                      help="entries the column types are inferred from, like read_json's sample_size "
