@@ -175,6 +175,22 @@ async def test_unreadable_container_is_a_clean_error(make_settings: Callable[...
     assert_clean_error(result, "ContainerNotFound", settings.container)  # the store's one error message
 
 
+@pytest.mark.parametrize("command", [["read"], ["verify"], ["stats"], ["sql", "SELECT 1"],
+                                     ["export", "--out", "{out}"]])
+def test_a_missing_directory_store_is_an_error(command: list[str], tmp_path: Path) -> None:
+    """QA F2: a typo or an unmounted drive read as an empty store (no output, exit 0); like a missing
+    container, it is an error for every reading command, and creates nothing."""
+    for storage, needle in ((tmp_path / "typo", "does not exist"), (tmp_path / "file", "is not a directory")):
+        if storage.name == "file":
+            storage.write_text("not a store")
+        env = cli_env(Settings.from_values({"storage": str(storage), "encryption_key": keygen()}))
+        args = [command[0], "--date", DAYS[0], *(a.format(out=tmp_path / "out") for a in command[1:])]
+        result = run_cli(*args, env=env)
+        assert_clean_error(result, f"directory {storage} {needle}")
+        assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 async def test_empty_range_is_ok(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     settings = make_settings(storage=str(tmp_path))
     result = run_cli("verify", "--date", "2020-01-01", "--json", env=cli_env(settings))
