@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from blobwriter.cli import keygen
 from blobwriter.config import Settings
 from blobwriter.query.destination import BlobDestination, DirectoryDestination, open_destination
-from tests.conftest import connection_string
+from tests.conftest import connection_string, free_port
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
 from tests.support.query import day_of, store_entries
 from tests.support.readback import cli_env, frames_in, run_cli
@@ -231,6 +232,32 @@ def test_bad_destinations_exit_2(out: str, message: str, tmp_path: Path) -> None
     env = cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()}))
     result = run_cli("export", "--date", "2026-11-25", "--out", out, env=env)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_destination_failures_are_one_line_exit_2(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,
+                                                  tmp_path: Path) -> None:
+    """QA F3: an --out that is a file, a directory that cannot be made, storage that refuses or cannot be
+    reached were tracebacks with exit 1 ("damage found"), the last after some 80 s of SDK retries."""
+    settings, _ = sample_store
+    (tmp_path / "file").write_text("not a directory")
+    container = f"x{uuid.uuid4().hex[:20]}"
+    BlobServiceClient.from_connection_string(connection_string(azurite)).create_container(container)
+    read_only = generate_container_sas(ACCOUNT, container, account_key=ACCOUNT_KEY,
+                                       permission=ContainerSasPermissions(read=True, list=True),
+                                       expiry=datetime.now(UTC) + timedelta(hours=1))
+    unreachable = connection_string(azurite).replace(azurite.rsplit("/", 1)[0], f"http://127.0.0.1:{free_port()}")
+    day = "2026-11-26"
+    for out, needle in ((str(tmp_path / "file"), f"creating the export directory {tmp_path / 'file'} failed"),
+                        ("/proc/nope/lake", "creating the export directory /proc/nope/lake failed"),
+                        (f"{azurite}/{container}/lake?{read_only}", "403 AuthorizationPermissionMismatch"),
+                        (f"{unreachable}Container=exports", "creating the export container at ")):
+        started = time.monotonic()
+        result = export(settings, out, first=day, last=day, code=2)
+        assert result.stderr.splitlines()[-1].startswith("blobwriter: error: "), result.stderr
+        assert needle in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert "sig=" not in result.stderr.replace("sig=REDACTED", "")
+        assert time.monotonic() - started < 60
+    assert (tmp_path / "file").read_text() == "not a directory"
 
 
 def test_destination_forms() -> None:

@@ -23,6 +23,7 @@ from typing import IO, Any, Final
 import orjson
 
 from .. import __version__
+from ..store import _os_errors
 from .destination import Destination, Partition
 from .source import RangeSource
 from .table import Conversion, Schema, abatches_of, arrow
@@ -144,9 +145,14 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
 
 
 class _PartWriter:
-    """One file of a partition: Parquet (row groups of a few batches) or gzip JSON Lines."""
+    """One file of a partition: Parquet (row groups of a few batches) or gzip JSON Lines. A failure to
+    write it (a full disk) is a StoreError, as every failure of the destination is."""
 
     def __init__(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
+        with _os_errors(f"writing {path}"):
+            self._open(path, fmt, conversion)
+
+    def _open(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
         self.path = path
         self.rows = 0
         self._conversion = conversion
@@ -164,6 +170,10 @@ class _PartWriter:
             self._handle = igzip.open(path, "wb", compresslevel=GZIP_LEVEL)
 
     def write(self, lines: Sequence[bytes]) -> None:
+        with _os_errors(f"writing {self.path}"):
+            self._write(lines)
+
+    def _write(self, lines: Sequence[bytes]) -> None:
         self.rows += len(lines)
         if self._parquet is not None:
             assert self._conversion is not None
@@ -181,6 +191,10 @@ class _PartWriter:
 
     def close(self) -> int:
         """Finish the file; its size in bytes."""
+        with _os_errors(f"writing {self.path}"):
+            return self._close()
+
+    def _close(self) -> int:
         if self._parquet is not None:
             self._flush()
             self._parquet.close()
