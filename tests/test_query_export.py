@@ -80,7 +80,7 @@ def test_parquet_to_a_directory_reads_back_whole(sample_store: tuple[Settings, l
         assert pq.read_schema(path).names[-1] == "entry_json"
     marker = orjson.loads((out / "_blobwriter" / "exported" / "2026-11-25.json").read_bytes())
     assert marker["entries"] == len(days["2026-11-25"]) and marker["files"] == ["part-0000.parquet"]
-    assert marker["format"] == "parquet"
+    assert marker["format"] == "parquet" and marker["damaged_frames"] == 0
 
 
 def test_jsonl_holds_the_entries_as_stored(sample_store: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
@@ -221,6 +221,9 @@ async def test_damaged_frames_reported_like_read(make_settings: Callable[..., Se
         reader = "read_parquet" if fmt == "parquet" else "read_json"
         got = duckdb.sql(f"SELECT id FROM {reader}('{out}/date=*/*')").fetchall()
         assert {i for (i,) in got} == survivors and len(got) == len(survivors) < len(day)
+        # The marker records the damage (QA observation: it looked like a whole day's export).
+        marker = orjson.loads((out / "_blobwriter" / "exported" / "2026-11-29.json").read_bytes())
+        assert (marker["entries"], marker["damaged_frames"]) == (len(survivors), 1)
 
 
 @pytest.mark.parametrize("out, message", [

@@ -45,6 +45,7 @@ class DayExport:
     bytes: int = 0
     misfits: Counter[str] = field(default_factory=Counter)
     unknown: Counter[str] = field(default_factory=Counter)
+    damaged_frames: int = 0  # skipped: their entries are missing from the partition
 
     @property
     def written(self) -> bool:
@@ -66,6 +67,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (allowed: {', '.join(FORMATS)})")
     result = DayExport(day)
+    problems_before = len(source.problems)
     conversion: Conversion | None = None
     if fmt == "parquet":
         arrow()
@@ -113,9 +115,13 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
         raise
     if conversion is not None:
         result.misfits, result.unknown = conversion.misfits, conversion.unknown
+    result.damaged_frames = len(source.problems) - problems_before
     if result.written:
-        marker = {"date": day, "format": fmt, "entries": result.entries, "files": result.files,
-                  "bytes": result.bytes, "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # The marker says whether the partition is incomplete: whoever reads the lake, and the scheduled
+        # export, can tell a day with damaged frames skipped from a whole one.
+        marker = {"date": day, "format": fmt, "entries": result.entries, "damaged_frames": result.damaged_frames,
+                  "files": result.files, "bytes": result.bytes,
+                  "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                   "blobwriter": __version__}
         await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
     return result
