@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import date as Date
@@ -22,10 +23,15 @@ from .reader import Reader, ReadReport, date_range
 from .store import open_store
 
 EXIT_OK, EXIT_DAMAGED, EXIT_USAGE = 0, 1, 2
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _iso_date(text: str) -> Date:
+    """A date in YYYY-MM-DD form only: Python 3.11's fromisoformat also takes 20261124 and week dates
+    (2026-W48 would silently mean that week's Monday)."""
     try:
+        if not _DATE.fullmatch(text):
+            raise ValueError(text)
         return Date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None

@@ -10,6 +10,8 @@ from .api import create_app
 from .config import Settings
 from .errors import ConfigError
 
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app fails to start (README, "Command line")
+
 log = logging.getLogger("blobwriter.api")
 
 
@@ -53,5 +55,27 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
     check_exposure(settings, host, insecure_no_key)
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
     app = create_app(settings, check_api_key=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                timeout_graceful_shutdown=int(settings.stop_timeout) + 5)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=int(settings.stop_timeout) + 5)
+    server = uvicorn.Server(config)
+    sock = listen(host, port)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:  # as uvicorn.run: the app's startup failed (logged above)
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The API's socket, bound before uvicorn starts (as uvicorn binds it), so that an address in use
+    is one clear error (exit 2) rather than uvicorn's log line and its exit code 3."""
+    sock = socket.socket(family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock

@@ -1,9 +1,10 @@
 """Where frames go: one `Store` interface, two implementations (Azure append blobs, a directory).
 
 A store appends bytes to a named blob (creating it, and its container, when missing), lists a
-date's blobs, and streams a blob back; which blob a frame goes to is the writer's choice (see
-layout.py for the names). One append is one Append Block call (or one locked `write`), so what
-one append carries is never torn or interleaved with another's.
+date's blobs (the container or directory must exist: listing never creates it), and streams a
+blob back; which blob a frame goes to is the writer's choice (see layout.py for the names). One
+append is one Append Block call (or one locked `write`), so what one append carries is never torn
+or interleaved with another's.
 
 Every storage failure leaves a store as a `StoreError` (with the service's error code and HTTP
 status where there is one); nothing above this layer sees an SDK or OS exception, and no one
@@ -141,6 +142,12 @@ class DirectoryStore:
 
     async def parts(self, date: str) -> list[str]:
         def scan() -> list[str]:
+            # Writing creates the directory (open); reading one that is not there is an error, as a missing
+            # container is: a typo or an unmounted drive must not read as a store without logs.
+            if not self._root.is_dir():
+                exists = self._root.exists()
+                raise StoreError(f"directory {self._root} " + ("is not a directory" if exists else "does not exist"),
+                                 code="ENOTDIR" if exists else "ENOENT")
             names = []
             shared, own = self._root / self.prefix, self._root / self.prefix / date
             if shared.is_dir():  # version 0.1's shared files: {prefix}{date}.{part}.log

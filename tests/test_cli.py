@@ -120,7 +120,12 @@ async def test_read_with_config_file(stored: tuple[Settings, dict[str, list[dict
 
 
 @pytest.mark.parametrize("args", [["read", "--date", "2026-13-01"], ["read", "--date", "17.05.2026"],
-                                  ["verify", "--date", "2026-05-17", "--until", "tomorrow"], ["read"]])
+                                  ["verify", "--date", "2026-05-17", "--until", "tomorrow"], ["read"],
+                                  # other ISO 8601 forms Python 3.11's fromisoformat takes (QA F7)
+                                  ["read", "--date", "2026-W48-2"], ["read", "--date", "20261124"],
+                                  ["verify", "--date", "2026-W48"],
+                                  ["stats", "--date", "2026-11-24", "--until", "2026-334"],
+                                  ["read", "--date", "2026-11-2\uff14"]])
 def test_bad_arguments_exit_2(args: list[str], tmp_path: Path) -> None:
     result = run_cli(*args, env=cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()})))
     assert_clean_error(result)
@@ -168,6 +173,22 @@ async def test_unreadable_container_is_a_clean_error(make_settings: Callable[...
     settings = make_settings()  # its container was never created
     result = run_cli("read", "--date", DAYS[0], env=cli_env(settings))
     assert_clean_error(result, "ContainerNotFound", settings.container)  # the store's one error message
+
+
+@pytest.mark.parametrize("command", [["read"], ["verify"], ["stats"], ["sql", "SELECT 1"],
+                                     ["export", "--out", "{out}"]])
+def test_a_missing_directory_store_is_an_error(command: list[str], tmp_path: Path) -> None:
+    """QA F2: a typo or an unmounted drive read as an empty store (no output, exit 0); like a missing
+    container, it is an error for every reading command, and creates nothing."""
+    for storage, needle in ((tmp_path / "typo", "does not exist"), (tmp_path / "file", "is not a directory")):
+        if storage.name == "file":
+            storage.write_text("not a store")
+        env = cli_env(Settings.from_values({"storage": str(storage), "encryption_key": keygen()}))
+        args = [command[0], "--date", DAYS[0], *(a.format(out=tmp_path / "out") for a in command[1:])]
+        result = run_cli(*args, env=env)
+        assert_clean_error(result, f"directory {storage} {needle}")
+        assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 async def test_empty_range_is_ok(make_settings: Callable[..., Settings], tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -90,6 +91,19 @@ def test_serve_checks_the_api_key_like_functions(serve: Any) -> None:
     code, err = server.terminate()
     assert code == 0
     assert "local-secret" not in err
+
+
+def test_serve_on_a_busy_port_is_a_clean_error(azurite: str, key: str, container: str) -> None:
+    """QA F13: uvicorn logged the bind error and exited 3, a code the README did not list."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(azurite_env(azurite, key, container), "serve", "--port", str(port), timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert err.startswith(f"blobwriter: error: cannot listen on 127.0.0.1:{port}: ") and "in use" in err, err
+    assert "Traceback" not in err
 
 
 def test_serve_refuses_to_start_without_a_key(azurite: str, container: str) -> None:

@@ -36,6 +36,16 @@ def test_help_lists_the_commands_with_examples() -> None:
     assert "SELECT * FROM logs WHERE id" in sql and "--sample-size" in sql and "--memory-limit" in sql
     export = run_cli("export", "--help").stdout
     assert "--out" in export and "parquet" in export and "NOT encrypted" in export
+    # stats runs without the query extra (test_without_the_extra); sql and export need it (QA F9).
+    assert "Runs without the query extra" in stats and "Needs the query extra" not in stats
+    assert "Needs the query extra" in sql and "Needs the query extra" in export
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "ten"])
+def test_sample_size_is_positive_or_minus_one(size: str) -> None:
+    result = run_cli("sql", "--date", DAY, "--sample-size", size, "SELECT 1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --sample-size" in result.stderr and "-1 (all)" in result.stderr
 
 
 WITHOUT = """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from blobwriter.cli import keygen
 from blobwriter.config import Settings
 from blobwriter.query.destination import BlobDestination, DirectoryDestination, open_destination
-from tests.conftest import connection_string
+from tests.conftest import connection_string, free_port
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
 from tests.support.query import day_of, store_entries
 from tests.support.readback import cli_env, frames_in, run_cli
@@ -79,7 +80,7 @@ def test_parquet_to_a_directory_reads_back_whole(sample_store: tuple[Settings, l
         assert pq.read_schema(path).names[-1] == "entry_json"
     marker = orjson.loads((out / "_blobwriter" / "exported" / "2026-11-25.json").read_bytes())
     assert marker["entries"] == len(days["2026-11-25"]) and marker["files"] == ["part-0000.parquet"]
-    assert marker["format"] == "parquet"
+    assert marker["format"] == "parquet" and marker["damaged_frames"] == 0
 
 
 def test_jsonl_holds_the_entries_as_stored(sample_store: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
@@ -220,6 +221,9 @@ async def test_damaged_frames_reported_like_read(make_settings: Callable[..., Se
         reader = "read_parquet" if fmt == "parquet" else "read_json"
         got = duckdb.sql(f"SELECT id FROM {reader}('{out}/date=*/*')").fetchall()
         assert {i for (i,) in got} == survivors and len(got) == len(survivors) < len(day)
+        # The marker records the damage (QA observation: it looked like a whole day's export).
+        marker = orjson.loads((out / "_blobwriter" / "exported" / "2026-11-29.json").read_bytes())
+        assert (marker["entries"], marker["damaged_frames"]) == (len(survivors), 1)
 
 
 @pytest.mark.parametrize("out, message", [
@@ -231,6 +235,32 @@ def test_bad_destinations_exit_2(out: str, message: str, tmp_path: Path) -> None
     env = cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()}))
     result = run_cli("export", "--date", "2026-11-25", "--out", out, env=env)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_destination_failures_are_one_line_exit_2(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,
+                                                  tmp_path: Path) -> None:
+    """QA F3: an --out that is a file, a directory that cannot be made, storage that refuses or cannot be
+    reached were tracebacks with exit 1 ("damage found"), the last after some 80 s of SDK retries."""
+    settings, _ = sample_store
+    (tmp_path / "file").write_text("not a directory")
+    container = f"x{uuid.uuid4().hex[:20]}"
+    BlobServiceClient.from_connection_string(connection_string(azurite)).create_container(container)
+    read_only = generate_container_sas(ACCOUNT, container, account_key=ACCOUNT_KEY,
+                                       permission=ContainerSasPermissions(read=True, list=True),
+                                       expiry=datetime.now(UTC) + timedelta(hours=1))
+    unreachable = connection_string(azurite).replace(azurite.rsplit("/", 1)[0], f"http://127.0.0.1:{free_port()}")
+    day = "2026-11-26"
+    for out, needle in ((str(tmp_path / "file"), f"creating the export directory {tmp_path / 'file'} failed"),
+                        ("/proc/nope/lake", "creating the export directory /proc/nope/lake failed"),
+                        (f"{azurite}/{container}/lake?{read_only}", "403 AuthorizationPermissionMismatch"),
+                        (f"{unreachable}Container=exports", "creating the export container at ")):
+        started = time.monotonic()
+        result = export(settings, out, first=day, last=day, code=2)
+        assert result.stderr.splitlines()[-1].startswith("blobwriter: error: "), result.stderr
+        assert needle in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert "sig=" not in result.stderr.replace("sig=REDACTED", "")
+        assert time.monotonic() - started < 60
+    assert (tmp_path / "file").read_text() == "not a directory"
 
 
 def test_destination_forms() -> None:

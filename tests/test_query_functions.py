@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -21,9 +22,10 @@ from azure.storage.blob import BlobServiceClient
 
 from blobwriter.config import Settings
 from blobwriter.query import MissingExtraError
-from blobwriter.query.schedule import LOOKBACK_DAYS, SCHEDULE, closed_days
+from blobwriter.query.schedule import LOOKBACK_DAYS, SCHEDULE, closed_days, run_scheduled_export
 from tests.conftest import connection_string
 from tests.support.query import store_entries
+from tests.support.readback import frames_in
 
 
 def load_function_app(monkeypatch: pytest.MonkeyPatch, azurite: str, key: str, container: str,
@@ -122,6 +124,34 @@ async def test_timer_without_pyarrow_logs_what_to_install(function_app: Callable
         await handler(timer_request())
     [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
     assert "pyarrow is not installed" in record.getMessage() and "requirements.txt" in record.getMessage()
+
+
+async def test_a_day_exported_with_damage_is_not_taken_as_done(make_settings: Callable[..., Settings],
+                                                                 tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The marker records the damaged frames skipped; each run in the look-back logs an error for the
+    day instead of counting it as done, until its marker is deleted (and the day exported again)."""
+    settings = make_settings(storage=str(tmp_path / "store"), export_destination=str(tmp_path / "lake"))
+    day, now = "2026-11-25", datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    await store_entries(settings, [{"id": f"d{i}", "timestamp": f"{day}T10:00:00Z"} for i in range(100)],
+                        batch_size=30)
+    [path] = (tmp_path / "store" / day).glob("*.log")
+    data = bytearray(path.read_bytes())
+    offset, _ = [(o, h) for o, h in frames_in(bytes(data)) if not h.is_index][1]
+    data[offset + 100] ^= 0x40
+    path.write_bytes(bytes(data))
+    marker = tmp_path / "lake" / "_blobwriter" / "exported" / f"{day}.json"
+    for attempt in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="blobwriter.export"):
+            run = await run_scheduled_export(settings, now)
+        assert run.incomplete == {day: 1}
+        assert (day in run.exported) == (attempt == 0) and (day in run.already) == (attempt == 1)
+        assert json.loads(marker.read_bytes())["damaged_frames"] == 1
+        assert any(f"Export of {day}" in r.getMessage() and "1 damaged frame(s) were skipped" in r.getMessage()
+                   for r in caplog.records)
+    marker.unlink()  # what the log says to do: the day is exported again
+    assert day in (await run_scheduled_export(settings, now)).exported
 
 
 def test_closed_days() -> None:

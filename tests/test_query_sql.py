@@ -127,9 +127,37 @@ def test_sql_errors_exit_2(sample_store: tuple[Settings, list[dict[str, Any]]]) 
         assert "Traceback" not in result.stderr
     result = sql(settings, "SELECT 1", "--memory-limit", "lots", code=2)
     assert "--memory-limit 'lots'" in result.stderr
-    wrong = run_cli("sql", "--date", FIRST, "SELECT count(*) FROM logs",
-                    env=cli_env(settings, BLOBWRITER_ENCRYPTION_KEY=keygen()))
-    assert wrong.returncode == 2 and "none of the configured keys" in wrong.stderr
+    for size in ("20480", "-1"):  # with the wrong key no answer reaches stdout, as with read and stats (QA F4)
+        wrong = run_cli("sql", "--date", FIRST, "--until", LAST, "--sample-size", size, "SELECT count(*) FROM logs",
+                        env=cli_env(settings, BLOBWRITER_ENCRYPTION_KEY=keygen()))
+        assert wrong.returncode == 2 and "none of the configured keys" in wrong.stderr
+        assert wrong.stdout == "" and "Traceback" not in wrong.stderr
+
+
+@pytest.mark.parametrize("query", ["", "   ", "-- just a comment", "/* a comment */ ;"])
+def test_no_statement_is_a_clean_error(sample_store: tuple[Settings, list[dict[str, Any]]], query: str) -> None:
+    result = sql(sample_store[0], query, code=2)  # QA F1: was a traceback (DuckDB answers None), exit 1
+    assert result.stderr == "blobwriter: error: SQL: the query holds no statement (it is empty, blank or only " \
+                            "comments)\n"
+    assert result.stdout == ""
+
+
+def test_several_statements_are_refused(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    result = sql(sample_store[0], "SELECT 1; SELECT 2", code=2)  # QA F12: printed the last answer only
+    assert "the query holds 2 statements; give one per command" in result.stderr and result.stdout == ""
+    assert "one statement" in run_cli("sql", "--help").stdout
+    assert sql(sample_store[0], "SELECT 1 AS one;") == [{"one": 1}]  # a trailing semicolon is one statement
+
+
+def test_a_field_of_an_empty_range(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
+    settings, _ = sample_store
+    result = sql(settings, "SELECT deployment, sum(cost_eur) FROM logs GROUP BY 1", first="2020-01-01",
+                 last="2020-01-02", code=2)  # QA F11: said only "column not found"
+    assert result.stderr.startswith("blobwriter: error: SQL: the range 2020-01-01..2020-01-02 holds no entries, so "
+                                    "`logs` has no column but timestamp: Binder Error:")
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    # A field missing from a range with entries is DuckDB's message alone.
+    assert "holds no entries" not in sql(settings, "SELECT nope FROM logs", code=2).stderr
 
 
 # -- fields whose type varies ----------------------------------------------------------------

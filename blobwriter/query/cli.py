@@ -42,7 +42,8 @@ examples:
 
 `logs` has one column per top-level field, typed as DuckDB's read_json types them (objects are
 structs: request.model); a field whose type varies is JSON. The session time zone is UTC:
-timestamp::TIMESTAMPTZ reads the entries' timestamps (naive ones as UTC)."""
+timestamp::TIMESTAMPTZ reads the entries' timestamps (naive ones as UTC). SQL is one statement,
+whose answer is printed (several are refused: a WITH clause or subqueries combine questions)."""
 
 EXPORT_HELP = "write a date range as hive-style Parquet or gzip JSON Lines partitions (plaintext)"
 EXPORT_EPILOG = """\
@@ -66,19 +67,32 @@ def _rows(text: str) -> int:
     return value
 
 
+def _sample_size(text: str) -> int:
+    """--sample-size: a positive number of entries, or -1 for all (0 or -5 would otherwise type no column)."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive number of entries nor -1 (all)")
+    return value
+
+
 def add_commands(commands: Any, date: Callable[[str], Date]) -> None:
     """Add stats, sql and export to the `blobwriter` subcommands (an argparse subparsers object);
     `date` parses --date and --until as `read` does."""
 
-    def command(name: str, text: str, epilog: str) -> argparse.ArgumentParser:
+    def command(name: str, text: str, epilog: str, extra: str) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = commands.add_parser(
-            name, help=text, description=text + ". Needs the query extra: pip install 'blobwriter[query]'.",
-            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+            name, help=text, description=f"{text}. {extra}", epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--date", required=True, type=date, metavar="YYYY-MM-DD", help="first UTC date")
         sub.add_argument("--until", type=date, metavar="YYYY-MM-DD", help="last UTC date (inclusive)")
         return sub
 
-    stats = command("stats", STATS_HELP, STATS_EPILOG)
+    needs = "Needs the query extra: pip install 'blobwriter[query]'."
+    stats = command("stats", STATS_HELP, STATS_EPILOG,
+                    "Runs without the query extra; with it (pip install 'blobwriter[query]') it parses faster.")
     stats.add_argument("--by", default="", metavar="FIELDS",
                        help="comma-separated group keys: day, hour (UTC, from timestamp) or dotted field paths")
     stats.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
@@ -88,16 +102,16 @@ def add_commands(commands: Any, date: Callable[[str], Date]) -> None:
                        help="field map item: a preset or MEASURE=PATH (see below); repeatable")
     stats.add_argument("--format", choices=output.FORMATS, default="table", help="output format (default: table)")
 
-    sql = command("sql", SQL_HELP, SQL_EPILOG)
-    sql.add_argument("query", metavar="SQL", help="the query; the date range is the table `logs`")
+    sql = command("sql", SQL_HELP, SQL_EPILOG, needs)
+    sql.add_argument("query", metavar="SQL", help="one SQL statement; the date range is the table `logs`")
     sql.add_argument("--format", choices=output.FORMATS, default="table", help="output format (default: table)")
-    sql.add_argument("--sample-size", type=int, default=20_480, metavar="N",
+    sql.add_argument("--sample-size", type=_sample_size, default=20_480, metavar="N",
                      help="entries the column types are inferred from, like read_json's sample_size "
                           "(default: 20480; -1: all, reading the range twice)")
     sql.add_argument("--memory-limit", metavar="SIZE",
                      help="DuckDB's memory_limit, e.g. 1GB (default: 80%% of RAM); past it DuckDB spills to disk")
 
-    export = command("export", EXPORT_HELP, EXPORT_EPILOG)
+    export = command("export", EXPORT_HELP, EXPORT_EPILOG, needs)
     export.add_argument("--format", choices=("parquet", "jsonl"), default="parquet",
                         help="parquet (typed columns + entry_json) or jsonl (.jsonl.gz); default: parquet")
     export.add_argument("--out", required=True, metavar="DIR_OR_URL",

@@ -12,6 +12,10 @@ A day's partition is replaced as a whole: the new files are written aside (a sta
 uncommitted blocks of the final blobs), then swapped in (two directory renames; one Put Block List
 per file), then the old partition's other files are deleted. Readers never see a mix for longer
 than the swap takes, and a re-export never duplicates a day.
+
+Every failure of the destination leaves it as a `StoreError`, through the stores' own error
+boundaries (`_os_errors`, `_storage_errors`), so that `blobwriter export` reports it in one line
+(exit 2) like a failure of the source; retries are bounded as the source's are (seconds, not minutes).
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from ..blob_store import SDK_RETRIES, _storage_errors
 from ..casts import storage_kind
 from ..errors import ConfigError, StoreError
+from ..store import _os_errors
 
 MARKERS: Final = "_blobwriter/exported"  # one small JSON per exported day, outside the partitions
 BLOCK_BYTES: Final = 8 << 20
+CONNECT_SECONDS: Final = 10.0  # as the source's connection_timeout: an unreachable destination fails in seconds
 
 
 class Partition(Protocol):
@@ -119,15 +126,19 @@ class DirectoryDestination:
         self.description = str(root)
 
     async def partition(self, name: str) -> Partition:
-        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
-        return _DirectoryPartition(self.root, name)
+        with _os_errors(f"creating the export directory {self.root}"):
+            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+            return await asyncio.to_thread(_DirectoryPartition, self.root, name)
 
     async def read_marker(self, day: str) -> bytes | None:
         path = self.root / MARKERS / f"{day}.json"
         try:
-            return await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            return None
+            with _os_errors(f"reading {path}"):
+                return await asyncio.to_thread(path.read_bytes)
+        except StoreError as exc:
+            if exc.code == "ENOENT":
+                return None
+            raise
 
     async def write_marker(self, day: str, data: bytes) -> None:
         path = self.root / MARKERS / f"{day}.json"
@@ -138,7 +149,8 @@ class DirectoryDestination:
             temporary.write_bytes(data)
             os.replace(temporary, path)
 
-        await asyncio.to_thread(write)
+        with _os_errors(f"writing {path}"):
+            await asyncio.to_thread(write)
 
     async def close(self) -> None:
         return None
@@ -171,7 +183,8 @@ class _DirectoryPartition:
             shutil.rmtree(old, ignore_errors=True)
             shutil.rmtree(self.staging, ignore_errors=True)
 
-        await asyncio.to_thread(swap)
+        with _os_errors(f"replacing {self.root / self.name}"):
+            await asyncio.to_thread(swap)
 
     async def abort(self) -> None:
         await asyncio.to_thread(shutil.rmtree, self.staging, True)
@@ -198,31 +211,38 @@ class BlobDestination:
 
     async def _client(self) -> Any:
         if self._container is None:
-            from azure.storage.blob.aio import BlobServiceClient
+            from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
+            # The source's retries (blob_store): the SDK's defaults retry an unreachable host for minutes.
+            options: dict[str, Any] = {
+                "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=SDK_RETRIES,
+                                                 random_jitter_range=1),
+                "connection_timeout": CONNECT_SECONDS,
+            }
             if self._connection_string is not None:
-                self._service = BlobServiceClient.from_connection_string(self._connection_string)
+                self._service = BlobServiceClient.from_connection_string(self._connection_string, **options)
             elif self._account_url is None:
                 raise ConfigError("an export destination needs a connection string or an account URL")
             elif self._sas:
-                self._service = BlobServiceClient(self._account_url, credential=self._sas)
+                self._service = BlobServiceClient(self._account_url, credential=self._sas, **options)
             else:
                 from azure.identity.aio import DefaultAzureCredential
 
                 self._credential = DefaultAzureCredential()
-                self._service = BlobServiceClient(self._account_url, credential=self._credential)
+                self._service = BlobServiceClient(self._account_url, credential=self._credential, **options)
             self._container = self._service.get_container_client(self.container_name)
             self.description = f"{self._service.url.rstrip('/')}/{self.container_name}/{self.prefix}".rstrip("/")
         if not self._ready:
             from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
-            try:
-                await self._container.create_container()
-            except ResourceExistsError:
-                pass
-            except HttpResponseError as exc:
-                if exc.status_code != 403:  # a writer scoped to one existing container may not create any
-                    raise StoreError(f"cannot create container {self.description}: {exc.message}") from exc
+            with _storage_errors("creating the export container", self.description):
+                try:
+                    await self._container.create_container()
+                except ResourceExistsError:
+                    pass
+                except HttpResponseError as exc:
+                    if exc.status_code != 403:  # a writer scoped to one existing container may not create any
+                        raise
             self._ready = True
         return self._container
 
@@ -233,15 +253,19 @@ class BlobDestination:
         from azure.core.exceptions import ResourceNotFoundError
 
         container = await self._client()
-        try:
-            downloader = await container.get_blob_client(f"{self.prefix}{MARKERS}/{day}.json").download_blob()
-            return bytes(await downloader.readall())
-        except ResourceNotFoundError:
-            return None
+        name = f"{self.prefix}{MARKERS}/{day}.json"
+        with _storage_errors(f"reading {name}", self.description):
+            try:
+                downloader = await container.get_blob_client(name).download_blob()
+                return bytes(await downloader.readall())
+            except ResourceNotFoundError:
+                return None
 
     async def write_marker(self, day: str, data: bytes) -> None:
         container = await self._client()
-        await container.get_blob_client(f"{self.prefix}{MARKERS}/{day}.json").upload_blob(data, overwrite=True)
+        name = f"{self.prefix}{MARKERS}/{day}.json"
+        with _storage_errors(f"writing {name}", self.description):
+            await container.get_blob_client(name).upload_blob(data, overwrite=True)
 
     async def close(self) -> None:
         if self._service is not None:
@@ -256,6 +280,7 @@ class _BlobPartition:
     puts every block list, then deletes the partition's blobs this export did not write."""
 
     def __init__(self, destination: BlobDestination, container: Any, folder: str) -> None:
+        self.description = destination.description
         self.container = container
         self.folder = folder
         self.run = uuid.uuid4().hex[:16]
@@ -269,7 +294,7 @@ class _BlobPartition:
         blob = self.container.get_blob_client(self.folder + name)
         ids: list[str] = []
         path = self.path(name)
-        with path.open("rb") as handle:
+        with path.open("rb") as handle, _storage_errors(f"uploading {self.folder}{name}", self.description):
             while chunk := await asyncio.to_thread(handle.read, BLOCK_BYTES):
                 block_id = base64.b64encode(f"{self.run}-{len(ids):08d}".encode()).decode()
                 await blob.stage_block(block_id, chunk, length=len(chunk))
@@ -281,14 +306,15 @@ class _BlobPartition:
         from azure.storage.blob import BlobBlock, ContentSettings
 
         kinds = {".parquet": "application/vnd.apache.parquet", ".gz": "application/gzip"}
-        for name, ids in self.blocks.items():
-            blob = self.container.get_blob_client(self.folder + name)
-            settings = ContentSettings(content_type=kinds.get(Path(name).suffix, "application/octet-stream"))
-            await blob.commit_block_list([BlobBlock(block_id=i) for i in ids], content_settings=settings)
-        stale = [b.name async for b in self.container.list_blobs(name_starts_with=self.folder)
-                 if b.name[len(self.folder):] not in self.blocks]
-        for name in stale:
-            await self.container.delete_blob(name)
+        with _storage_errors(f"replacing {self.folder}", self.description):
+            for name, ids in self.blocks.items():
+                blob = self.container.get_blob_client(self.folder + name)
+                settings = ContentSettings(content_type=kinds.get(Path(name).suffix, "application/octet-stream"))
+                await blob.commit_block_list([BlobBlock(block_id=i) for i in ids], content_settings=settings)
+            stale = [b.name async for b in self.container.list_blobs(name_starts_with=self.folder)
+                     if b.name[len(self.folder):] not in self.blocks]
+            for name in stale:
+                await self.container.delete_blob(name)
         shutil.rmtree(self.local, ignore_errors=True)
 
     async def abort(self) -> None:

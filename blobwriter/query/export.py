@@ -23,6 +23,7 @@ from typing import IO, Any, Final
 import orjson
 
 from .. import __version__
+from ..store import _os_errors
 from .destination import Destination, Partition
 from .source import RangeSource
 from .table import Conversion, Schema, abatches_of, arrow
@@ -44,6 +45,7 @@ class DayExport:
     bytes: int = 0
     misfits: Counter[str] = field(default_factory=Counter)
     unknown: Counter[str] = field(default_factory=Counter)
+    damaged_frames: int = 0  # skipped: their entries are missing from the partition
 
     @property
     def written(self) -> bool:
@@ -65,6 +67,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (allowed: {', '.join(FORMATS)})")
     result = DayExport(day)
+    problems_before = len(source.problems)
     conversion: Conversion | None = None
     if fmt == "parquet":
         arrow()
@@ -112,9 +115,13 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
         raise
     if conversion is not None:
         result.misfits, result.unknown = conversion.misfits, conversion.unknown
+    result.damaged_frames = len(source.problems) - problems_before
     if result.written:
-        marker = {"date": day, "format": fmt, "entries": result.entries, "files": result.files,
-                  "bytes": result.bytes, "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # The marker says whether the partition is incomplete: whoever reads the lake, and the scheduled
+        # export, can tell a day with damaged frames skipped from a whole one.
+        marker = {"date": day, "format": fmt, "entries": result.entries, "damaged_frames": result.damaged_frames,
+                  "files": result.files, "bytes": result.bytes,
+                  "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                   "blobwriter": __version__}
         await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
     return result
@@ -144,9 +151,14 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
 
 
 class _PartWriter:
-    """One file of a partition: Parquet (row groups of a few batches) or gzip JSON Lines."""
+    """One file of a partition: Parquet (row groups of a few batches) or gzip JSON Lines. A failure to
+    write it (a full disk) is a StoreError, as every failure of the destination is."""
 
     def __init__(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
+        with _os_errors(f"writing {path}"):
+            self._open(path, fmt, conversion)
+
+    def _open(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
         self.path = path
         self.rows = 0
         self._conversion = conversion
@@ -164,6 +176,10 @@ class _PartWriter:
             self._handle = igzip.open(path, "wb", compresslevel=GZIP_LEVEL)
 
     def write(self, lines: Sequence[bytes]) -> None:
+        with _os_errors(f"writing {self.path}"):
+            self._write(lines)
+
+    def _write(self, lines: Sequence[bytes]) -> None:
         self.rows += len(lines)
         if self._parquet is not None:
             assert self._conversion is not None
@@ -181,6 +197,10 @@ class _PartWriter:
 
     def close(self) -> int:
         """Finish the file; its size in bytes."""
+        with _os_errors(f"writing {self.path}"):
+            return self._close()
+
+    def _close(self) -> int:
         if self._parquet is not None:
             self._flush()
             self._parquet.close()

@@ -5,7 +5,11 @@ A timer (function_app.py, registered only when `export_destination` is set) call
 GRACE after its UTC midnight, so late batches are in) and exports, as Parquet, each one that has
 entries and no marker yet at the destination. The marker is written after the day's partition is
 swapped in, so a failed run is simply redone by the next one, and a re-run replaces the partition.
-Days older than the look-back (a first deployment's backlog) are for `blobwriter export`.
+A day exported with damaged frames skipped (its marker's `damaged_frames`) is not taken as done:
+each run logs an error for it while it is in the look-back, but does not export it again (damage
+stays; re-reading the day every hour would not repair it): after repairing or accepting it,
+delete its marker to export it once more. Days older than the look-back (a first deployment's
+backlog) are for `blobwriter export`.
 
 This module imports no optional package: the Functions app indexes without the `query` extra, and
 the function says in its log what to install if it runs without pyarrow.
@@ -13,6 +17,7 @@ the function says in its log what to install if it runs without pyarrow.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,7 +49,8 @@ class ScheduledRun:
     exported: dict[str, int] = field(default_factory=dict)  # day -> entries
     already: list[str] = field(default_factory=list)  # days with a marker
     empty: list[str] = field(default_factory=list)  # days without entries (yet)
-    damaged: int = 0
+    damaged: int = 0  # damaged frames this run skipped
+    incomplete: dict[str, int] = field(default_factory=dict)  # day -> damaged frames its export skipped
 
 
 async def run_scheduled_export(settings: Settings, now: datetime | None = None) -> ScheduledRun:
@@ -67,14 +73,20 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
     done = ScheduledRun()
     try:
         for day in days:
-            if await destination.read_marker(day) is not None:
+            marker = await destination.read_marker(day)
+            if marker is not None:
                 done.already.append(day)
+                skipped = _damaged_frames(marker)
+                if skipped:
+                    done.incomplete[day] = skipped
                 continue
             result = await export_day(source, destination, day, FORMAT)
             if result.written:
                 done.exported[day] = result.entries
                 log.info("Exported %s: %d entries in %d file(s) to %s", day, result.entries, len(result.files),
                          destination.description)
+                if result.damaged_frames:
+                    done.incomplete[day] = result.damaged_frames
             else:
                 done.empty.append(day)
     finally:
@@ -83,4 +95,16 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
     for problem in source.problems:
         log.error("Scheduled export skipped a damaged frame: %s", problem)
     done.damaged = len(source.problems)
+    for day, skipped in done.incomplete.items():
+        log.error("Export of %s to %s is incomplete: %d damaged frame(s) were skipped (`blobwriter verify --date %s` "
+                  "tells which); delete its marker _blobwriter/exported/%s.json to export it again", day,
+                  destination.description, skipped, day, day)
     return done
+
+
+def _damaged_frames(marker: bytes) -> int:
+    """The damaged frames an exported day's marker records (0 for older markers, which do not say)."""
+    try:
+        return int(json.loads(marker).get("damaged_frames") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0

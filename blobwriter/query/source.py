@@ -85,12 +85,14 @@ class RangeSource:
         self.problems.clear()
         self.frames = 0
 
-    def check_keys(self) -> None:
-        """Fail as `read` does when no configured key opens any frame."""
-        if self.problems and self.frames == 0 and all(p.unknown_key for p in self.problems):
-            ids = sorted({p.unknown_key.hex() for p in self.problems if p.unknown_key})
+    def check_keys(self, report: ReadReport | None = None) -> None:
+        """Fail as `read` does when no configured key opens any frame of the recorded passes, or of
+        `report` (a look-ahead pass's, so that a command can fail before it prints anything)."""
+        problems, frames = (self.problems, self.frames) if report is None else (report.problems, report.frames)
+        if problems and frames == 0 and all(p.unknown_key for p in problems):
+            ids = sorted({p.unknown_key.hex() for p in problems if p.unknown_key})
             raise ConfigError(
-                f"none of the configured keys can decrypt these logs ({len(self.problems)} frames use key id(s) "
+                f"none of the configured keys can decrypt these logs ({len(problems)} frames use key id(s) "
                 f"{', '.join(ids)}); set encryption_key (and previous_keys after a rotation) to the key that wrote "
                 "them.")
 

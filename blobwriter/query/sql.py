@@ -68,6 +68,7 @@ async def run_sql(source: RangeSource, query: str, fmt: str, *, sample_size: int
                 con.execute("SET memory_limit = ?", [memory_limit])
             except duckdb.Error as exc:
                 raise SqlError(f"--memory-limit {memory_limit!r}: {exc}") from None
+        _one_statement(con, query)
         try:
             return await _attempt(con, source, query, fmt, out, sample_size, materialize=False)
         except _ScannedTwice:
@@ -81,6 +82,23 @@ async def run_sql(source: RangeSource, query: str, fmt: str, *, sample_size: int
 
 class _ScannedTwice(Exception):
     pass
+
+
+def _one_statement(con: Any, query: str) -> None:
+    """Refuse, before anything is read, a query that is not exactly one statement: DuckDB answers an
+    empty one (blank, only comments) with no result at all, and several with the last one's answer
+    only, silently. One statement also keeps the answer one table, JSON array or CSV document."""
+    import duckdb
+
+    try:
+        count = len(con.extract_statements(query))
+    except duckdb.Error as exc:
+        raise SqlError(f"SQL: {exc}") from None
+    if count == 0:
+        raise SqlError("SQL: the query holds no statement (it is empty, blank or only comments)")
+    if count > 1:
+        raise SqlError(f"SQL: the query holds {count} statements; give one per command (a WITH clause or "
+                       "subqueries can combine several questions)")
 
 
 async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[bytes], sample_size: int,
@@ -99,6 +117,9 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
                 break
         for start in range(0, len(sample), BATCH_ENTRIES):
             schema.observe(sample[start:start + BATCH_ENTRIES])
+    empty = schema.entries == 0  # then the range has been read whole, and the query sees no entries
+    if empty:  # the wrong key reads as no entries: say so before the query prints an answer over them
+        source.check_keys(source.last_report if sample_size < 0 else None)
     arrow_schema = schema.arrow_schema()
     if len(arrow_schema) == 0:  # no entries at all: still a table, with the one field every entry has
         arrow_schema = pa.schema([pa.field("timestamp", pa.string())])
@@ -167,6 +188,12 @@ async def _attempt(con: Any, source: RangeSource, query: str, fmt: str, out: IO[
         except duckdb.InvalidInputException as exc:
             if "already been consumed" in str(exc) and not materialize:
                 raise _ScannedTwice() from exc
+            raise SqlError(f"SQL: {exc}") from None
+        except duckdb.BinderException as exc:
+            if empty:  # `logs` has only the column every entry has: a named field is "not found"
+                dates = source.dates
+                raise SqlError(f"SQL: the range {dates[0]}..{dates[-1]} holds no entries, so `logs` has no column "
+                               f"but timestamp: {exc}") from None
             raise SqlError(f"SQL: {exc}") from None
         except duckdb.Error as exc:
             raise SqlError(f"SQL: {exc}") from None
