@@ -459,3 +459,31 @@ def test_durations_are_counted_in_bulk_and_stay_bounded() -> None:
         row = stats.rows()[0]
         assert row["duration_ms_p50"] == statistics.median(durations)
         assert row["duration_ms_p95"] == round(statistics.quantiles(durations, n=20, method="inclusive")[18], 6)
+
+
+LEAP_SECONDS = [  # RFC 3339's own example first; each is stored under the UTC date the writer computes
+    {"id": "R1", "timestamp": "2026-12-31T15:59:60-08:00", "cost_eur": 1},
+    {"id": "R2", "timestamp": "2026-12-31T23:59:60.5Z", "cost_eur": 2},
+    {"id": "R3", "timestamp": "2026-06-30T23:59:60+00:00", "cost_eur": 4},
+    {"id": "R4", "timestamp": "2026-12-31T23:59:60", "cost_eur": 8},
+    {"id": "R5", "timestamp": "2026-06-30t23:59:60.25-00:30", "cost_eur": 16},
+]
+
+
+async def test_leap_seconds_group_under_the_utc_day_and_hour_they_are_stored_under(tmp_path: Path, key: str) -> None:
+    from blobwriter.entries import parse_timestamp
+
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    await store_entries(settings, LEAP_SECONDS)
+    result = run_cli("stats", "--date", "2026-06-30", "--until", "2027-01-01", "--by", "day,hour,id",
+                     "--where", "hour!=null", "--format", "json", env=cli_env(settings))
+    assert result.returncode == 0, result.stderr
+    rows = orjson.loads(result.stdout)
+    assert [(r["id"], r["day"], r["hour"]) for r in rows] == [
+        ("R3", "2026-06-30", "2026-06-30T23:00:00Z"), ("R5", "2026-07-01", "2026-07-01T00:00:00Z"),
+        ("R1", "2026-12-31", "2026-12-31T23:00:00Z"), ("R2", "2026-12-31", "2026-12-31T23:00:00Z"),
+        ("R4", "2026-12-31", "2026-12-31T23:00:00Z")]
+    for row in rows:  # the day each entry is stored under (its blob's date)
+        [entry] = [e for e in LEAP_SECONDS if e["id"] == row["id"]]
+        assert row["day"] == parse_timestamp(entry["timestamp"]).date().isoformat()
+        assert (tmp_path / row["day"]).is_dir()

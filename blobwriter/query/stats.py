@@ -16,7 +16,8 @@ from typing import Any, Final
 
 import orjson
 
-from ..errors import ConfigError
+from ..entries import parse_timestamp
+from ..errors import ConfigError, EntryError
 from .fields import (
     ARRAYS,
     BAD,
@@ -37,7 +38,8 @@ _NUMERIC: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cost",
 
 
 def utc_hour(timestamp: Any) -> str | None:
-    """`YYYY-MM-DDTHH` of an ISO-8601 timestamp in UTC (naive means UTC), or None if it is not one."""
+    """`YYYY-MM-DDTHH` of an ISO-8601 timestamp in UTC (naive means UTC), or None if it is not one. A leap
+    second (`:60`) is in the hour the writer stores it under (entries.parse_timestamp: second 59.999999)."""
     if type(timestamp) is not str or len(timestamp) < 13:
         return None
     tail = timestamp[13:]  # after the hour, a '+' or '-' can only start an offset
@@ -48,7 +50,12 @@ def utc_hour(timestamp: Any) -> str | None:
     try:
         moment = datetime.fromisoformat(timestamp)
     except ValueError:
-        return None
+        # What fromisoformat refuses and the writer accepts (a leap second, `23:59:60-08:00`): the writer's
+        # own parse, so the hour is the one the entry was stored under.
+        try:
+            moment = parse_timestamp(timestamp)
+        except EntryError:
+            return None
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H")
