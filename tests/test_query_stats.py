@@ -257,14 +257,16 @@ async def test_missing_null_and_odd_values(make_settings: Callable[..., Settings
         {"timestamp": "2026-11-25T10:00:00Z", "status_code": 400, "error": None},  # an error by its status alone
         {"timestamp": "2026-11-25T10:00:00Z", "status_code": 399},  # not an error
         {"timestamp": "2026-11-25T10:00:00Z", "status_code": 200, "error": "content filter"},  # an error by its error
+        {"timestamp": "2026-11-25T10:00:00Z", "status_code": "4xx", "error": False},  # an error; its status is noted
     ]
     await store_entries(settings, entries)
     result = run_cli("stats", "--date", "2026-11-25", "--format", "json", env=cli_env(settings))
     assert result.returncode == 0, result.stderr
     [row] = orjson.loads(result.stdout)
-    assert row == {"requests": 7, "errors": 3, "prompt_tokens": 16, "completion_tokens": 9, "total_tokens": 25,
+    assert row == {"requests": 8, "errors": 4, "prompt_tokens": 16, "completion_tokens": 9, "total_tokens": 25,
                    "cost": 0.5, "duration_ms_p50": 20, "duration_ms_p95": 29}
     notes = result.stderr.splitlines()
+    assert any("2 value(s) of status_code were not numbers" in n for n in notes), notes  # "oops" and "4xx"
     assert any("value(s) of prompt_tokens were not numbers" in n and '"many"' in n for n in notes), notes
     assert any("value(s) of cost were not numbers" in n for n in notes)
     assert any("value(s) of duration_ms were not numbers" in n for n in notes)
@@ -371,7 +373,9 @@ ODD = [  # shapes the field map's fallbacks, dotted keys, lists and bad values g
      "gen_ai.usage.input_tokens": 5, "attributes": {"gen_ai.usage.output_tokens": 6}, "response_time": 0.25},
     {"user": "zed", "tokens": {"prompt": 1, "completion": 2}, "status_code": 404.0, "request": {"model": "m"}},
     {"prompt_tokens": "many", "response_cost": {"eur": 1}, "response_time": "slow", "model_group": 3,
-     "error_information": {"error_code": "E42"}, "metadata": {"user_api_key_user_id": ["u"]}},
+     "error_information": {"error_code": "E42"}, "metadata": {"user_api_key_user_id": ["u"]}, "error_str": "x"},
+    {"timestamp": "2026-12-31T15:59:60-08:00", "error": False, "status_code": "4xx", "error.type": "t",
+     "http.response.status_code": ["x"]},
 ]
 
 

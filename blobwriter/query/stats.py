@@ -202,7 +202,11 @@ class Stats:
         error, status = fields.source("error"), fields.source("status_code")
         if error is not None:
             body += error.inline("error", names)
-            body += ["if error is not None:", "    group.errors += 1", "    return"]
+            body += ["if error is not None:", "    group.errors += 1"]
+            if status is not None:  # an error already: its status is only checked for a value to report
+                body += ["    " + line for line in status.inline("status", names)]
+                body += ["    if status is not None and type(status) is not int:", "        stats._status_odd(status)"]
+            body += ["    return"]
         if status is not None:
             body += status.inline("status", names)
             body += ["if type(status) is int:", "    if status >= 400:", "        group.errors += 1",
@@ -234,6 +238,11 @@ class Stats:
             self.ignored.add("status_code", status)
         elif code is not None and code >= 400:
             group.errors += 1
+
+    def _status_odd(self, status: Any) -> None:
+        """The status of an entry that is an error by its `error` field: reported if it is not a number."""
+        if to_number(status) is BAD:
+            self.ignored.add("status_code", status)
 
     def task(self) -> StatsTask:
         """This aggregation as a task for Reader.results(); merge() what it answers."""
@@ -337,6 +346,10 @@ class Stats:
         get = self._error
         if get is not None and get(entry) is not None:
             group.errors += 1
+            get = self._status
+            status = get(entry) if get is not None else None
+            if status is not None and type(status) is not int:  # counted already: only reported if not a number
+                self._status_odd(status)
             return
         get = self._status
         if get is not None:
