@@ -184,10 +184,14 @@ def test_map_overrides_and_stats_map_setting(sample_store: tuple[Settings, list[
     [row] = orjson.loads(result.stdout)
     assert row["cost"] == pytest.approx(cumulative)
     assert row["prompt_tokens"] == sum(dig(e, "response.usage.prompt_tokens") or 0 for e in entries)
-    # An alias names a group key; unsetting a measure makes it 0.
-    rows = stats_json(settings, "--map", "model=response.model|request.model", "--map", "cost=", "--by", "model")
+    # An alias names a group key; a measure mapped to a path no entry has is 0, and said so.
+    rows = stats_json(settings, "--map", "model=response.model|request.model", "--by", "model")
     assert {r["model"] for r in rows} == {first(e, "response.model", "request.model") for e in entries}
-    assert all(r["cost"] == 0 for r in rows)
+    result = run_cli("stats", "--date", FIRST, "--until", LAST, "--map", "cost=cost_euro", "--format", "json",
+                     env=cli_env(settings))
+    assert result.returncode == 0 and orjson.loads(result.stdout)[0]["cost"] == 0
+    assert result.stderr == ("blobwriter: note: the field map's cost (cost_euro): no entry read has a value there "
+                             "(missing or null in every one); is the name right?\n")
 
 
 # -- other shapes: OpenTelemetry GenAI attributes and LiteLLM's StandardLoggingPayload ----------
@@ -315,6 +319,9 @@ async def test_empty_range_and_wrong_key(sample_store: tuple[Settings, list[dict
     (["--where", "user"], "FIELD=VALUE"),
     (["--map", "nonsense"], "not a preset"),
     (["--map", "cost=a..b"], "not a dotted field path"),
+    (["--map", "cost="], "--map 'cost=': no path after '='"),
+    (["--map", "cost=cost_eur*abc"], "'cost_eur*abc': the factor after '*' is not a number"),
+    (["--map", "duration_ms=response_time*"], "the factor after '*' is not a number"),
     (["--map", "day=x"], "timestamp"),
     (["--format", "xml"], "invalid choice"),
     (["--until", "2026-11-01"], "before"),
@@ -491,3 +498,50 @@ async def test_leap_seconds_group_under_the_utc_day_and_hour_they_are_stored_und
         [entry] = [e for e in LEAP_SECONDS if e["id"] == row["id"]]
         assert row["day"] == parse_timestamp(entry["timestamp"]).date().isoformat()
         assert (tmp_path / row["day"]).is_dir()
+
+
+async def test_a_path_no_entry_has_is_noted(tmp_path: Path, key: str, sample_entries: list[dict[str, Any]]) -> None:
+    """A --by, --where or --map path that no entry read has a value at (a typo, most likely) gives one note
+    each on stderr; the answer is unchanged and the exit code 0. Fields some entry has are not noted."""
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    day = [e for e in sample_entries if e["timestamp"].startswith("2026-11-26T") and e["timestamp"].endswith("Z")]
+    day[-1] = {**day[-1], "rare": 1}  # present in one entry only: seen
+    await store_entries(settings, day)
+
+    def stats(*args: str) -> tuple[list[dict[str, Any]], list[str]]:
+        result = run_cli("stats", "--date", "2026-11-26", *args, "--format", "json", env=cli_env(settings))
+        assert result.returncode == 0, result.stderr
+        return orjson.loads(result.stdout), result.stderr.splitlines()
+
+    rows, notes = stats("--by", "deploymnet,day", "--where", "usr!=bob", "--where", "stream=false",
+                        "--map", "duration_ms=duration_msec*1000", "--map", "cost=cost_eur")
+    noted = [("--by deploymnet", "counted"), ("--where usr", "read"),
+             ("the field map's duration_ms (duration_msec*1000)", "read")]
+    assert notes == [f"blobwriter: note: {what}: no entry {how} has a value there (missing or null in every one); "
+                     "is the name right?" for what, how in noted]
+    assert [r["deploymnet"] for r in rows] == [None] and rows[0]["duration_ms_p50"] is None
+    assert rows[0]["requests"] == sum(1 for e in day if e["stream"] is False)
+    rows, notes = stats("--by", "deployment,rare", "--where", "error=null", "--map", "team=nothing")
+    assert notes == [] and len(rows) > 1  # an alias that nothing reads is not watched
+    [row], notes = stats("--where", "deploymnet=gpt-4o")
+    assert row["requests"] == 0 and notes[0].startswith("blobwriter: note: --where deploymnet: no entry read")
+    [row], notes = stats("--map", "otel")  # a preset's paths are not the user's: not noted
+    assert notes == [] and row["requests"] == len(day)
+
+
+def test_unseen_fields_merge_over_parts() -> None:
+    """Parts from several workers (StatsTask.run, take): a field is seen if any part's entries had it."""
+    import pickle
+
+    fields = FieldMap.parse(["cost=price"])
+    task = Stats(fields, ["team", "day"], [Condition.parse("region!=eu")]).task()
+    whole = Stats(fields, ["team", "day"], [Condition.parse("region!=eu")])
+    assert whole.unseen() == []  # no entry read: nothing to say
+    for lines in ([b'{"team": "a"}', b'{"x": 1}'], [b'{"price": 2}'], []):
+        whole.merge(pickle.loads(pickle.dumps(task.run(lines))))
+    assert [note.split(":")[0] for note in whole.unseen()] == ["--where region"]
+    assert whole.totals()["cost"] == 2 and whole.totals()["requests"] == 3
+    # the worker's Stats starts each run of entries afresh: fields seen before are watched again
+    again = Stats(fields, ["team", "day"], [Condition.parse("region!=eu")])
+    again.merge(task.run([b'{"region": "us"}']))
+    assert [note.split(":")[0] for note in again.unseen()] == ["--by team", "the field map's cost (price)"]

@@ -152,6 +152,8 @@ async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str])
               f"(e.g. {stats.ignored.examples[name]})", file=sys.stderr)
     if stats.unparsable:
         print(f"blobwriter: note: {stats.unparsable} entries were not JSON objects and were skipped", file=sys.stderr)
+    for note in stats.unseen():
+        print(f"blobwriter: note: {note}", file=sys.stderr)
     return source.finish()
 
 

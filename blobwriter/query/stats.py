@@ -23,6 +23,7 @@ from .fields import (
     BAD,
     FIRSTS,
     OBJECTS,
+    SOURCES,
     TIME_KEYS,
     FieldMap,
     Source,
@@ -100,6 +101,7 @@ class StatsPart:
     groups: dict[tuple[Any, ...], Group]
     ignored: Ignored
     unparsable: int
+    unseen: frozenset[str] | None = None  # watched fields no entry had a value at (None: no entry read)
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,12 @@ class StatsTask:
     specs: tuple[tuple[str, str], ...]
     by: tuple[str, ...]
     where: tuple[Condition, ...]
+    given: tuple[str, ...] = ()
 
     def run(self, lines: Sequence[bytes]) -> StatsPart:
         stats = _working.get(self)
         if stats is None:
-            stats = _working[self] = Stats(FieldMap(dict(self.specs)), self.by, self.where)
+            stats = _working[self] = Stats(FieldMap(dict(self.specs), self.given), self.by, self.where)
         for line in lines:
             stats.add_line(line)
         return stats.take()
@@ -133,7 +136,7 @@ class Stats:
 
     def __init__(self, fields: FieldMap, by: Sequence[str] = (), where: Iterable[Condition] = ()) -> None:
         where = tuple(where)
-        self._task = StatsTask(tuple(fields.specs.items()), tuple(by), where)
+        self._task = StatsTask(tuple(fields.specs.items()), tuple(by), where, fields.given)
         clash = [name for name in by if name in MEASURES]
         if clash:
             raise ConfigError(f"--by {','.join(clash)}: a group cannot be named like a measure ({', '.join(MEASURES)})")
@@ -147,6 +150,7 @@ class Stats:
         grouped: dict[tuple[str, bool], list[str]] = {}
         for c in where:
             grouped.setdefault((c.name, c.negate), []).append(c.value)
+        self._where_names = {c.name for c in where}
         self._where: list[tuple[str | None, Getter | None, bool, list[str]]] = [
             (name, None, negate, values) if name in TIME_KEYS else (None, fields.field(name).compiled(), negate, values)
             for (name, negate), values in grouped.items()]
@@ -160,7 +164,16 @@ class Stats:
         self.ignored = Ignored()
         self.unparsable = 0
         self._parser = simdjson_parser()
-        self._add = self._compile(fields, [None if name in TIME_KEYS else fields.field(name) for name in by])
+        self._aggregate = self._compile(fields, [None if name in TIME_KEYS else fields.field(name) for name in by])
+        # A name no entry has a value at is a note (a typo, most likely). --where and the map's own items are
+        # watched until an entry has a value at each (nearly always the first): only then is an entry read
+        # twice. A --by field is not watched: the group keys say whether any entry counted had a value.
+        self._fields = fields
+        self._watched: dict[str, Getter] = {}
+        for name in [*(c.name for c in where), *(n for n in fields.given if n in SOURCES)]:
+            if name not in TIME_KEYS and name not in self._watched:
+                self._watched[name] = fields.field(name).compiled()
+        self._watch()
 
     def _compile(self, fields: FieldMap, keys: list[Source | None]) -> Callable[[Any], None]:
         """self.add_object for this field map, written out as one function (made once per Stats): the
@@ -218,6 +231,27 @@ class Stats:
         add: Callable[[Any], None] = names["add"]
         return add
 
+    def _watch(self) -> None:
+        """Watch every field again, from the next entry on (a new run of entries: see take)."""
+        self._unseen = dict(self._watched)
+        self._read_any = False
+        self._add = self._watching if self._unseen else self._aggregate
+
+    def _see(self, entry: Any) -> None:
+        """Note which of the fields still unseen the entry has a value at; once each was, stop watching."""
+        self._read_any = True
+        unseen = self._unseen
+        for name, get in list(unseen.items()):
+            if get(entry) is not None:
+                del unseen[name]
+        if not unseen:
+            self._add = self._aggregate
+
+    def _watching(self, entry: Any) -> None:
+        """self._add while some watched field is unseen: the entry is looked at, then aggregated."""
+        self._see(entry)
+        self._aggregate(entry)
+
     def _wanted(self, entry: Any, hour: str | None) -> bool:
         """Does the entry meet every --where condition?"""
         for time_key, get, negate, values in self._where:
@@ -250,8 +284,10 @@ class Stats:
 
     def take(self) -> StatsPart:
         """What was gathered so far; this Stats starts again from nothing."""
-        part = StatsPart(self.groups, self.ignored, self.unparsable)
+        part = StatsPart(self.groups, self.ignored, self.unparsable,
+                         frozenset(self._unseen) if self._read_any else None)
         self.groups, self.ignored, self.unparsable = {}, Ignored(), 0
+        self._watch()
         return part
 
     def merge(self, part: StatsPart) -> None:
@@ -265,6 +301,11 @@ class Stats:
             self.ignored.counts[name] += count
             self.ignored.examples.setdefault(name, part.ignored.examples[name])
         self.unparsable += part.unparsable
+        if part.unseen is not None:  # what its entries had a value at is seen
+            self._read_any = True
+            self._unseen = {name: get for name, get in self._unseen.items() if name in part.unseen}
+            if not self._unseen:
+                self._add = self._aggregate
 
     def add_line(self, line: bytes) -> None:
         """Add one entry as stored (JSON). pysimdjson, where installed, parses it lazily: only the fields
@@ -295,6 +336,8 @@ class Stats:
 
     def add_object(self, entry: dict[str, Any]) -> None:
         """The steps of add, one field read at a time: what _compile writes out (tests hold them equal)."""
+        if self._unseen:
+            self._see(entry)
         hour = utc_hour(entry.get("timestamp")) if self._needs_hour else None
         for time_key, get, negate, values in self._where:
             value = self._time(time_key, hour) if get is None else get(entry)
@@ -363,6 +406,22 @@ class Stats:
                     self.ignored.add("status_code", status)
                 elif code is not None and code >= 400:
                     group.errors += 1
+
+    def unseen(self) -> list[str]:
+        """Notes on the fields --by, --where and the field map's own items read that no entry had a value at
+        (each was missing or null in all entries read; for --by, in all entries counted): a misspelt name,
+        most likely."""
+        notes = []
+        unseen = [(name, "counted") for i, name in enumerate(self.by) if name not in TIME_KEYS and self.groups
+                  and name not in self._watched and all(key[i] is None for key in self.groups)]
+        unseen += [(name, "read") for name in self._unseen] if self._read_any else []
+        for name, entries in unseen:
+            role = "--by" if name in self.by else "--where" if name in self._where_names else "the field map's"
+            source = self._fields.source(name)
+            shown = name if source is None else f"{name} ({source})"
+            notes.append(f"{role} {shown}: no entry {entries} has a value there (missing or null in every one); "
+                         "is the name right?")
+        return notes
 
     @staticmethod
     def _time(name: str | None, hour: str | None) -> str | None:
