@@ -41,8 +41,10 @@ examples:
   blobwriter sql --date 2026-11-25 "SELECT response.usage.total_tokens, error FROM logs WHERE status_code >= 400"
 
 `logs` has one column per top-level field, typed as DuckDB's read_json types them (objects are
-structs: request.model); a field whose type varies is JSON. The session time zone is UTC:
-timestamp::TIMESTAMPTZ reads the entries' timestamps (naive ones as UTC)."""
+structs: request.model); a field whose type varies is JSON. The session time zone is UTC, so
+naive timestamps read as UTC. timestamp::TIMESTAMPTZ refuses a lower-case t/z and a leap second
+(:60), which the writer accepts; this reads every timestamp (docs/SCHEMA.md):
+  regexp_replace(upper(timestamp), ':60(\\.[0-9]*)?', ':59.999999')::TIMESTAMPTZ"""
 
 EXPORT_HELP = "write a date range as hive-style Parquet or gzip JSON Lines partitions (plaintext)"
 EXPORT_EPILOG = """\
