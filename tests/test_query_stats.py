@@ -545,3 +545,35 @@ def test_unseen_fields_merge_over_parts() -> None:
     again = Stats(fields, ["team", "day"], [Condition.parse("region!=eu")])
     again.merge(task.run([b'{"region": "us"}']))
     assert [note.split(":")[0] for note in again.unseen()] == ["--by team", "the field map's cost (price)"]
+
+
+async def test_numbers_print_plainly_in_every_format(tmp_path: Path, key: str) -> None:
+    """A whole-number sum is an integer even when an entry's count was a float (1001, not 1001.0); zero
+    cost is 0 however it came; CSV never uses an exponent (0.000038, not 3.8e-05); the table shows a cost
+    with the decimals it needs (0.1000001, not 0.100000), the same number down the column; JSON is exact."""
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    t = "2026-11-25T10:00:00Z"
+    await store_entries(settings, [
+        {"timestamp": t, "deployment": "a", "tokens": {"prompt": 1000, "completion": 1}},
+        {"timestamp": t, "deployment": "a", "tokens": {"prompt": 1.0, "completion": 0.5}, "cost_eur": 0.0},
+        {"timestamp": t, "deployment": "b", "cost_eur": 0.000038},
+        {"timestamp": t, "deployment": "c", "cost_eur": 0.1},
+        {"timestamp": t, "deployment": "c", "cost_eur": 0.0000001},
+    ])
+
+    def run(fmt: str) -> str:
+        result = run_cli("stats", "--date", "2026-11-25", "--by", "deployment", "--format", fmt,
+                         env=cli_env(settings))
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        return result.stdout
+
+    rows = orjson.loads(run("json"))
+    assert [(r["prompt_tokens"], r["completion_tokens"], r["cost"]) for r in rows] == [
+        (1001, 1.5, 0), (0, 0, 0.000038), (0, 0, 0.1000001)]
+    assert type(rows[0]["prompt_tokens"]) is int and type(rows[0]["cost"]) is int
+    assert run("csv").splitlines()[1:] == ["a,2,0,1001,1.5,1002.5,0,,", "b,1,0,0,0,0,0.000038,,",
+                                           "c,2,0,0,0,0,0.1000001,,"]
+    table = run("table").splitlines()
+    costs = [line.split()[6] for line in table[2:-2]] + [table[-1].split()[6]]
+    assert costs == ["0.0000000", "0.0000380", "0.1000001", "0.1000381"]
+    assert table[2].split()[3:6] == ["1,001", "1.5", "1,002.5"]
