@@ -523,6 +523,8 @@ async def test_a_path_no_entry_has_is_noted(tmp_path: Path, key: str, sample_ent
     assert rows[0]["requests"] == sum(1 for e in day if e["stream"] is False)
     rows, notes = stats("--by", "deployment,rare", "--where", "error=null", "--map", "team=nothing")
     assert notes == [] and len(rows) > 1  # an alias that nothing reads is not watched
+    [row], notes = stats("--where", "deployment=nosuch", "--where", "rare!=2")  # each condition's field is read
+    assert notes == [] and row["requests"] == 0
     [row], notes = stats("--where", "deploymnet=gpt-4o")
     assert row["requests"] == 0 and notes[0].startswith("blobwriter: note: --where deploymnet: no entry read")
     [row], notes = stats("--map", "otel")  # a preset's paths are not the user's: not noted

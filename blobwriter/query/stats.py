@@ -151,6 +151,7 @@ class Stats:
         for c in where:
             grouped.setdefault((c.name, c.negate), []).append(c.value)
         self._where_names = {c.name for c in where}
+        self._where_fields = [name for name, _ in grouped]  # the field each of self._where reads
         self._where: list[tuple[str | None, Getter | None, bool, list[str]]] = [
             (name, None, negate, values) if name in TIME_KEYS else (None, fields.field(name).compiled(), negate, values)
             for (name, negate), values in grouped.items()]
@@ -184,7 +185,7 @@ class Stats:
         body: list[str] = []
         body.append('hour = utc_hour(get("timestamp"))' if self._needs_hour else "hour = None")
         if self._where:
-            body += ["if not stats._wanted(entry, hour):", "    return"]
+            body += ["if not stats._check(entry, hour):", "    return"]
         if self._plain_keys is not None:
             for number, source in enumerate(keys):
                 assert source is not None
@@ -235,20 +236,27 @@ class Stats:
         """Watch every field again, from the next entry on (a new run of entries: see take)."""
         self._unseen = dict(self._watched)
         self._read_any = False
-        self._add = self._watching if self._unseen else self._aggregate
+        self._watchers()
 
-    def _see(self, entry: Any) -> None:
-        """Note which of the fields still unseen the entry has a value at; once each was, stop watching."""
+    def _watchers(self) -> None:
+        """What reads the entries while fields are unseen: --where's fields are watched where the conditions
+        read them (_wanted_watching, no second read); the map's own items before the entry is aggregated."""
+        unseen = self._unseen
+        self._add = self._watching if any(name not in self._where_names for name in unseen) else self._aggregate
+        self._check: Callable[[Any, str | None], bool] = (
+            self._wanted_watching if any(name in self._where_names for name in unseen) else self._wanted)
+
+    def _see(self, entry: Any, *, where_too: bool = False) -> None:
+        """Note which of the fields still unseen (but --where's, unless where_too) the entry has a value at."""
         self._read_any = True
         unseen = self._unseen
         for name, get in list(unseen.items()):
-            if get(entry) is not None:
+            if (where_too or name not in self._where_names) and get(entry) is not None:
                 del unseen[name]
-        if not unseen:
-            self._add = self._aggregate
+        self._watchers()
 
     def _watching(self, entry: Any) -> None:
-        """self._add while some watched field is unseen: the entry is looked at, then aggregated."""
+        """self._add while a field of the map's own items is unseen: the entry is looked at, then aggregated."""
         self._see(entry)
         self._aggregate(entry)
 
@@ -259,6 +267,23 @@ class Stats:
             if any(matches(value, wanted) for wanted in values) == negate:
                 return False
         return True
+
+    def _wanted_watching(self, entry: Any, hour: str | None) -> bool:
+        """_wanted while a --where field is unseen: every condition's field is read (no early return), and
+        those with a value are seen."""
+        self._read_any = True
+        unseen = self._unseen
+        keep, seen = True, False
+        for name, (time_key, get, negate, values) in zip(self._where_fields, self._where, strict=True):
+            value = self._time(time_key, hour) if get is None else get(entry)
+            if value is not None and name in unseen:
+                del unseen[name]
+                seen = True
+            if keep and any(matches(value, wanted) for wanted in values) == negate:
+                keep = False
+        if seen:
+            self._watchers()
+        return keep
 
     def _key(self, entry: Any, hour: str | None) -> tuple[Any, ...]:
         """The group key, with day or hour among the keys."""
@@ -304,8 +329,7 @@ class Stats:
         if part.unseen is not None:  # what its entries had a value at is seen
             self._read_any = True
             self._unseen = {name: get for name, get in self._unseen.items() if name in part.unseen}
-            if not self._unseen:
-                self._add = self._aggregate
+            self._watchers()
 
     def add_line(self, line: bytes) -> None:
         """Add one entry as stored (JSON). pysimdjson, where installed, parses it lazily: only the fields
@@ -337,7 +361,7 @@ class Stats:
     def add_object(self, entry: dict[str, Any]) -> None:
         """The steps of add, one field read at a time: what _compile writes out (tests hold them equal)."""
         if self._unseen:
-            self._see(entry)
+            self._see(entry, where_too=True)
         hour = utc_hour(entry.get("timestamp")) if self._needs_hour else None
         for time_key, get, negate, values in self._where:
             value = self._time(time_key, hour) if get is None else get(entry)
