@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -121,6 +122,9 @@ async def test_progress_bar_only_on_a_terminal(make_settings: Callable[..., Sett
     assert code == 0, shown
     assert f"{command[0]} 2026-11-2" in shown and "entries" in shown, shown  # label, day (i/n), count
     assert "/3)" in shown
+    # "stats 2026-11-25 (2/3): 1,234 entries [...": one colon, the count as a whole number
+    assert re.search(r"\(\d/3\): \d[\d,]* entries \[", shown), shown
+    assert ": :" not in shown and ".00 entries" not in shown, shown
     piped = run_cli(*args, env=env)
     assert piped.returncode == 0
     assert "entries/s" not in piped.stderr and "\r" not in piped.stderr

@@ -8,6 +8,8 @@ import gzip
 import io
 import re
 import shlex
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,22 +140,41 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 def readme_examples() -> list[tuple[str, str]]:
-    """(command, output) of each README block that starts with `$ blobwriter`."""
+    """(command, output) of each `$ ` command in the README blocks that start with `$ blobwriter`; a
+    command goes on past a line that ends in a backslash or inside an open quote, as in a shell."""
     blocks = re.findall(r"```\n(\$ blobwriter .*?)```", README, flags=re.S)
     examples = []
     for block in blocks:
         for part in re.split(r"^(?=\$ )", block, flags=re.M):
-            if part.startswith("$ blobwriter"):
-                command, _, output = re.sub(r"\\\n\s*", " ", part).partition("\n")
-                examples.append((command.removeprefix("$ "), output))
+            if part.startswith("$ "):
+                lines = re.sub(r"\\\n\s*", " ", part).split("\n")
+                end = next(n for n in range(1, len(lines) + 1) if _complete("\n".join(lines[:n])))
+                examples.append(("\n".join(lines[:end]).removeprefix("$ "), "\n".join(lines[end:])))
     return examples
+
+
+def _complete(command: str) -> bool:
+    try:
+        shlex.split(command)
+    except ValueError:  # "No closing quotation": the command goes on
+        return False
+    return True
 
 
 def test_readme_outputs_are_real(shared: Settings, tmp_path: Path) -> None:
     examples = readme_examples()
-    assert [c.split()[1] for c, _ in examples] == ["stats", "stats", "sql", "sql", "export"]
+    assert [c.split()[:2] for c, _ in examples] == [["blobwriter", "stats"], ["blobwriter", "stats"],
+                                                    ["blobwriter", "sql"], ["blobwriter", "sql"],
+                                                    ["blobwriter", "export"], ["python", "-c"]]
     for command, shown in examples:
-        result = run_cli(*shlex.split(command)[1:], env=cli_env(shared), cwd=str(tmp_path))
+        args = shlex.split(command)
+        if args[0] == "python":  # the export read back, run as written
+            result = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, capture_output=True, text=True,
+                                    timeout=120)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.rstrip("\n") == shown.rstrip("\n"), command  # .show() ends in a blank line
+            continue
+        result = run_cli(*args[1:], env=cli_env(shared), cwd=str(tmp_path))
         assert result.returncode == 0, result.stderr
         if command.startswith("blobwriter export"):  # its lines are on stderr; file sizes vary with pyarrow
             strip = re.compile(r", [\d.]+ MB\)")

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import gzip
 import io
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -87,6 +88,32 @@ def test_timestamps_and_utc_days(sample_store: tuple[Settings, list[dict[str, An
     rows = sql(settings, "SELECT strftime(timestamp::TIMESTAMPTZ, '%Y-%m-%d') AS day, count(*) AS n "
                          "FROM logs GROUP BY day ORDER BY day")
     assert {r["day"]: r["n"] for r in rows} == dict(Counter(day_of(e) for e in entries))
+
+
+ODD_TIMESTAMPS = ["2026-11-25T10:00:00z", "2026-11-25t23:30:00-00:30", "2026-11-25T23:59:60.5+01:00",
+                  "2026-11-25T15:59:60-08:00", "2026-11-25T23:59:60Z", "2026-11-25T12:59:60",
+                  "2026-11-25T10:00:00.123456789Z", "2026-11-25T11:00:00+01:00", "2026-11-25T10:00:00"]
+
+
+async def test_the_documented_timestamp_expression_reads_every_accepted_form(tmp_path: Path, key: str) -> None:
+    """docs/SCHEMA.md's expression (and `sql --help`'s) gives each timestamp the writer accepts the instant
+    the writer dated it by; the plain cast refuses lower-case t/z and leap seconds, as the docs say."""
+    from datetime import datetime
+
+    from blobwriter.entries import parse_timestamp
+    from blobwriter.query.cli import SQL_EPILOG
+
+    [expression] = re.findall(r"```sql\n(.*?)\n```", (ROOT / "docs" / "SCHEMA.md").read_text(), flags=re.S)
+    assert expression in SQL_EPILOG
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    await store_entries(settings, [{"id": n, "timestamp": t} for n, t in enumerate(ODD_TIMESTAMPS)])
+    rows = sql(settings, f"SELECT id, {expression} AS ts FROM logs ORDER BY id", first="2026-11-25",
+               last="2026-11-26")
+    assert [r["id"] for r in rows] == list(range(len(ODD_TIMESTAMPS)))
+    for row, text in zip(rows, ODD_TIMESTAMPS, strict=True):
+        assert datetime.fromisoformat(row["ts"]) == parse_timestamp(text), text
+    plain = sql(settings, "SELECT timestamp::TIMESTAMPTZ FROM logs", first="2026-11-25", last="2026-11-26", code=2)
+    assert "Conversion Error" in plain.stderr
 
 
 def test_formats(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:

@@ -184,10 +184,14 @@ def test_map_overrides_and_stats_map_setting(sample_store: tuple[Settings, list[
     [row] = orjson.loads(result.stdout)
     assert row["cost"] == pytest.approx(cumulative)
     assert row["prompt_tokens"] == sum(dig(e, "response.usage.prompt_tokens") or 0 for e in entries)
-    # An alias names a group key; unsetting a measure makes it 0.
-    rows = stats_json(settings, "--map", "model=response.model|request.model", "--map", "cost=", "--by", "model")
+    # An alias names a group key; a measure mapped to a path no entry has is 0, and said so.
+    rows = stats_json(settings, "--map", "model=response.model|request.model", "--by", "model")
     assert {r["model"] for r in rows} == {first(e, "response.model", "request.model") for e in entries}
-    assert all(r["cost"] == 0 for r in rows)
+    result = run_cli("stats", "--date", FIRST, "--until", LAST, "--map", "cost=cost_euro", "--format", "json",
+                     env=cli_env(settings))
+    assert result.returncode == 0 and orjson.loads(result.stdout)[0]["cost"] == 0
+    assert result.stderr == ("blobwriter: note: the field map's cost (cost_euro): no entry read has a value there "
+                             "(missing or null in every one); is the name right?\n")
 
 
 # -- other shapes: OpenTelemetry GenAI attributes and LiteLLM's StandardLoggingPayload ----------
@@ -257,14 +261,16 @@ async def test_missing_null_and_odd_values(make_settings: Callable[..., Settings
         {"timestamp": "2026-11-25T10:00:00Z", "status_code": 400, "error": None},  # an error by its status alone
         {"timestamp": "2026-11-25T10:00:00Z", "status_code": 399},  # not an error
         {"timestamp": "2026-11-25T10:00:00Z", "status_code": 200, "error": "content filter"},  # an error by its error
+        {"timestamp": "2026-11-25T10:00:00Z", "status_code": "4xx", "error": False},  # an error; its status is noted
     ]
     await store_entries(settings, entries)
     result = run_cli("stats", "--date", "2026-11-25", "--format", "json", env=cli_env(settings))
     assert result.returncode == 0, result.stderr
     [row] = orjson.loads(result.stdout)
-    assert row == {"requests": 7, "errors": 3, "prompt_tokens": 16, "completion_tokens": 9, "total_tokens": 25,
+    assert row == {"requests": 8, "errors": 4, "prompt_tokens": 16, "completion_tokens": 9, "total_tokens": 25,
                    "cost": 0.5, "duration_ms_p50": 20, "duration_ms_p95": 29}
     notes = result.stderr.splitlines()
+    assert any("2 value(s) of status_code were not numbers" in n for n in notes), notes  # "oops" and "4xx"
     assert any("value(s) of prompt_tokens were not numbers" in n and '"many"' in n for n in notes), notes
     assert any("value(s) of cost were not numbers" in n for n in notes)
     assert any("value(s) of duration_ms were not numbers" in n for n in notes)
@@ -313,6 +319,9 @@ async def test_empty_range_and_wrong_key(sample_store: tuple[Settings, list[dict
     (["--where", "user"], "FIELD=VALUE"),
     (["--map", "nonsense"], "not a preset"),
     (["--map", "cost=a..b"], "not a dotted field path"),
+    (["--map", "cost="], "--map 'cost=': no path after '='"),
+    (["--map", "cost=cost_eur*abc"], "'cost_eur*abc': the factor after '*' is not a number"),
+    (["--map", "duration_ms=response_time*"], "the factor after '*' is not a number"),
     (["--map", "day=x"], "timestamp"),
     (["--format", "xml"], "invalid choice"),
     (["--until", "2026-11-01"], "before"),
@@ -371,7 +380,9 @@ ODD = [  # shapes the field map's fallbacks, dotted keys, lists and bad values g
      "gen_ai.usage.input_tokens": 5, "attributes": {"gen_ai.usage.output_tokens": 6}, "response_time": 0.25},
     {"user": "zed", "tokens": {"prompt": 1, "completion": 2}, "status_code": 404.0, "request": {"model": "m"}},
     {"prompt_tokens": "many", "response_cost": {"eur": 1}, "response_time": "slow", "model_group": 3,
-     "error_information": {"error_code": "E42"}, "metadata": {"user_api_key_user_id": ["u"]}},
+     "error_information": {"error_code": "E42"}, "metadata": {"user_api_key_user_id": ["u"]}, "error_str": "x"},
+    {"timestamp": "2026-12-31T15:59:60-08:00", "error": False, "status_code": "4xx", "error.type": "t",
+     "http.response.status_code": ["x"]},
 ]
 
 
@@ -459,3 +470,112 @@ def test_durations_are_counted_in_bulk_and_stay_bounded() -> None:
         row = stats.rows()[0]
         assert row["duration_ms_p50"] == statistics.median(durations)
         assert row["duration_ms_p95"] == round(statistics.quantiles(durations, n=20, method="inclusive")[18], 6)
+
+
+LEAP_SECONDS = [  # RFC 3339's own example first; each is stored under the UTC date the writer computes
+    {"id": "R1", "timestamp": "2026-12-31T15:59:60-08:00", "cost_eur": 1},
+    {"id": "R2", "timestamp": "2026-12-31T23:59:60.5Z", "cost_eur": 2},
+    {"id": "R3", "timestamp": "2026-06-30T23:59:60+00:00", "cost_eur": 4},
+    {"id": "R4", "timestamp": "2026-12-31T23:59:60", "cost_eur": 8},
+    {"id": "R5", "timestamp": "2026-06-30t23:59:60.25-00:30", "cost_eur": 16},
+]
+
+
+async def test_leap_seconds_group_under_the_utc_day_and_hour_they_are_stored_under(tmp_path: Path, key: str) -> None:
+    from blobwriter.entries import parse_timestamp
+
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    await store_entries(settings, LEAP_SECONDS)
+    result = run_cli("stats", "--date", "2026-06-30", "--until", "2027-01-01", "--by", "day,hour,id",
+                     "--where", "hour!=null", "--format", "json", env=cli_env(settings))
+    assert result.returncode == 0, result.stderr
+    rows = orjson.loads(result.stdout)
+    assert [(r["id"], r["day"], r["hour"]) for r in rows] == [
+        ("R3", "2026-06-30", "2026-06-30T23:00:00Z"), ("R5", "2026-07-01", "2026-07-01T00:00:00Z"),
+        ("R1", "2026-12-31", "2026-12-31T23:00:00Z"), ("R2", "2026-12-31", "2026-12-31T23:00:00Z"),
+        ("R4", "2026-12-31", "2026-12-31T23:00:00Z")]
+    for row in rows:  # the day each entry is stored under (its blob's date)
+        [entry] = [e for e in LEAP_SECONDS if e["id"] == row["id"]]
+        assert row["day"] == parse_timestamp(entry["timestamp"]).date().isoformat()
+        assert (tmp_path / row["day"]).is_dir()
+
+
+async def test_a_path_no_entry_has_is_noted(tmp_path: Path, key: str, sample_entries: list[dict[str, Any]]) -> None:
+    """A --by, --where or --map path that no entry read has a value at (a typo, most likely) gives one note
+    each on stderr; the answer is unchanged and the exit code 0. Fields some entry has are not noted."""
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    day = [e for e in sample_entries if e["timestamp"].startswith("2026-11-26T") and e["timestamp"].endswith("Z")]
+    day[-1] = {**day[-1], "rare": 1}  # present in one entry only: seen
+    await store_entries(settings, day)
+
+    def stats(*args: str) -> tuple[list[dict[str, Any]], list[str]]:
+        result = run_cli("stats", "--date", "2026-11-26", *args, "--format", "json", env=cli_env(settings))
+        assert result.returncode == 0, result.stderr
+        return orjson.loads(result.stdout), result.stderr.splitlines()
+
+    rows, notes = stats("--by", "deploymnet,day", "--where", "usr!=bob", "--where", "stream=false",
+                        "--map", "duration_ms=duration_msec*1000", "--map", "cost=cost_eur")
+    noted = [("--by deploymnet", "counted"), ("--where usr", "read"),
+             ("the field map's duration_ms (duration_msec*1000)", "read")]
+    assert notes == [f"blobwriter: note: {what}: no entry {how} has a value there (missing or null in every one); "
+                     "is the name right?" for what, how in noted]
+    assert [r["deploymnet"] for r in rows] == [None] and rows[0]["duration_ms_p50"] is None
+    assert rows[0]["requests"] == sum(1 for e in day if e["stream"] is False)
+    rows, notes = stats("--by", "deployment,rare", "--where", "error=null", "--map", "team=nothing")
+    assert notes == [] and len(rows) > 1  # an alias that nothing reads is not watched
+    [row], notes = stats("--where", "deployment=nosuch", "--where", "rare!=2")  # each condition's field is read
+    assert notes == [] and row["requests"] == 0
+    [row], notes = stats("--where", "deploymnet=gpt-4o")
+    assert row["requests"] == 0 and notes[0].startswith("blobwriter: note: --where deploymnet: no entry read")
+    [row], notes = stats("--map", "otel")  # a preset's paths are not the user's: not noted
+    assert notes == [] and row["requests"] == len(day)
+
+
+def test_unseen_fields_merge_over_parts() -> None:
+    """Parts from several workers (StatsTask.run, take): a field is seen if any part's entries had it."""
+    import pickle
+
+    fields = FieldMap.parse(["cost=price"])
+    task = Stats(fields, ["team", "day"], [Condition.parse("region!=eu")]).task()
+    whole = Stats(fields, ["team", "day"], [Condition.parse("region!=eu")])
+    assert whole.unseen() == []  # no entry read: nothing to say
+    for lines in ([b'{"team": "a"}', b'{"x": 1}'], [b'{"price": 2}'], []):
+        whole.merge(pickle.loads(pickle.dumps(task.run(lines))))
+    assert [note.split(":")[0] for note in whole.unseen()] == ["--where region"]
+    assert whole.totals()["cost"] == 2 and whole.totals()["requests"] == 3
+    # the worker's Stats starts each run of entries afresh: fields seen before are watched again
+    again = Stats(fields, ["team", "day"], [Condition.parse("region!=eu")])
+    again.merge(task.run([b'{"region": "us"}']))
+    assert [note.split(":")[0] for note in again.unseen()] == ["--by team", "the field map's cost (price)"]
+
+
+async def test_numbers_print_plainly_in_every_format(tmp_path: Path, key: str) -> None:
+    """A whole-number sum is an integer even when an entry's count was a float (1001, not 1001.0); zero
+    cost is 0 however it came; CSV never uses an exponent (0.000038, not 3.8e-05); the table shows a cost
+    with the decimals it needs (0.1000001, not 0.100000), the same number down the column; JSON is exact."""
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    t = "2026-11-25T10:00:00Z"
+    await store_entries(settings, [
+        {"timestamp": t, "deployment": "a", "tokens": {"prompt": 1000, "completion": 1}},
+        {"timestamp": t, "deployment": "a", "tokens": {"prompt": 1.0, "completion": 0.5}, "cost_eur": 0.0},
+        {"timestamp": t, "deployment": "b", "cost_eur": 0.000038},
+        {"timestamp": t, "deployment": "c", "cost_eur": 0.1},
+        {"timestamp": t, "deployment": "c", "cost_eur": 0.0000001},
+    ])
+
+    def run(fmt: str) -> str:
+        result = run_cli("stats", "--date", "2026-11-25", "--by", "deployment", "--format", fmt,
+                         env=cli_env(settings))
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        return result.stdout
+
+    rows = orjson.loads(run("json"))
+    assert [(r["prompt_tokens"], r["completion_tokens"], r["cost"]) for r in rows] == [
+        (1001, 1.5, 0), (0, 0, 0.000038), (0, 0, 0.1000001)]
+    assert type(rows[0]["prompt_tokens"]) is int and type(rows[0]["cost"]) is int
+    assert run("csv").splitlines()[1:] == ["a,2,0,1001,1.5,1002.5,0,,", "b,1,0,0,0,0,0.000038,,",
+                                           "c,2,0,0,0,0,0.1000001,,"]
+    table = run("table").splitlines()
+    costs = [line.split()[6] for line in table[2:-2]] + [table[-1].split()[6]]
+    assert costs == ["0.0000000", "0.0000380", "0.1000001", "0.1000381"]
+    assert table[2].split()[3:6] == ["1,001", "1.5", "1,002.5"]

@@ -35,15 +35,18 @@ end in *FACTOR (response_time*1000). The stats_map setting holds the same items.
 SQL_HELP = "answer any SQL question over a date range with DuckDB (the table is `logs`)"
 SQL_EPILOG = """\
 examples:
-  blobwriter sql --date 2026-11-25 "SELECT * FROM logs WHERE id = 'e0000042'" --format json
+  blobwriter sql --date 2026-11-24 "SELECT * FROM logs WHERE id = 'e0000042'" --format json
   blobwriter sql --date 2026-11-24 --until 2026-11-30 \\
       "SELECT user, sum(cost_eur) AS cost FROM logs GROUP BY user ORDER BY cost DESC LIMIT 5"
   blobwriter sql --date 2026-11-25 "SELECT response.usage.total_tokens, error FROM logs WHERE status_code >= 400"
 
 `logs` has one column per top-level field, typed as DuckDB's read_json types them (objects are
-structs: request.model); a field whose type varies is JSON. The session time zone is UTC:
-timestamp::TIMESTAMPTZ reads the entries' timestamps (naive ones as UTC). SQL is one statement,
-whose answer is printed (several are refused: a WITH clause or subqueries combine questions)."""
+structs: request.model); a field whose type varies is JSON. The session time zone is UTC, so
+naive timestamps read as UTC. timestamp::TIMESTAMPTZ refuses a lower-case t/z and a leap second
+(:60), which the writer accepts; this reads every timestamp (docs/SCHEMA.md):
+  regexp_replace(upper(timestamp), ':60(\\.[0-9]*)?', ':59.999999')::TIMESTAMPTZ
+SQL is one statement, whose answer is printed (several are refused: a WITH clause or subqueries
+combine questions)."""
 
 EXPORT_HELP = "write a date range as hive-style Parquet or gzip JSON Lines partitions (plaintext)"
 EXPORT_EPILOG = """\
@@ -166,6 +169,8 @@ async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str])
               f"(e.g. {stats.ignored.examples[name]})", file=sys.stderr)
     if stats.unparsable:
         print(f"blobwriter: note: {stats.unparsable} entries were not JSON objects and were skipped", file=sys.stderr)
+    for note in stats.unseen():
+        print(f"blobwriter: note: {note}", file=sys.stderr)
     return source.finish()
 
 

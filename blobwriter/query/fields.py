@@ -54,7 +54,6 @@ def plain(value: Any) -> Any:
         return value
     return value.as_dict() if kind in OBJECTS else value.as_list()
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-_FACTOR_RE = re.compile(r"^(?P<path>.+?)\s*\*\s*(?P<factor>[0-9.eE+-]+)$")
 
 
 class FieldPath:
@@ -254,13 +253,15 @@ class Source:
         for part in text.split("|"):
             part = part.strip()
             factor: float | None = None
-            match = _FACTOR_RE.match(part)
-            if match:
+            if "*" in part:  # PATH*FACTOR: a `*` always starts the factor, which must be a finite number
+                path, _, text = part.rpartition("*")
                 try:
-                    factor = float(match["factor"])
+                    factor = float(text)
                 except ValueError:
-                    raise ValueError(f"{part!r}: the factor after '*' is not a number") from None
-                part = match["path"]
+                    factor = math.nan
+                if not math.isfinite(factor):
+                    raise ValueError(f"{part!r}: the factor after '*' is not a number")
+                part = path
             alternatives.append((FieldPath(part), factor))
         return cls(tuple(alternatives))
 
@@ -354,15 +355,18 @@ PRESETS: Final[Mapping[str, Mapping[str, str]]] = {"gateway": GATEWAY, "otel": O
 class FieldMap:
     """The sources of the measures plus aliases for `--by`/`--where`; see docs/SCHEMA.md."""
 
-    def __init__(self, specs: Mapping[str, str]) -> None:
+    def __init__(self, specs: Mapping[str, str], given: Iterable[str] = ()) -> None:
         self.specs = dict(specs)
         self.sources = {name: Source.parse(spec) for name, spec in self.specs.items() if spec}
+        # The names a `name=path` item set (not a preset's): `stats` says if no entry has a value there.
+        self.given = tuple(given)
 
     @classmethod
     def parse(cls, items: Iterable[str], origin: str = "--map") -> FieldMap:
         """Start from the gateway preset; a bare word picks a preset, `name=path|path*factor` sets one
-        field, `name=` unsets it. Later items win."""
+        field. Later items win."""
         specs: dict[str, str] = dict(GATEWAY)
+        given: dict[str, None] = {}
         for raw in items:
             item = raw.strip()
             if not item:
@@ -372,18 +376,22 @@ class FieldMap:
                 if preset is None:
                     raise ConfigError(f"{origin} {item!r}: not a preset ({', '.join(PRESETS)}) nor name=path")
                 specs = dict(preset)
+                given.clear()
                 continue
             name, _, spec = (s.strip() for s in item.partition("="))
             if not _NAME_RE.match(name):
                 raise ConfigError(f"{origin} {item!r}: {name!r} is not a field name")
             if name in TIME_KEYS:
                 raise ConfigError(f"{origin} {item!r}: {name} always comes from the entry's timestamp")
+            if not spec:  # `cost=` with nothing after: a variable that expanded to nothing, most likely
+                raise ConfigError(f"{origin} {item!r}: no path after '=' (e.g. {name}=cost_eur)")
             try:
-                Source.parse(spec) if spec else None
+                Source.parse(spec)
             except ValueError as exc:
                 raise ConfigError(f"{origin} {item!r}: {exc}") from None
             specs[name] = spec
-        return cls(specs)
+            given[name] = None
+        return cls(specs, given)
 
     @classmethod
     def from_setting(cls, setting: str, items: Iterable[str] = ()) -> FieldMap:

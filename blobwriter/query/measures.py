@@ -67,12 +67,18 @@ class Group:
     def measures(self) -> dict[str, Any]:
         durations = self.settle()
         return {
-            "requests": self.requests, "errors": self.errors, "prompt_tokens": self.prompt,
-            "completion_tokens": self.completion, "total_tokens": self.total,
+            "requests": self.requests, "errors": self.errors, "prompt_tokens": whole(self.prompt),
+            "completion_tokens": whole(self.completion), "total_tokens": whole(self.total),
             # A sum of binary floats: 0.1 + 0.2 is 0.30000000000000004. Ten decimals keep any currency exact.
-            "cost": round(self.cost, COST_DECIMALS) if isinstance(self.cost, float) else self.cost,
+            "cost": whole(round(self.cost, COST_DECIMALS)) if isinstance(self.cost, float) else self.cost,
             "duration_ms_p50": percentile(durations, 0.50), "duration_ms_p95": percentile(durations, 0.95),
         }
+
+
+def whole(value: int | float) -> int | float:
+    """A sum that is a whole number as an int, however its terms came (a token count one entry gave as
+    12.0): 1001, not 1001.0, and a cost of 0 is 0 whether its entries' costs were 0 or 0.0."""
+    return int(value) if type(value) is float and value.is_integer() else value
 
 
 def _group(requests: int, errors: int, prompt: int | float, completion: int | float, total: int | float,

@@ -15,9 +15,12 @@ from typing import IO, Any, Final
 
 import orjson
 
+from .measures import COST_DECIMALS
+
 FORMATS: Final = ("table", "json", "csv")
 TABLE_ROWS: Final = 10_000
 CELL_WIDTH: Final = 80  # a table cell longer than this is cut (with an ellipsis); json/csv never cut
+MONEY_DECIMALS: Final = 6  # a cost in a table has at least these decimals, and up to COST_DECIMALS
 
 Formatter = Callable[[Any], str]
 
@@ -45,11 +48,25 @@ def plain(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float | decimal.Decimal):
+    if isinstance(value, float):
+        return decimal_text(value)
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")
+    if isinstance(value, int):
         return str(value)
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     return json_text(value)
+
+
+def decimal_text(value: float) -> str:
+    """A float's shortest exact digits without an exponent (3.8e-05 -> 0.000038), for CSV and tables,
+    which spreadsheets and people read; magnitudes no amount or count has (below 1e-20, from 1e21 on)
+    keep the exponent rather than dozens of zeros."""
+    text = repr(value)
+    if "e" not in text or not 1e-20 <= abs(value) < 1e21:
+        return text
+    return format(decimal.Decimal(text), "f")
 
 
 def write_json(out: IO[bytes], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
@@ -93,6 +110,9 @@ def write_table(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[An
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int | float | decimal.Decimal)):
                     numeric[i] = False
     footer = [cell(v) for cell, v in zip(cells_of, totals, strict=True)] if totals is not None else None
+    for i, cell in enumerate(cells_of):
+        if cell is money:  # one number of decimals down the column, the most any of its cells needs
+            _same_decimals(i, shown + ([footer] if footer else []))
     widths = [len(c) for c in columns]
     for line in shown + ([footer] if footer else []):
         widths = [max(w, len(text)) for w, text in zip(widths, line, strict=True)]
@@ -132,7 +152,21 @@ def grouped_int(value: Any) -> str:
 
 
 def money(value: Any) -> str:
-    return "" if value is None else f"{value:,.6f}"
+    """A cost with 6 decimals, or as many more (to 10, what stats rounds costs to) as it needs: 0.1000001."""
+    if value is None:
+        return ""
+    text = f"{value:,.{COST_DECIMALS}f}"
+    cut = len(text) - (COST_DECIMALS - MONEY_DECIMALS)  # the decimals past MONEY_DECIMALS: kept if not zeros
+    return text[:cut] + text[cut:].rstrip("0")
+
+
+def _same_decimals(column: int, lines: list[list[str]]) -> None:
+    """Pad the column's numbers with zeros to the same number of decimals, so that they line up."""
+    decimals = max((len(line[column].partition(".")[2]) for line in lines), default=0)
+    for line in lines:
+        whole, dot, fraction = line[column].partition(".")
+        if dot:
+            line[column] = whole + "." + fraction.ljust(decimals, "0")
 
 
 def millis(value: Any) -> str:

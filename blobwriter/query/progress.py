@@ -35,14 +35,17 @@ class Progress:
                 from tqdm import tqdm
             except ImportError:
                 return
+            # The count exact, with thousands separators (unit_scale would write 0.00 and 3.00k); the rate scaled.
             self._bar = tqdm(total=None, unit=" entries", unit_scale=True, file=stream, desc=label, leave=False,
-                             dynamic_ncols=True, mininterval=0.25)
+                             dynamic_ncols=True, mininterval=0.25,
+                             bar_format="{desc}: {n:,} entries [{elapsed}, {rate_fmt}{postfix}]")
 
     def day(self, day: str) -> None:
         """A new day starts: show it (and the count so far)."""
         if self._bar is not None:
             where = f" ({self.days.index(day) + 1}/{len(self.days)})" if day in self.days and len(self.days) > 1 else ""
-            self._bar.set_description(f"{self.label} {day}{where}", refresh=False)
+            # set_description would add its own ": " to the one the bar's format has.
+            self._bar.set_description_str(f"{self.label} {day}{where}", refresh=False)
             self._bar.update(self._pending)
             self._pending = 0
             self._bar.refresh()

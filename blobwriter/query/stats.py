@@ -16,12 +16,14 @@ from typing import Any, Final
 
 import orjson
 
-from ..errors import ConfigError
+from ..entries import parse_timestamp
+from ..errors import ConfigError, EntryError
 from .fields import (
     ARRAYS,
     BAD,
     FIRSTS,
     OBJECTS,
+    SOURCES,
     TIME_KEYS,
     FieldMap,
     Source,
@@ -37,7 +39,8 @@ _NUMERIC: Final = ("prompt_tokens", "completion_tokens", "total_tokens", "cost",
 
 
 def utc_hour(timestamp: Any) -> str | None:
-    """`YYYY-MM-DDTHH` of an ISO-8601 timestamp in UTC (naive means UTC), or None if it is not one."""
+    """`YYYY-MM-DDTHH` of an ISO-8601 timestamp in UTC (naive means UTC), or None if it is not one. A leap
+    second (`:60`) is in the hour the writer stores it under (entries.parse_timestamp: second 59.999999)."""
     if type(timestamp) is not str or len(timestamp) < 13:
         return None
     tail = timestamp[13:]  # after the hour, a '+' or '-' can only start an offset
@@ -48,7 +51,12 @@ def utc_hour(timestamp: Any) -> str | None:
     try:
         moment = datetime.fromisoformat(timestamp)
     except ValueError:
-        return None
+        # What fromisoformat refuses and the writer accepts (a leap second, `23:59:60-08:00`): the writer's
+        # own parse, so the hour is the one the entry was stored under.
+        try:
+            moment = parse_timestamp(timestamp)
+        except EntryError:
+            return None
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H")
@@ -93,6 +101,7 @@ class StatsPart:
     groups: dict[tuple[Any, ...], Group]
     ignored: Ignored
     unparsable: int
+    unseen: frozenset[str] | None = None  # watched fields no entry had a value at (None: no entry read)
 
 
 @dataclass(frozen=True)
@@ -103,11 +112,12 @@ class StatsTask:
     specs: tuple[tuple[str, str], ...]
     by: tuple[str, ...]
     where: tuple[Condition, ...]
+    given: tuple[str, ...] = ()
 
     def run(self, lines: Sequence[bytes]) -> StatsPart:
         stats = _working.get(self)
         if stats is None:
-            stats = _working[self] = Stats(FieldMap(dict(self.specs)), self.by, self.where)
+            stats = _working[self] = Stats(FieldMap(dict(self.specs), self.given), self.by, self.where)
         for line in lines:
             stats.add_line(line)
         return stats.take()
@@ -126,7 +136,7 @@ class Stats:
 
     def __init__(self, fields: FieldMap, by: Sequence[str] = (), where: Iterable[Condition] = ()) -> None:
         where = tuple(where)
-        self._task = StatsTask(tuple(fields.specs.items()), tuple(by), where)
+        self._task = StatsTask(tuple(fields.specs.items()), tuple(by), where, fields.given)
         clash = [name for name in by if name in MEASURES]
         if clash:
             raise ConfigError(f"--by {','.join(clash)}: a group cannot be named like a measure ({', '.join(MEASURES)})")
@@ -140,6 +150,8 @@ class Stats:
         grouped: dict[tuple[str, bool], list[str]] = {}
         for c in where:
             grouped.setdefault((c.name, c.negate), []).append(c.value)
+        self._where_names = {c.name for c in where}
+        self._where_fields = [name for name, _ in grouped]  # the field each of self._where reads
         self._where: list[tuple[str | None, Getter | None, bool, list[str]]] = [
             (name, None, negate, values) if name in TIME_KEYS else (None, fields.field(name).compiled(), negate, values)
             for (name, negate), values in grouped.items()]
@@ -153,7 +165,16 @@ class Stats:
         self.ignored = Ignored()
         self.unparsable = 0
         self._parser = simdjson_parser()
-        self._add = self._compile(fields, [None if name in TIME_KEYS else fields.field(name) for name in by])
+        self._aggregate = self._compile(fields, [None if name in TIME_KEYS else fields.field(name) for name in by])
+        # A name no entry has a value at is a note (a typo, most likely). --where and the map's own items are
+        # watched until an entry has a value at each (nearly always the first): only then is an entry read
+        # twice. A --by field is not watched: the group keys say whether any entry counted had a value.
+        self._fields = fields
+        self._watched: dict[str, Getter] = {}
+        for name in [*(c.name for c in where), *(n for n in fields.given if n in SOURCES)]:
+            if name not in TIME_KEYS and name not in self._watched:
+                self._watched[name] = fields.field(name).compiled()
+        self._watch()
 
     def _compile(self, fields: FieldMap, keys: list[Source | None]) -> Callable[[Any], None]:
         """self.add_object for this field map, written out as one function (made once per Stats): the
@@ -164,7 +185,7 @@ class Stats:
         body: list[str] = []
         body.append('hour = utc_hour(get("timestamp"))' if self._needs_hour else "hour = None")
         if self._where:
-            body += ["if not stats._wanted(entry, hour):", "    return"]
+            body += ["if not stats._check(entry, hour):", "    return"]
         if self._plain_keys is not None:
             for number, source in enumerate(keys):
                 assert source is not None
@@ -195,7 +216,11 @@ class Stats:
         error, status = fields.source("error"), fields.source("status_code")
         if error is not None:
             body += error.inline("error", names)
-            body += ["if error is not None:", "    group.errors += 1", "    return"]
+            body += ["if error is not None:", "    group.errors += 1"]
+            if status is not None:  # an error already: its status is only checked for a value to report
+                body += ["    " + line for line in status.inline("status", names)]
+                body += ["    if status is not None and type(status) is not int:", "        stats._status_odd(status)"]
+            body += ["    return"]
         if status is not None:
             body += status.inline("status", names)
             body += ["if type(status) is int:", "    if status >= 400:", "        group.errors += 1",
@@ -207,6 +232,34 @@ class Stats:
         add: Callable[[Any], None] = names["add"]
         return add
 
+    def _watch(self) -> None:
+        """Watch every field again, from the next entry on (a new run of entries: see take)."""
+        self._unseen = dict(self._watched)
+        self._read_any = False
+        self._watchers()
+
+    def _watchers(self) -> None:
+        """What reads the entries while fields are unseen: --where's fields are watched where the conditions
+        read them (_wanted_watching, no second read); the map's own items before the entry is aggregated."""
+        unseen = self._unseen
+        self._add = self._watching if any(name not in self._where_names for name in unseen) else self._aggregate
+        self._check: Callable[[Any, str | None], bool] = (
+            self._wanted_watching if any(name in self._where_names for name in unseen) else self._wanted)
+
+    def _see(self, entry: Any, *, where_too: bool = False) -> None:
+        """Note which of the fields still unseen (but --where's, unless where_too) the entry has a value at."""
+        self._read_any = True
+        unseen = self._unseen
+        for name, get in list(unseen.items()):
+            if (where_too or name not in self._where_names) and get(entry) is not None:
+                del unseen[name]
+        self._watchers()
+
+    def _watching(self, entry: Any) -> None:
+        """self._add while a field of the map's own items is unseen: the entry is looked at, then aggregated."""
+        self._see(entry)
+        self._aggregate(entry)
+
     def _wanted(self, entry: Any, hour: str | None) -> bool:
         """Does the entry meet every --where condition?"""
         for time_key, get, negate, values in self._where:
@@ -214,6 +267,23 @@ class Stats:
             if any(matches(value, wanted) for wanted in values) == negate:
                 return False
         return True
+
+    def _wanted_watching(self, entry: Any, hour: str | None) -> bool:
+        """_wanted while a --where field is unseen: every condition's field is read (no early return), and
+        those with a value are seen."""
+        self._read_any = True
+        unseen = self._unseen
+        keep, seen = True, False
+        for name, (time_key, get, negate, values) in zip(self._where_fields, self._where, strict=True):
+            value = self._time(time_key, hour) if get is None else get(entry)
+            if value is not None and name in unseen:
+                del unseen[name]
+                seen = True
+            if keep and any(matches(value, wanted) for wanted in values) == negate:
+                keep = False
+        if seen:
+            self._watchers()
+        return keep
 
     def _key(self, entry: Any, hour: str | None) -> tuple[Any, ...]:
         """The group key, with day or hour among the keys."""
@@ -228,14 +298,21 @@ class Stats:
         elif code is not None and code >= 400:
             group.errors += 1
 
+    def _status_odd(self, status: Any) -> None:
+        """The status of an entry that is an error by its `error` field: reported if it is not a number."""
+        if to_number(status) is BAD:
+            self.ignored.add("status_code", status)
+
     def task(self) -> StatsTask:
         """This aggregation as a task for Reader.results(); merge() what it answers."""
         return self._task
 
     def take(self) -> StatsPart:
         """What was gathered so far; this Stats starts again from nothing."""
-        part = StatsPart(self.groups, self.ignored, self.unparsable)
+        part = StatsPart(self.groups, self.ignored, self.unparsable,
+                         frozenset(self._unseen) if self._read_any else None)
         self.groups, self.ignored, self.unparsable = {}, Ignored(), 0
+        self._watch()
         return part
 
     def merge(self, part: StatsPart) -> None:
@@ -249,6 +326,10 @@ class Stats:
             self.ignored.counts[name] += count
             self.ignored.examples.setdefault(name, part.ignored.examples[name])
         self.unparsable += part.unparsable
+        if part.unseen is not None:  # what its entries had a value at is seen
+            self._read_any = True
+            self._unseen = {name: get for name, get in self._unseen.items() if name in part.unseen}
+            self._watchers()
 
     def add_line(self, line: bytes) -> None:
         """Add one entry as stored (JSON). pysimdjson, where installed, parses it lazily: only the fields
@@ -279,6 +360,8 @@ class Stats:
 
     def add_object(self, entry: dict[str, Any]) -> None:
         """The steps of add, one field read at a time: what _compile writes out (tests hold them equal)."""
+        if self._unseen:
+            self._see(entry, where_too=True)
         hour = utc_hour(entry.get("timestamp")) if self._needs_hour else None
         for time_key, get, negate, values in self._where:
             value = self._time(time_key, hour) if get is None else get(entry)
@@ -330,6 +413,10 @@ class Stats:
         get = self._error
         if get is not None and get(entry) is not None:
             group.errors += 1
+            get = self._status
+            status = get(entry) if get is not None else None
+            if status is not None and type(status) is not int:  # counted already: only reported if not a number
+                self._status_odd(status)
             return
         get = self._status
         if get is not None:
@@ -343,6 +430,22 @@ class Stats:
                     self.ignored.add("status_code", status)
                 elif code is not None and code >= 400:
                     group.errors += 1
+
+    def unseen(self) -> list[str]:
+        """Notes on the fields --by, --where and the field map's own items read that no entry had a value at
+        (each was missing or null in all entries read; for --by, in all entries counted): a misspelt name,
+        most likely."""
+        notes = []
+        unseen = [(name, "counted") for i, name in enumerate(self.by) if name not in TIME_KEYS and self.groups
+                  and name not in self._watched and all(key[i] is None for key in self.groups)]
+        unseen += [(name, "read") for name in self._unseen] if self._read_any else []
+        for name, entries in unseen:
+            role = "--by" if name in self.by else "--where" if name in self._where_names else "the field map's"
+            source = self._fields.source(name)
+            shown = name if source is None else f"{name} ({source})"
+            notes.append(f"{role} {shown}: no entry {entries} has a value there (missing or null in every one); "
+                         "is the name right?")
+        return notes
 
     @staticmethod
     def _time(name: str | None, hour: str | None) -> str | None:
