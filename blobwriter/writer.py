@@ -35,6 +35,9 @@ log = logging.getLogger("blobwriter.writer")
 
 HEALTH_PROBE_SECONDS = 5.0  # how long a storage probe may take
 HEALTH_PROBE_INTERVAL = 5.0  # at most one storage probe this often, however many health checks come
+OTHER_LOOP = ("a LogWriter belongs to the event loop that ran start(), and is not thread-safe: call it from that "
+              "loop; from another thread, asyncio.run_coroutine_threadsafe(writer.write(entry), that_loop); from "
+              "synchronous code, keep one loop running for the writer's life (README, 'Writing from Python')")
 ENCODE_JOBS = 2  # encoding jobs (worker threads) at once
 ENCODE_ENTRIES = 4096  # entries one encoding job takes at most
 
@@ -78,6 +81,7 @@ class LogWriter:
         self._encoders = asyncio.Semaphore(ENCODE_JOBS)
         self._encoding: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that ran start(): the writer's own
         self._index = IndexBook()
         self._index_timer: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[None] | None = None
@@ -119,6 +123,7 @@ class LogWriter:
             log.warning("Storage not ready at start (%s); retrying in the background", exc)
             self._opener = asyncio.create_task(self._open_until_ready(), name="blobwriter-open")
         self._state = WriterState.RUNNING
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="blobwriter-batches")
         self._task.add_done_callback(self._on_task_done)
         self._index_timer = asyncio.create_task(self._index_periodically(), name="blobwriter-index")
@@ -145,8 +150,8 @@ class LogWriter:
                 helper.cancel()
         try:
             async with asyncio.timeout(timeout):
-                if self._task is not None:
-                    await asyncio.shield(self._task)
+                if self._task is not None:  # waited for, never cancelled by this wait, whatever its end
+                    await asyncio.wait((self._task,))
                 await asyncio.gather(*self._encoding)
                 await self._appender.drain()
                 self._write_indexes(final=True)  # now that every data frame has landed and is recorded
@@ -209,6 +214,12 @@ class LogWriter:
         """
         if self._state != WriterState.RUNNING:
             raise WriterStoppedError(f"writer is {self._state.value}; entries are not accepted")
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not self._loop:
+            raise RuntimeError(OTHER_LOOP)
         if not prepared:
             return None
         was_empty = not self._queue.pending
@@ -351,7 +362,17 @@ class LogWriter:
         return bool(self._queue.urgent or self._queue.flushing or self._state != WriterState.RUNNING)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
+        if task.cancelled():
+            if self._state != WriterState.RUNNING:  # stop() cancelled it, past its timeout: stop() reports
+                return
+            # Not by the writer: an application's "cancel every other task", or the end of the event loop
+            # that ran start() (asyncio.run cancels what is left). Nothing more can be written: say so.
+            self._state = WriterState.FAILED
+            log.error("Log writer batch task was cancelled from outside the writer (did the event loop that ran "
+                      "start() end, or was every task cancelled?); entries are no longer accepted")
+            self._fail_items(self._queue.take(len(self._queue.pending)), "the writer's batch task was cancelled")
+            return
+        if task.exception() is None:
             return
         self._state = WriterState.FAILED
         log.error("Log writer batch task died; entries are no longer accepted", exc_info=task.exception())

@@ -613,3 +613,62 @@ def test_a_writer_made_before_a_fork_gets_its_own_id_in_the_child(tmp_path: Path
     os.close(read)
     assert len(child_id) == 32 and child_id != writer.writer_id
     assert (tmp_path / writer_blob("", DAY, child_id, 0)).exists()
+
+
+async def test_a_batch_task_cancelled_from_outside_fails_its_entries_loudly(
+        make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
+    """An application's "cancel every other task" (or the end of the loop that ran start()) cancelled the
+    batch task: the writer still said running, took entries that were never written, and stop() raised
+    CancelledError without reporting them or closing the store. Every accepted entry must end written
+    or reported failed."""
+    writer = LogWriter(make_settings(batch_timeout=60))
+    await writer.start()
+    await writer.write(day_entry())
+    durable = asyncio.ensure_future(writer.write(day_entry(), wait=True))
+    await asyncio.sleep(0)
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task() and task is not durable:
+            task.cancel()
+    with pytest.raises(WriteFailedError, match="cancelled"):
+        await asyncio.wait_for(durable, LIVENESS)
+    assert writer.state.value == "failed" and writer.metrics.failed == 2 and writer.queue_depth == 0
+    assert not (await writer.health(probe=False))["ok"]
+    with pytest.raises(WriterStoppedError):
+        await writer.write(day_entry())
+    assert "cancelled from outside the writer" in caplog.text
+    await writer.stop()  # returns, and closes the store
+    assert writer.state.value == "stopped"
+
+
+def test_a_writer_is_called_from_the_loop_that_started_it(make_settings: Callable[..., Settings]) -> None:
+    """From another event loop (another thread, or one asyncio.run per call) a durable write hung
+    forever and a plain one was taken by a loop that would not write it: now a clear error; and
+    run_coroutine_threadsafe onto the writer's loop, the documented way, works."""
+    import threading
+
+    writer = LogWriter(make_settings())
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(writer.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert ready.wait(LIVENESS)
+        with pytest.raises(RuntimeError, match="belongs to the event loop that ran start"):
+            asyncio.run(writer.write(day_entry(), wait=True))
+        with pytest.raises(RuntimeError, match="run_coroutine_threadsafe"):
+            writer.submit(writer.admit(((0, day_entry()),)))  # no loop at all
+        asyncio.run_coroutine_threadsafe(writer.write(day_entry(id="via-threadsafe"), wait=True), loop).result(
+            LIVENESS)
+    finally:
+        asyncio.run_coroutine_threadsafe(writer.stop(), loop).result(LIVENESS)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    assert writer.metrics.written == 1 and writer.metrics.failed == 0
