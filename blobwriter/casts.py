@@ -96,7 +96,22 @@ def storage(name: str, value: Any) -> str:
             "'BlobEndpoint=https://<account>.blob.core.windows.net;SharedAccessSignature=<token>' or "
             "'AccountName=...;AccountKey=...' (the value is not shown)."
         )
+    if storage_kind(text) == "connection_string":
+        _check_connection_string(name, text)
     return text
+
+
+def _check_connection_string(name: str, text: str) -> None:
+    """Parsed now, as the SDK will parse it (no request is made): a malformed one is a ConfigError at
+    load, not a ValueError from the first append (which, under Functions, is a 500 on every route)."""
+    from azure.storage.blob import BlobServiceClient
+
+    try:
+        BlobServiceClient.from_connection_string(text).close()
+    except ValueError as exc:  # never echoed: the value may hold an account key
+        raise ConfigError(f"Config '{name}' is not a valid connection string: {exc} (the value is not shown). "
+                          "Expected 'AccountName=...;AccountKey=...', 'BlobEndpoint=...;SharedAccessSignature=...' "
+                          "or 'UseDevelopmentStorage=true'.") from None
 
 
 def optional_integer(low: int, high: int) -> Cast:

@@ -138,6 +138,9 @@ def load_function_app(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> M
      "encryption_key", "bm90LWEta2V5"),
     ({"BLOBWRITER_STORAGE": "UseDevelopmentStorage=true", "BLOBWRITER_ENCRYPTION_KEY": "A" * 43 + "=",
       "BLOBWRITER_BATCH_SIZE": "77777"}, "batch_size", "77777"),
+    # Malformed (a ValueError from the SDK at the first request: a 500 on every route); never echoed.
+    ({"BLOBWRITER_STORAGE": "AccountKey=c2VjcmV0;baz", "BLOBWRITER_ENCRYPTION_KEY": "A" * 43 + "="},
+     "storage", "c2VjcmV0"),
 ])
 async def test_a_configuration_error_answers_503_on_every_route(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, env: dict[str, str], setting: str,
