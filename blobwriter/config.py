@@ -12,6 +12,7 @@ The `Settings` dataclass is the one source of each setting's default, cast and h
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Mapping
@@ -258,7 +259,22 @@ def load_settings(
         if f.env in env:
             from_env[f.name] = env[f.env]
     values.update(_resolve_aliases(from_env))
+    _warn_misspelt(env)
     return Settings.from_values(values)
+
+
+def _warn_misspelt(env: Mapping[str, str]) -> None:
+    """Log a warning for a variable that looks like a misspelt setting (BLOBWRITER_BATCHSIZE,
+    blobwriter_drop_fields): it would be ignored, silently, and for a privacy control that means
+    storing what the policy says to drop. Other BLOBWRITER_* variables (the tests', the deploy
+    scripts') are not settings and look like none."""
+    known = {CONFIG_ENV, *(f.env for f in FIELDS), *(f.alias_env for f in FIELDS if f.alias_env)}
+    for name in env:
+        if name in known or not name.upper().startswith(ENV_PREFIX):
+            continue
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.85)
+        if close:
+            log.warning("Environment variable %s is not a setting and is ignored: did you mean %s?", name, close[0])
 
 
 def _read_file(path: Path) -> dict[str, Any]:

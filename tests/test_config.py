@@ -366,3 +366,20 @@ def test_time_window_and_received_at_settings() -> None:
     assert (settings.max_past_days, settings.max_future_days, settings.received_at_field) == (7, 1, "received_at")
     empty = load_settings(env={**env, "BLOBWRITER_MAX_PAST_DAYS": "", "BLOBWRITER_MAX_FUTURE_DAYS": " "})
     assert (empty.max_past_days, empty.max_future_days) == (None, None)  # an empty app setting means unset
+
+
+def test_a_misspelt_setting_variable_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """BLOBWRITER_BATCHSIZE, or a misspelt privacy control, was ignored without a word: the entries were
+    then stored against the policy. Other BLOBWRITER_* variables (tests, deploy scripts) stay quiet."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="blobwriter.config")
+    env = {"BLOBWRITER_STORAGE": "/tmp/unused", "BLOBWRITER_ENCRYPTION_KEY": KEY_A, "BLOBWRITER_BATCHSIZE": "5",
+           "blobwriter_drop_fields": "request", "BLOBWRITER_DROP_FIELD": "response",
+           "BLOBWRITER_TEST_AZURITE": "x", "BLOBWRITER_HOST": "h", "BLOBWRITER_RBAC_WAIT_SECONDS": "3"}
+    settings = load_settings(env=env)
+    assert settings.batch_size == 10 and settings.drop_fields == ()  # ignored, as before: but now said
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 3, warned
+    assert "BLOBWRITER_BATCHSIZE" in warned[0] and "did you mean BLOBWRITER_BATCH_SIZE" in warned[0]
+    assert all("did you mean BLOBWRITER_DROP_FIELDS" in w for w in warned[1:])
