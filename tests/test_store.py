@@ -329,16 +329,20 @@ async def test_real_50000_block_limit(make_settings: Callable[..., Settings]) ->
     store = AppendBlobStore(settings)
     numbers = itertools.count(1)
     landed: list[int] = []
+    unanswered: list[int] = []  # no answer (a timeout, a dropped connection): the frame may have landed
     refused: list[StoreError] = []
 
     async def worker() -> None:
-        while not refused:
+        while not refused and len(unanswered) < 1000:
             n = next(numbers)
             try:
                 await store.append(NAME, make(n))
                 landed.append(n)
             except StoreError as exc:
-                refused.append(exc)
+                if exc.status is None:  # seen on a machine loaded by two test runs at once: go on, as the writer would
+                    unanswered.append(n)
+                else:
+                    refused.append(exc)
 
     try:
         await store.open()
@@ -346,10 +350,11 @@ async def test_real_50000_block_limit(make_settings: Callable[..., Settings]) ->
     finally:
         await store.close()
     assert {(e.code, e.status) for e in refused} == {("BlockCountExceedsLimit", 409)}
-    assert len(landed) == 50_000
     assert await committed_blocks(settings, NAME) == 50_000
     entries, report = await read_back(settings, [DAY])
-    assert sorted(e["n"] for e in entries) == sorted(landed)
+    stored = {e["n"] for e in entries}
+    assert len(entries) == len(stored) == 50_000  # each frame once
+    assert set(landed) <= stored <= set(landed) | set(unanswered)
     assert report.frames == 50_000 and report.ok and report.duplicates == 0
 
 
