@@ -362,21 +362,22 @@ class LogWriter:
         return bool(self._queue.urgent or self._queue.flushing or self._state != WriterState.RUNNING)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        """The batch task ended while the writer runs: it died, or something else cancelled it (an
+        application's "cancel every other task", or the end of the loop that ran start(): asyncio.run
+        cancels what is left). Nothing more can be written: refuse entries, report what is queued."""
         if task.cancelled():
             if self._state != WriterState.RUNNING:  # stop() cancelled it, past its timeout: stop() reports
                 return
-            # Not by the writer: an application's "cancel every other task", or the end of the event loop
-            # that ran start() (asyncio.run cancels what is left). Nothing more can be written: say so.
-            self._state = WriterState.FAILED
-            log.error("Log writer batch task was cancelled from outside the writer (did the event loop that ran "
-                      "start() end, or was every task cancelled?); entries are no longer accepted")
-            self._fail_items(self._queue.take(len(self._queue.pending)), "the writer's batch task was cancelled")
-            return
-        if task.exception() is None:
-            return
+            error, what = None, ("was cancelled from outside the writer (did the event loop that ran start() "
+                                 "end, or was every task cancelled?)")
+        else:
+            error, what = task.exception(), "died"
+            if error is None:
+                return
         self._state = WriterState.FAILED
-        log.error("Log writer batch task died; entries are no longer accepted", exc_info=task.exception())
-        self._fail_items(self._queue.take(len(self._queue.pending)), "the writer's batch task died")
+        log.error("Log writer batch task %s; entries are no longer accepted", what, exc_info=error)
+        self._fail_items(self._queue.take(len(self._queue.pending)),
+                         "the writer's batch task " + ("died" if error else "was cancelled"))
 
     async def _encode_job(self, items: list[Item]) -> None:
         """Encode taken entries into frames (in a worker thread) and hand them to the appender."""
