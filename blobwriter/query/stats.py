@@ -151,13 +151,14 @@ class Stats:
         for c in where:
             grouped.setdefault((c.name, c.negate), []).append(c.value)
         self._where_names = {c.name for c in where}
-        self._where_fields = [name for name, _ in grouped]  # the field each of self._where reads
-        self._where: list[tuple[str | None, Getter | None, bool, list[str]]] = [
-            (name, None, negate, values) if name in TIME_KEYS else (None, fields.field(name).compiled(), negate, values)
+        # (the field's name, day/hour or None, what reads the field or None, negate, the values it may have)
+        self._where: list[tuple[str, str | None, Getter | None, bool, list[str]]] = [
+            (name, name, None, negate, values) if name in TIME_KEYS
+            else (name, None, fields.field(name).compiled(), negate, values)
             for (name, negate), values in grouped.items()]
         self._prompt, self._completion, self._total, self._cost, self._duration, self._status, self._error = (
             _compiled(fields.source(name)) for name in (*_NUMERIC, "status_code", "error"))
-        self._needs_hour = any(t is not None for t, _ in self._keys) or any(w[0] is not None for w in self._where)
+        self._needs_hour = any(t is not None for t, _ in self._keys) or any(w[1] is not None for w in self._where)
         self._plain_keys: list[Getter] | None = None
         if all(get is not None for _, get in self._keys):
             self._plain_keys = [get for _, get in self._keys if get is not None]
@@ -262,7 +263,7 @@ class Stats:
 
     def _wanted(self, entry: Any, hour: str | None) -> bool:
         """Does the entry meet every --where condition?"""
-        for time_key, get, negate, values in self._where:
+        for _, time_key, get, negate, values in self._where:
             value = self._time(time_key, hour) if get is None else get(entry)
             if any(matches(value, wanted) for wanted in values) == negate:
                 return False
@@ -274,7 +275,7 @@ class Stats:
         self._read_any = True
         unseen = self._unseen
         keep, seen = True, False
-        for name, (time_key, get, negate, values) in zip(self._where_fields, self._where, strict=True):
+        for name, time_key, get, negate, values in self._where:
             value = self._time(time_key, hour) if get is None else get(entry)
             if value is not None and name in unseen:
                 del unseen[name]
@@ -363,7 +364,7 @@ class Stats:
         if self._unseen:
             self._see(entry, where_too=True)
         hour = utc_hour(entry.get("timestamp")) if self._needs_hour else None
-        for time_key, get, negate, values in self._where:
+        for _, time_key, get, negate, values in self._where:
             value = self._time(time_key, hour) if get is None else get(entry)
             if any(matches(value, wanted) for wanted in values) == negate:
                 return
