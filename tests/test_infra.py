@@ -46,16 +46,18 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 MAIN = "main.bicep"
 LOCAL_SETTINGS_EXAMPLE = ROOT / "local.settings.json.example"
+DEPLOY_MD = ROOT / "docs" / "DEPLOY.md"
 HOOK = INFRA / "hooks" / "postprovision.sh"
 
 # Settings of blobwriter/config.py that the function app deliberately does NOT get.
 # BLOBWRITER_API_KEY guards only the local `blobwriter serve` server; on Azure Functions the
 # routes use function keys (auth level FUNCTION) instead. Add a name here only with a reason.
-# api_key: `serve` only. stats_map: the `stats` command only. export_destination: the scheduled export,
-# off by default; a deployer sets it by hand for now (docs/DEPLOY.md, "Scheduled export").
+# api_key: `serve` only. stats_map: the `stats` command only.
 # body_timeout, max_concurrent_bodies: they bound how `blobwriter serve` reads request bodies; under
 # Functions the host reads the body and hands the app a whole one.
-NOT_IN_APP_SETTINGS = {"BLOBWRITER_API_KEY", "BLOBWRITER_STATS_MAP", "BLOBWRITER_EXPORT_DESTINATION",
+# (export_destination IS an app setting, from the exportDestination parameter: a setting made by hand
+# would be gone after the next `azd provision`; see test_export_destination_survives_a_provision.)
+NOT_IN_APP_SETTINGS = {"BLOBWRITER_API_KEY", "BLOBWRITER_STATS_MAP",
                        "BLOBWRITER_BODY_TIMEOUT", "BLOBWRITER_MAX_CONCURRENT_BODIES"}
 
 # Built-in Azure role definition ids.
@@ -804,6 +806,35 @@ def test_local_settings_example_names_the_same_settings(templates: dict[str, dic
         f"only in local.settings.json.example: {sorted(local - deployed)}; "
         f"only in infra/main.bicep: {sorted(deployed - local)}"
     )
+
+
+def _deploy_section(title: str) -> str:
+    text = DEPLOY_MD.read_text(encoding="utf-8")
+    start = text.index(f"\n{title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else len(text)]
+
+
+def test_export_destination_survives_a_provision(templates: dict[str, dict[str, Any]]) -> None:
+    """Every provision PUTs the site with main.bicep's app settings, which replace the app's whole list
+    (Azure/bicep-registry-modules #949): a BLOBWRITER_EXPORT_DESTINATION set by hand with `az functionapp
+    config appsettings set` would vanish at the next `azd provision`, and with it, silently, the timer
+    (function_app.py registers it only when the setting names a destination). So it is a parameter that
+    azd fills from its environment, empty (the export off) by default."""
+    settings = _app_settings(templates)
+    assert settings.get("BLOBWRITER_EXPORT_DESTINATION") == "exportDestination"
+    param = templates[MAIN]["parameters"]["exportDestination"]
+    assert param["type"] == "string" and param["default"] == ""
+    given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert given["exportDestination"]["value"] == "${BLOBWRITER_EXPORT_DESTINATION}"
+    # The empty default is 'off' for the app, not a destination named ''.
+    off = load_settings(env={"BLOBWRITER_STORAGE": "UseDevelopmentStorage=true",
+                             "BLOBWRITER_ENCRYPTION_KEY": "A" * 43 + "=", "BLOBWRITER_EXPORT_DESTINATION": ""})
+    assert off.export_destination is None
+    section = _deploy_section("### Scheduled export")
+    commands = "\n".join(re.findall(r"```sh\n(.*?)```", section, re.S))
+    assert "azd env set BLOBWRITER_EXPORT_DESTINATION" in commands and "azd provision" in commands
+    assert "appsettings set" not in commands, "docs/DEPLOY.md must not set the destination by hand"
 
 
 # --------------------------------------------------------------------------------------------
