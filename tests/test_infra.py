@@ -1305,3 +1305,30 @@ def test_requirements_in_matches_the_package_dependencies() -> None:
         "make install must install the serve extra"
     funcignore = (ROOT / ".funcignore").read_text(encoding="utf-8").split()
     assert "requirements.in" in funcignore and "requirements.txt" not in funcignore
+
+
+def test_deploy_md_adds_pyarrow_to_requirements_txt_as_an_exact_pin() -> None:
+    """The scheduled export needs pyarrow in the deployment. requirements.txt holds exact pins only (the test
+    above), so the line DEPLOY.md appends must be one too: the version tested here, inside the query extra's
+    range, with no dependency of its own left unpinned."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    section = _deploy_section("### Scheduled export")
+    appended = re.findall(r"^echo '([^']+)' >> requirements\.txt", section, re.M)
+    assert appended, "docs/DEPLOY.md no longer says how to add pyarrow"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extra = {_norm(Requirement(r).name): Requirement(r) for r in project["optional-dependencies"]["query"]}
+    pins = {_norm(m.group(1)) for line in _requirement_lines(ROOT / "requirements.txt")
+            if (m := re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==\S+", line))}
+    for line in appended:
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;=<>!~]+)", line)
+        assert match, f"docs/DEPLOY.md appends {line!r} to requirements.txt: not an exact pin (name==version)"
+        name, version = _norm(match.group(1)), match.group(2)
+        assert name in extra and extra[name].specifier.contains(version), f"{line}: not in the query extra's range"
+        distribution = importlib.metadata.distribution(name)
+        assert distribution.version == version, f"{line}: the tested version is {distribution.version}"
+        unpinned = [r for r in map(Requirement, distribution.requires or [])
+                    if not r.marker and _norm(r.name) not in pins]
+        assert not unpinned, f"{line} needs {unpinned}, which requirements.txt does not pin"
