@@ -51,7 +51,7 @@ param principalType string = 'User'
 ])
 param instanceMemoryMB int = 2048
 
-@description('Most instances the app scales out to (Flex Consumption accepts 40-1000). Every instance appends to the same date blob, whose target is ~500 requests/s, so more instances add cost, not write capacity.')
+@description('Most instances the app scales out to (Flex Consumption accepts 40-1000). Each instance appends to blobs of its own (one per date), so the ~500 requests/s target of one blob applies per instance; instances share the account\'s limits. It caps cost; see docs/DEPLOY.md, Sizing.')
 @minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40

@@ -543,6 +543,17 @@ def test_http_concurrency_memory_scale_and_update_strategy(templates: dict[str, 
     )
 
 
+def test_instance_count_description_matches_the_blob_layout(templates: dict[str, dict[str, Any]]) -> None:
+    """Each writer (instance) appends to blobs of its own per date (blobwriter/layout.py), so the ~500
+    requests/s target of one blob applies per instance; the parameter must not say they share one."""
+    from blobwriter.layout import writer_blob
+
+    assert writer_blob("", "2026-01-01", "a" * 32, 0) != writer_blob("", "2026-01-01", "b" * 32, 0)
+    decorators = templates[MAIN]["parameters"]["maximumInstanceCount"]["decorators"]
+    description = next(d["argument"] for d in decorators if d["type"] == "description")
+    assert "same date blob" not in description and "blobs of its own" in description, description
+
+
 def test_key_vault_is_rbac_soft_delete_purge_protected_and_holds_no_template_secret(
     templates: dict[str, dict[str, Any]],
 ) -> None:
