@@ -552,6 +552,9 @@ def test_instance_count_description_matches_the_blob_layout(templates: dict[str,
     decorators = templates[MAIN]["parameters"]["maximumInstanceCount"]["decorators"]
     description = next(d["argument"] for d in decorators if d["type"] == "description")
     assert "same date blob" not in description and "blobs of its own" in description, description
+    [row] = [line for line in DEPLOY_MD.read_text(encoding="utf-8").splitlines()
+             if line.startswith("| `maximumInstanceCount` |")]
+    assert "do not write faster" not in row and "blobs of its own" in row, row
 
 
 def test_key_vault_is_rbac_soft_delete_purge_protected_and_holds_no_template_secret(
