@@ -51,7 +51,7 @@ param principalType string = 'User'
 ])
 param instanceMemoryMB int = 2048
 
-@description('Most instances the app scales out to (Flex Consumption accepts 40-1000). Every instance appends to the same date blob, whose target is ~500 requests/s, so more instances add cost, not write capacity.')
+@description('Most instances the app scales out to (Flex Consumption accepts 40-1000). Each instance appends to blobs of its own (one per date), so the ~500 requests/s target of one blob applies per instance; instances share the account\'s limits. It caps cost; see docs/DEPLOY.md, Sizing.')
 @minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
@@ -198,6 +198,12 @@ param truncateBytes string = ''
 @description('BLOBWRITER_METADATA_ONLY: drop the request and response bodies (the top-level request and response fields) from every entry.')
 param metadataOnly bool = false
 
+// The scheduled export (docs/DEPLOY.md, "Scheduled export"). A parameter, not a setting made by hand:
+// every provision replaces the app's whole list of app settings with the one below, so a hand-made
+// setting would vanish at the next `azd provision`, and the timer with it, without an error.
+@description('BLOBWRITER_EXPORT_DESTINATION (azd: BLOBWRITER_EXPORT_DESTINATION): where the hourly timer exports each closed day as Parquet, an https container URL that the app\'s identity may write (e.g. https://<account>.blob.core.windows.net/exports/gateway), or a Key Vault reference to a connection string. Empty = the timer is not registered. Needs pyarrow in requirements.txt.')
+param exportDestination string = ''
+
 // ---------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------
@@ -286,7 +292,8 @@ module keyVault 'modules/keyvault.bicep' = {
 
 // Every app setting of the function app. tests/test_infra.py checks that each BLOBWRITER_*
 // setting of blobwriter/config.py is here (except those only `blobwriter serve` uses: the API key
-// and the request-body limits; under Functions the host checks keys and reads bodies).
+// and the request-body limits, as under Functions the host checks keys and reads bodies; and
+// stats_map, which only `blobwriter stats` reads).
 var appSettings = [
   // Functions host storage through the managed identity: endpoints only, no key.
   {
@@ -437,6 +444,10 @@ var appSettings = [
   {
     name: 'BLOBWRITER_METADATA_ONLY'
     value: string(metadataOnly)
+  }
+  {
+    name: 'BLOBWRITER_EXPORT_DESTINATION'
+    value: exportDestination
   }
 ]
 

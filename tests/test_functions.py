@@ -111,6 +111,32 @@ async def test_post_and_health_through_the_registered_function(function_module: 
     assert sorted(e["id"] for e in stored) == sorted(e["id"] for e in entries)
 
 
+async def test_the_deployed_ack_answers_once_written(function_module: tuple[ModuleType, Settings],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """infra/main.bicep deploys BLOBWRITER_ACK=written (docs/DEPLOY.md: an answered entry survives a deploy or
+    restart): through the registered function a plain POST answers 200 once appended, ?wait=false 202."""
+    monkeypatch.setenv("BLOBWRITER_ACK", "written")
+    sys.modules.pop("function_app", None)
+    module = importlib.import_module("function_app")
+    try:
+        handler = http_function(module).get_user_function()
+        first, second = entry(), entry()
+        durable = await handler(func.HttpRequest(
+            "POST", "http://localhost:7071/api/logs", headers={"content-type": "application/json"},
+            body=orjson.dumps(first)), None)
+        assert durable.status_code == 200 and json.loads(durable.get_body()) == {"written": 1}
+        _, settings = function_module
+        assert [e["id"] for e in await read_all(settings, [TODAY])] == [first["id"]], "written before the answer"
+        queued = await handler(func.HttpRequest(
+            "POST", "http://localhost:7071/api/logs?wait=false", headers={"content-type": "application/json"},
+            params={"wait": "false"}, body=orjson.dumps(second)), None)
+        assert queued.status_code == 202 and json.loads(queued.get_body()) == {"accepted": 1}
+        await module.app.middleware.notify_shutdown()
+    finally:
+        module.app.startup_task_done = False
+        sys.modules.pop("function_app", None)
+
+
 # -- configuration errors: the app stays indexed and says what is wrong ------------------------------
 
 KEY_VAULT_REFERENCE = ("@Microsoft.KeyVault(SecretUri=https://kv-blobwriter.vault.azure.net/secrets/"

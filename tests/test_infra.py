@@ -46,16 +46,18 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 MAIN = "main.bicep"
 LOCAL_SETTINGS_EXAMPLE = ROOT / "local.settings.json.example"
+DEPLOY_MD = ROOT / "docs" / "DEPLOY.md"
 HOOK = INFRA / "hooks" / "postprovision.sh"
 
 # Settings of blobwriter/config.py that the function app deliberately does NOT get.
 # BLOBWRITER_API_KEY guards only the local `blobwriter serve` server; on Azure Functions the
 # routes use function keys (auth level FUNCTION) instead. Add a name here only with a reason.
-# api_key: `serve` only. stats_map: the `stats` command only. export_destination: the scheduled export,
-# off by default; a deployer sets it by hand for now (docs/DEPLOY.md, "Scheduled export").
+# api_key: `serve` only. stats_map: the `stats` command only.
 # body_timeout, max_concurrent_bodies: they bound how `blobwriter serve` reads request bodies; under
 # Functions the host reads the body and hands the app a whole one.
-NOT_IN_APP_SETTINGS = {"BLOBWRITER_API_KEY", "BLOBWRITER_STATS_MAP", "BLOBWRITER_EXPORT_DESTINATION",
+# (export_destination IS an app setting, from the exportDestination parameter: a setting made by hand
+# would be gone after the next `azd provision`; see test_export_destination_survives_a_provision.)
+NOT_IN_APP_SETTINGS = {"BLOBWRITER_API_KEY", "BLOBWRITER_STATS_MAP",
                        "BLOBWRITER_BODY_TIMEOUT", "BLOBWRITER_MAX_CONCURRENT_BODIES"}
 
 # Built-in Azure role definition ids.
@@ -541,6 +543,20 @@ def test_http_concurrency_memory_scale_and_update_strategy(templates: dict[str, 
     )
 
 
+def test_instance_count_description_matches_the_blob_layout(templates: dict[str, dict[str, Any]]) -> None:
+    """Each writer (instance) appends to blobs of its own per date (blobwriter/layout.py), so the ~500
+    requests/s target of one blob applies per instance; the parameter must not say they share one."""
+    from blobwriter.layout import writer_blob
+
+    assert writer_blob("", "2026-01-01", "a" * 32, 0) != writer_blob("", "2026-01-01", "b" * 32, 0)
+    decorators = templates[MAIN]["parameters"]["maximumInstanceCount"]["decorators"]
+    description = next(d["argument"] for d in decorators if d["type"] == "description")
+    assert "same date blob" not in description and "blobs of its own" in description, description
+    [row] = [line for line in DEPLOY_MD.read_text(encoding="utf-8").splitlines()
+             if line.startswith("| `maximumInstanceCount` |")]
+    assert "do not write faster" not in row and "blobs of its own" in row, row
+
+
 def test_key_vault_is_rbac_soft_delete_purge_protected_and_holds_no_template_secret(
     templates: dict[str, dict[str, Any]],
 ) -> None:
@@ -804,6 +820,35 @@ def test_local_settings_example_names_the_same_settings(templates: dict[str, dic
         f"only in local.settings.json.example: {sorted(local - deployed)}; "
         f"only in infra/main.bicep: {sorted(deployed - local)}"
     )
+
+
+def _deploy_section(title: str) -> str:
+    text = DEPLOY_MD.read_text(encoding="utf-8")
+    start = text.index(f"\n{title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else len(text)]
+
+
+def test_export_destination_survives_a_provision(templates: dict[str, dict[str, Any]]) -> None:
+    """Every provision PUTs the site with main.bicep's app settings, which replace the app's whole list
+    (Azure/bicep-registry-modules #949): a BLOBWRITER_EXPORT_DESTINATION set by hand with `az functionapp
+    config appsettings set` would vanish at the next `azd provision`, and with it, silently, the timer
+    (function_app.py registers it only when the setting names a destination). So it is a parameter that
+    azd fills from its environment, empty (the export off) by default."""
+    settings = _app_settings(templates)
+    assert settings.get("BLOBWRITER_EXPORT_DESTINATION") == "exportDestination"
+    param = templates[MAIN]["parameters"]["exportDestination"]
+    assert param["type"] == "string" and param["default"] == ""
+    given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert given["exportDestination"]["value"] == "${BLOBWRITER_EXPORT_DESTINATION}"
+    # The empty default is 'off' for the app, not a destination named ''.
+    off = load_settings(env={"BLOBWRITER_STORAGE": "UseDevelopmentStorage=true",
+                             "BLOBWRITER_ENCRYPTION_KEY": "A" * 43 + "=", "BLOBWRITER_EXPORT_DESTINATION": ""})
+    assert off.export_destination is None
+    section = _deploy_section("### Scheduled export")
+    commands = "\n".join(re.findall(r"```sh\n(.*?)```", section, re.S))
+    assert "azd env set BLOBWRITER_EXPORT_DESTINATION" in commands and "azd provision" in commands
+    assert "appsettings set" not in commands, "docs/DEPLOY.md must not set the destination by hand"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1274,3 +1319,30 @@ def test_requirements_in_matches_the_package_dependencies() -> None:
         "make install must install the serve extra"
     funcignore = (ROOT / ".funcignore").read_text(encoding="utf-8").split()
     assert "requirements.in" in funcignore and "requirements.txt" not in funcignore
+
+
+def test_deploy_md_adds_pyarrow_to_requirements_txt_as_an_exact_pin() -> None:
+    """The scheduled export needs pyarrow in the deployment. requirements.txt holds exact pins only (the test
+    above), so the line DEPLOY.md appends must be one too: the version tested here, inside the query extra's
+    range, with no dependency of its own left unpinned."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    section = _deploy_section("### Scheduled export")
+    appended = re.findall(r"^echo '([^']+)' >> requirements\.txt", section, re.M)
+    assert appended, "docs/DEPLOY.md no longer says how to add pyarrow"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extra = {_norm(Requirement(r).name): Requirement(r) for r in project["optional-dependencies"]["query"]}
+    pins = {_norm(m.group(1)) for line in _requirement_lines(ROOT / "requirements.txt")
+            if (m := re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==\S+", line))}
+    for line in appended:
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;=<>!~]+)", line)
+        assert match, f"docs/DEPLOY.md appends {line!r} to requirements.txt: not an exact pin (name==version)"
+        name, version = _norm(match.group(1)), match.group(2)
+        assert name in extra and extra[name].specifier.contains(version), f"{line}: not in the query extra's range"
+        distribution = importlib.metadata.distribution(name)
+        assert distribution.version == version, f"{line}: the tested version is {distribution.version}"
+        unpinned = [r for r in map(Requirement, distribution.requires or [])
+                    if not r.marker and _norm(r.name) not in pins]
+        assert not unpinned, f"{line} needs {unpinned}, which requirements.txt does not pin"
