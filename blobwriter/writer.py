@@ -213,6 +213,9 @@ class LogWriter:
         Raises QueueFullError (back-pressure) when they would pass `max_queue_size` or `max_queue_bytes`.
         """
         if self._state != WriterState.RUNNING:
+            if self._state == WriterState.NEW:
+                raise WriterStoppedError("writer is not started: call start() (or use `async with LogWriter(...)`) "
+                                         "before writing")
             raise WriterStoppedError(f"writer is {self._state.value}; entries are not accepted")
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()

@@ -135,6 +135,15 @@ async def test_write_many_is_all_or_none(make_settings: Callable[..., Settings])
     assert_each_once(entries, [e["id"] for e in good])
 
 
+async def test_a_write_before_start_says_to_call_start(make_settings: Callable[..., Settings]) -> None:
+    """A hands-on review found "writer is new; entries are not accepted": true, but not what to do."""
+    writer = LogWriter(make_settings())
+    for call in (writer.write(day_entry()), writer.write_many([day_entry()])):
+        with pytest.raises(WriterStoppedError, match=r"call start\(\) \(or use `async with LogWriter"):
+            await call
+    assert writer.metrics.accepted == 0
+
+
 # -- batching and timing ---------------------------------------------------------------------
 
 async def test_frames_hold_at_most_batch_size(make_settings: Callable[..., Settings]) -> None:
