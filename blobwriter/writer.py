@@ -237,8 +237,9 @@ class LogWriter:
         return waiter.future if waiter is not None else None
 
     async def write(self, entry: Any, *, wait: bool = False, privacy: Privacy | None = None) -> None:
-        """Queue one entry and return at once; with wait=True, return once it is appended. `privacy`
-        keeps less of this entry than the settings say (it can only narrow them)."""
+        """Queue one entry and return at once; with wait=True, return once it is appended. `entry` is a dict
+        (or another Mapping) whose values are JSON types (entries.py). `privacy` keeps less of this entry
+        than the settings say (it can only narrow them)."""
         future = self.submit(self.admit(((0, entry),), privacy=privacy), durable=wait)
         if future is not None:
             await future
