@@ -48,6 +48,7 @@ log = logging.getLogger("blobwriter.writer")
 
 FIRST_BACKOFF = 0.5  # seconds before the first retry of a failing lane; doubles up to retry_backoff_max
 RESEAL_IN_THREAD_BYTES = 256 * 1024  # re-seal retried frames off the event loop above this much
+NOT_RETRIED = "stop()'s timeout (stop_timeout) had passed, so they were not retried"
 
 # How an append failure is handled, by the service's error code or the HTTP status.
 ROLL_ALWAYS = {"BlockCountExceedsLimit", "MaxBlobSizeConditionNotMet"}  # this part is full: the next one
@@ -125,6 +126,7 @@ class Appender:
         self._idle.set()
         self.in_flight = 0
         self.storage_error: str | None = None  # the last append failure, until an append succeeds
+        self._last_round = False  # stop() has no time left: nothing is retried (last_round)
 
     # -- encoding (runs in a worker thread) -----------------------------------------------------
 
@@ -207,6 +209,21 @@ class Appender:
             self._settle(frames, error)
         self._waiting.clear()
 
+    def last_round(self) -> None:
+        """Stop retrying (stop() has no time left): frames waiting for a retry fail now, and so does a
+        failed append's; frames never sent are sent once, without waiting for their lane's backoff."""
+        self._last_round = True
+        for lane in self._lanes.values():
+            if lane.timer is not None:
+                lane.timer.cancel()
+                lane.timer = None
+            lane.resume_at = 0.0
+            retries = [frame for frame in lane.ready if frame.attempt]  # in a lane, only a failed append's
+            if retries:
+                lane.ready = deque(frame for frame in lane.ready if not frame.attempt)
+                self._settle(retries, WriteFailedError(f"{NOT_RETRIED} (last storage error: {self.storage_error})"))
+        self._pump()
+
     def _pump(self) -> None:
         """Start every append that may start now: a free slot, room in the lane's window, not paused."""
         now = time.monotonic()
@@ -263,9 +280,16 @@ class Appender:
             try:
                 appended = await self.store.append(name, data)
             except StoreError as exc:
+                if self._last_round:
+                    self.storage_error = str(exc)
+                    self._settle(frames, WriteFailedError(f"{NOT_RETRIED}: {exc}"))
+                    return
                 frames = self._failed(lane, frames, part, exc, started)
                 if frames:  # retried: sealed anew, back to the front of the lane
                     frames = await self._reseal(frames, self.blob_name(lane.date, lane.part))
+                    if self._last_round:  # it began while they were sealed again
+                        self._settle(frames, WriteFailedError(f"{NOT_RETRIED}: {exc}"))
+                        return
                     lane.ready.extendleft(reversed(frames))
                     self._waiting[lane.date] = lane
             else:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .entries import NOT_FINITE
+from .entries import NOT_FINITE, TOO_DEEP
 from .errors import EntryError
 
 JSON_WHITESPACE = b" \t\n\r"  # RFC 8259's four: not the vertical tab or form feed bytes.strip() also takes
@@ -38,7 +38,7 @@ def parse_body(body: bytes, content_type: str) -> Iterator[tuple[int, Any]]:
 
 
 def _single_value(body: bytes) -> Iterator[tuple[int, Any]]:
-    yield 0, _loads(body, "malformed JSON")
+    yield 0, _loads(body, "")
 
 
 def _ndjson_values(body: bytes) -> Iterator[tuple[int, Any]]:
@@ -53,23 +53,26 @@ def _ndjson_values(body: bytes) -> Iterator[tuple[int, Any]]:
         line = body[start:stop]
         start = stop + 1
         if line.strip():
-            yield number, _loads(line, f"malformed JSON on line {number}", number, long_runs=long_runs)
+            yield number, _loads(line, f" on line {number}", number, long_runs=long_runs)
 
 
 def _has_long_run(text: bytes) -> bool:
     return _LONG_RUN in text.translate(_DIGITS_ONLY)
 
 
-def _loads(text: bytes, what: str, position: int | None = None, *, long_runs: bool = True) -> Any:
+def _loads(text: bytes, where: str, position: int | None = None, *, long_runs: bool = True) -> Any:
     """orjson, except where it would turn an integer wider than 64 bits into a float: then the exact
     parser, so the entry is refused (it cannot be stored exactly) instead of silently changed.
-    `long_runs=False` says the caller found no run of 19 digits in a text that holds this one."""
+    `where` names the text in messages (" on line 3"); `long_runs=False` says the caller found no run
+    of 19 digits in a text that holds this one."""
     try:
         if not (long_runs and _has_long_run(text)):
             return orjson.loads(text)
         return _EXACT.decode(text.decode("utf-8"))
     except (orjson.JSONDecodeError, ValueError, RecursionError) as exc:
-        problem = _json_problem(exc)
+        if _too_deep(exc):
+            raise _deep_entry(where, position) from None
+        problem = str(exc)
         if "not valid UTF-8" in problem:  # orjson's words for any invalid UTF-8, surrogate or not
             try:
                 text.decode("utf-8")
@@ -81,8 +84,10 @@ def _loads(text: bytes, what: str, position: int | None = None, *, long_runs: bo
             try:
                 _EXACT.decode(text.decode("utf-8", "replace"))
             except (ValueError, RecursionError) as exact:
-                problem = _json_problem(exact)
-        raise EntryError(f"{what}: {problem}", position) from None
+                if _too_deep(exact):
+                    raise _deep_entry(where, position) from None
+                problem = str(exact)
+        raise EntryError(f"malformed JSON{where}: {problem}", position) from None
 
 
 def _array_values(body: bytes) -> Iterator[tuple[int, Any]]:
@@ -99,7 +104,9 @@ def _array_values(body: bytes) -> Iterator[tuple[int, Any]]:
             try:
                 value, i = _EXACT.raw_decode(text, i)
             except (ValueError, RecursionError) as exc:
-                raise EntryError(f"malformed JSON in array element {index}: {_json_problem(exc)}", index) from None
+                if _too_deep(exc):
+                    raise _deep_entry(f" in array element {index}", index) from None
+                raise EntryError(f"malformed JSON in array element {index}: {exc}", index) from None
             yield index, value
             index += 1
             i = _skip(text, i)
@@ -133,8 +140,16 @@ def _not_utf8(exc: UnicodeDecodeError) -> str:
     return f"not UTF-8 ({exc.reason} at byte {exc.start})"
 
 
-def _json_problem(exc: BaseException) -> str:
-    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+def _too_deep(exc: BaseException) -> bool:
+    """Whether a parser stopped at its own depth limit: orjson's (1,024 levels), or Python's recursion
+    limit in the exact parser."""
+    return isinstance(exc, RecursionError) or _DEPTH_LIMIT.search(str(exc)) is not None
+
+
+def _deep_entry(where: str, position: int | None) -> EntryError:
+    """Past a parser's depth limit, the entry is past admission's (entries.MAX_DEPTH, far lower): one
+    limit, named as admission names it."""
+    return EntryError(f"entry{where} has {TOO_DEEP}", position)
 
 
 _EXACT = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
@@ -147,3 +162,4 @@ _DIGITS_ONLY = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
 _LONG_RUN = b"0" * 19
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _NON_FINITE_LITERAL = re.compile(rb"NaN|Infinity")
+_DEPTH_LIMIT = re.compile(r"(?i)depth limit|recursion limit")  # orjson's words (3.13: "depth limit exceeded")

@@ -23,13 +23,18 @@ def bad(name: str, value: Any, why: str) -> ConfigError:
 
 
 def number(parse: Callable[[str], float], noun: str, low: float, high: float) -> Cast:
-    """A cast to a number in [low, high]; `parse` is int or float, `noun` names it in errors."""
+    """A cast to a number in [low, high]; `parse` is int or float, `noun` names it in errors. Digits are
+    ASCII, as in the HTTP layer (int() and float() also read other scripts' digits: '\u0663' as 3);
+    underscores between them are ignored (1_000), as YAML reads them."""
 
     def cast(name: str, value: Any) -> Any:
+        text = str(value).strip()
         try:
-            number = parse(str(value).strip().replace("_", ""))
+            if not text.isascii():
+                raise ValueError(text)
+            number = parse(text.replace("_", ""))
         except ValueError:
-            raise bad(name, value, f"not {noun} (allowed: {low} to {high}).") from None
+            raise bad(name, value, f"not {noun} in ASCII digits (allowed: {low} to {high}).") from None
         if not low <= number <= high:
             raise bad(name, number, f"out of range (allowed: {low} to {high}).")
         return number

@@ -87,7 +87,8 @@ class Settings:
         300.0, casts.real(1.0, 86400.0), "seconds an append error that retrying cannot heal (403, a leased or sealed "
         "blob, ...) is retried before its entries are reported failed")
     stop_timeout: float = _setting(60.0, casts.real(0.0, 3600.0),
-                                   "seconds stop() keeps retrying unwritten entries before reporting them as failed")
+                                   "seconds stop() keeps retrying unwritten entries before reporting them as failed "
+                                   "(0: one attempt, no retry)")
     id_field: str | None = _setting(
         None, casts.optional_text, "an entry field that identifies a request (e.g. 'id'): read, stats and export keep "
         "the first entry of each value (a client's retry after a lost answer is not counted twice)")

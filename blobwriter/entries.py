@@ -4,7 +4,10 @@ One function, `admit`, serves both `LogWriter.write_many` and `POST /api/logs`: 
 value and refuses the whole call at the first bad one with an `EntryError` that names its
 position. Nothing of a refused call is queued. An entry must be:
 
-- a JSON object whose `timestamp`, if present, is an RFC 3339 date-time (`Timestamps` below)
+- a JSON object: a dict, or another Mapping (taken as a dict), whose values must be JSON types
+  (dict, list, str, int, float, bool, None): a Mapping that is not a dict, a set or bytes inside
+  it is refused, naming its type and where it is;
+- dated: its `timestamp`, if present, is an RFC 3339 date-time (`Timestamps` below)
   inside the window `max_past_days` / `max_future_days` around the server's clock, if set;
   without a `timestamp` it gets the current UTC time; `"timestamp": null` is refused;
 - JSON that stores exactly: integers within 64 bits, finite numbers (no NaN, no infinity);
@@ -40,6 +43,7 @@ NOT_FINITE = "JSON numbers must be finite (no NaN or infinity)"
 # orjson serializes at most this many levels of objects and arrays (the entry itself is the first).
 MAX_DEPTH = 254
 TOO_DEEP = f"objects and arrays nested more than {MAX_DEPTH} levels deep (the entry itself counts as one)"
+JSON_VALUES = "values must be JSON types (dict, list, str, int, float, bool, None)"
 NOT_UNICODE = "a string holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not Unicode text"
 
 
@@ -148,22 +152,32 @@ def _where(path: str) -> str:
     return f"at {path!r}" if path else "at the top level"
 
 
-def _find_number(value: Any) -> tuple[str, Any] | None:
-    """The path and value of the first integer beyond 64 bits or non-finite float, if any."""
+def _find(value: Any, wanted: Callable[[Any], bool]) -> tuple[str, Any] | None:
+    """The path and value of the first item (in order, the value itself first) that is `wanted`, if any."""
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         path, item = stack.pop()
+        if wanted(item):
+            return path, item
         if isinstance(item, Mapping):
             stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(list(item.items())))
         elif isinstance(item, list | tuple):
             stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
-        elif isinstance(item, bool):
-            continue
-        elif isinstance(item, int) and not INT_MIN <= item <= INT_MAX:
-            return path, item
-        elif isinstance(item, float) and not math.isfinite(item):
-            return path, item
     return None
+
+
+def _inexact(item: Any) -> bool:
+    """An integer beyond 64 bits or a non-finite float: a number JSON cannot store exactly."""
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, int):
+        return not INT_MIN <= item <= INT_MAX
+    return isinstance(item, float) and not math.isfinite(item)
+
+
+def _find_number(value: Any) -> tuple[str, Any] | None:
+    """The path and value of the first integer beyond 64 bits or non-finite float, if any."""
+    return _find(value, _inexact)
 
 
 # A first look for NaN and infinity at C speed: marshal (format version 4) writes every float as the
@@ -202,6 +216,18 @@ def _marshal_scan_holds() -> bool:
 
 # Another marshal format (a future Python): every entry is read back and compared, as before the scan.
 _may_have_non_finite: Callable[[Any], bool] = _marshal_scan if _marshal_scan_holds() else _look_closer
+
+
+_NOT_SERIALIZABLE = "Type is not JSON serializable: "  # orjson's words, then the type's name
+
+
+def _not_json(entry: Any, reason: str) -> str:
+    """Why orjson refused an entry: for a value of a type it does not write, which one and where."""
+    name = reason.removeprefix(_NOT_SERIALIZABLE) if reason.startswith(_NOT_SERIALIZABLE) else None
+    found = _find(entry, lambda item: type(item).__name__ == name) if name else None
+    if found is None:
+        return reason
+    return f"the value {_where(found[0])} is of type {name}; {JSON_VALUES}"
 
 
 def number_error(path: str, value: Any) -> str:
@@ -276,8 +302,10 @@ class Admission:
 
     def prepare(self, entry: Any) -> Prepared:
         """Validate, apply the privacy controls to, stamp and serialize one entry."""
-        if type(entry) is not dict and not isinstance(entry, Mapping):
-            raise EntryError(f"an entry must be a JSON object, not {json_type(entry)}")
+        if type(entry) is not dict:
+            if not isinstance(entry, Mapping):
+                raise EntryError(f"an entry must be a JSON object, not {json_type(entry)}")
+            entry = dict(entry)  # one rule for every Mapping, whatever its fields (orjson writes only dicts)
         timestamp = entry.get("timestamp", _ABSENT)
         if timestamp is _ABSENT:
             timestamp, date = now_timestamp()
@@ -311,7 +339,7 @@ class Admission:
                 raise EntryError(f"entry has {TOO_DEEP}") from None
             if "surrogates not allowed" in reason:
                 raise EntryError(f"entry is not valid JSON text: {NOT_UNICODE}") from None
-            raise EntryError(f"entry is not JSON-serializable: {exc}") from None
+            raise EntryError(f"entry is not JSON-serializable: {_not_json(entry, reason)}") from None
         # orjson writes NaN and infinity as null, silently. marshal's bytes (C speed) say whether a float
         # may be one; only then is the line read back and compared (C speed) and, if it differs (also for
         # a tuple or a Mapping that is not a dict), the entry walked (Python speed) for the number and its

@@ -59,6 +59,11 @@ class Privacy:
     _mask: tuple[Path, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("drop", "mask"):  # a list is taken as a tuple; one string would be taken letter by letter
+            paths = getattr(self, name)
+            if isinstance(paths, str):
+                raise TypeError(f"Privacy({name}=...) takes a list of paths, e.g. {name}=[{paths!r}], not one string")
+            object.__setattr__(self, name, tuple(paths))
         for path in (*self.drop, *self.mask):
             if parse_path(path)[0] in (TIMESTAMP, WILDCARD):
                 raise ValueError(f"path {path!r}: 'timestamp' decides the entry's blob and is always kept")
@@ -73,7 +78,13 @@ class Privacy:
 
     def narrowed(self, other: Privacy | None) -> Privacy:
         """These controls plus `other`'s: more paths, the lower limit, metadata only if either says so."""
-        if other is None or not other.active:
+        if other is None:
+            return self
+        if not isinstance(other, Privacy):
+            raise TypeError(f"privacy must be a Privacy, not {type(other).__name__}: from blobwriter import Privacy; "
+                            "privacy=Privacy(drop=[...], mask=[...], truncate_bytes=N, metadata_only=True) "
+                            "(any of them)")
+        if not other.active:
             return self
         limits = [n for n in (self.truncate_bytes, other.truncate_bytes) if n is not None]
         return Privacy(drop=tuple(dict.fromkeys(self.drop + other.drop)),

@@ -83,6 +83,7 @@ class LogWriter:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that ran start(): the writer's own
         self._index = IndexBook()
+        self._indexed = False  # the final index frames were handed to the appender (stop)
         self._index_timer: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[str | None] | None = None
@@ -133,8 +134,10 @@ class LogWriter:
     async def stop(self, timeout: float | None = None) -> None:
         """Write everything queued, in full-size appends; report what could not be written.
 
-        Gives up after `timeout` seconds (default: the `stop_timeout` setting) if storage keeps
-        failing; entries still unwritten then are counted as failed and logged as an error.
+        Everything queued is encoded and sent; failed appends are retried for `timeout` seconds
+        (default: the `stop_timeout` setting). Then nothing is retried: appends in flight are waited
+        for and frames never sent are sent once (so 0 means one attempt), for at most storage_timeout
+        more; entries still unwritten then are counted as failed and logged as an error.
         """
         if self._state in (WriterState.NEW, WriterState.STOPPED):
             self._state = WriterState.STOPPED
@@ -149,13 +152,18 @@ class LogWriter:
             if helper is not None:
                 helper.cancel()
         try:
-            async with asyncio.timeout(timeout):
-                if self._task is not None:  # waited for, never cancelled by this wait, whatever its end
-                    await asyncio.wait((self._task,))
-                await asyncio.gather(*self._encoding)
-                await self._appender.drain()
-                self._write_indexes(final=True)  # now that every data frame has landed and is recorded
-                await self._appender.drain()
+            # Everything queued goes to the appender (encoding only, no storage request: the timeout, how
+            # long failed appends are retried, does not cut it short).
+            if self._task is not None:  # waited for, never cancelled by this wait, whatever its end
+                await asyncio.wait((self._task,))
+            await asyncio.gather(*self._encoding)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._write_out()
+            except TimeoutError:  # no time left to retry: one last attempt, bounded too
+                self._appender.last_round()
+                async with asyncio.timeout(self.settings.storage_timeout):
+                    await self._write_out()
         except (TimeoutError, Exception):  # storage kept failing, or the batch task died: reported below
             pass
         if self._task is not None and not self._task.done():
@@ -167,6 +175,14 @@ class LogWriter:
         self._fail_items(self._queue.take(len(self._queue.pending)), reason)
         self._state = WriterState.STOPPED
         await self.store.close()
+
+    async def _write_out(self) -> None:
+        """Wait until every data frame has landed or failed, then write the final index frames (once)."""
+        await self._appender.drain()
+        if not self._indexed:
+            self._indexed = True
+            self._write_indexes(final=True)  # now that every data frame has landed and is recorded
+            await self._appender.drain()
 
     async def __aenter__(self) -> LogWriter:
         await self.start()
@@ -213,6 +229,9 @@ class LogWriter:
         Raises QueueFullError (back-pressure) when they would pass `max_queue_size` or `max_queue_bytes`.
         """
         if self._state != WriterState.RUNNING:
+            if self._state == WriterState.NEW:
+                raise WriterStoppedError("writer is not started: call start() (or use `async with LogWriter(...)`) "
+                                         "before writing")
             raise WriterStoppedError(f"writer is {self._state.value}; entries are not accepted")
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -234,8 +253,9 @@ class LogWriter:
         return waiter.future if waiter is not None else None
 
     async def write(self, entry: Any, *, wait: bool = False, privacy: Privacy | None = None) -> None:
-        """Queue one entry and return at once; with wait=True, return once it is appended. `privacy`
-        keeps less of this entry than the settings say (it can only narrow them)."""
+        """Queue one entry and return at once; with wait=True, return once it is appended. `entry` is a dict
+        (or another Mapping) whose values are JSON types (entries.py). `privacy` keeps less of this entry
+        than the settings say (it can only narrow them)."""
         future = self.submit(self.admit(((0, entry),), privacy=privacy), durable=wait)
         if future is not None:
             await future

@@ -15,6 +15,7 @@ import uvicorn
 
 from blobwriter.api import create_app
 from blobwriter.config import Settings
+from blobwriter.entries import TOO_DEEP
 from blobwriter.reader import Reader
 from blobwriter.store import open_store
 from tests.conftest import connection_string, entry, free_port
@@ -365,9 +366,30 @@ async def test_deep_nesting_is_a_400_naming_the_limit_with_or_without_privacy_co
             response = await client.post("/api/logs" + query, content=nested(depth, "y" * 20), headers=headers)
             assert response.status_code == 400, (depth, query, response.text)
             error = response.json()["error"]
-            assert "nested" in error and ("254 levels" in error or "too deeply" in error), error
+            assert f"entry has {TOO_DEEP}" in error, error
     stored = await read_all(settings, ["2026-11-24"])
     assert len(stored) == 1 and "truncated" in orjson.dumps(stored[0]).decode()
+
+
+async def test_a_body_nested_past_the_parsers_own_limit_is_a_400_naming_the_254_level_limit(
+        api: Callable[..., Any]) -> None:
+    """The body parsers stop at their own depth (orjson: 1,024 levels; Python's json: its recursion limit)
+    and said 'depth limit exceeded' or 'nested too deeply', where admission names 254 levels. One limit,
+    named the same way, in every body shape."""
+    app, client, _ = await api()
+    deep = nested(2000, 1)
+    bodies = {
+        "object": (deep, "application/json"),
+        "array": (b"[" + deep + b"]", "application/json"),
+        "ndjson": (b"{}\n" + deep + b"\n", "application/x-ndjson"),
+        "exact integers": (nested(2000, 12345678901234567890), "application/json"),  # 19 digits: json, not orjson
+    }
+    for shape, (body, content_type) in bodies.items():
+        response = await client.post("/api/logs", content=body, headers={"content-type": content_type})
+        assert response.status_code == 400, (shape, response.text)
+        error = response.json()["error"]
+        assert f"has {TOO_DEEP}" in error and "254 levels" in error, (shape, error)
+        assert "line 2" in error if shape == "ndjson" else "line" not in error, (shape, error)
 
 
 async def test_query_parameters_take_ascii_digits_and_bare_flags(api: Callable[..., Any]) -> None:

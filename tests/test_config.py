@@ -84,6 +84,24 @@ def test_values_are_cast_from_strings() -> None:
     assert settings.container == "logs-2"
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("batch_size", "\u0663"),  # ARABIC-INDIC DIGIT THREE: int() read it as 3
+    ("batch_size", "\uff13"),  # FULLWIDTH DIGIT THREE
+    ("max_queue_size", "1\u0660\u0660\u0660"),
+    ("max_past_days", "\u0667"),
+    ("batch_timeout", "\u0660.\u0665"),  # float() read it as 0.5
+    ("stop_timeout", "\u00b2"),
+])
+def test_numbers_from_strings_take_ascii_digits_only(name: str, value: str) -> None:
+    """As the HTTP layer does (?truncate_bytes=), a setting's digits are ASCII: a hands-on review found
+    batch_size="\u0663" read as 3. Underscores between digits stay accepted (1_000, as YAML reads it)."""
+    with pytest.raises(ConfigError, match=rf"Config '{name}' has value .*: not an? (integer|number) in ASCII digits"):
+        Settings.from_values(base(**{name: value}))
+    with pytest.raises(ConfigError, match=f"'{name}'"):
+        load_settings(env={f"BLOBWRITER_{name.upper()}": value, "BLOBWRITER_STORAGE": "/tmp/logs"})
+    assert Settings.from_values(base(max_queue_size="1_000", batch_size="+7", stop_timeout="0")).max_queue_size == 1000
+
+
 def test_defaults() -> None:
     settings = Settings.from_values(base())
     assert (settings.container, settings.blob_prefix, settings.compression) == ("logs", "", "gzip")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -45,6 +46,50 @@ def test_bad_timestamp_rejected(idle_writer: Callable[[Any], Prepared], timestam
 def test_non_serializable_rejected(idle_writer: Callable[[Any], Prepared], value: Any) -> None:
     with pytest.raises(EntryError, match="not JSON-serializable"):
         idle_writer({"id": "x", "timestamp": TS, "value": value})
+
+
+class _Mapped(Mapping[str, Any]):
+    """A Mapping that is not a dict (as an application's own record type may be)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+@pytest.mark.parametrize("make", [MappingProxyType, _Mapped], ids=["mappingproxy", "custom Mapping"])
+@pytest.mark.parametrize("timestamp", [None, "2026-11-28T01:00:00Z"], ids=["no timestamp", "timestamp"])
+def test_an_entry_that_is_a_mapping_is_taken_as_a_dict_with_or_without_a_timestamp(
+        idle_writer: Callable[[Any], Prepared], make: Callable[[dict[str, Any]], Any], timestamp: str | None) -> None:
+    """A hands-on review: a Mapping entry was accepted without a timestamp (copied into a dict when one
+    was added) and refused with one ('Type is not JSON serializable: mappingproxy')."""
+    fields: dict[str, Any] = {"id": "m", "n": 1, "nested": {"list": [1, "two", None]}}
+    if timestamp is not None:
+        fields["timestamp"] = timestamp
+    prepared = idle_writer(make(fields))
+    stored = orjson.loads(prepared.line)
+    assert stored == {**fields, "timestamp": stored["timestamp"]}
+    if timestamp is not None:
+        assert (stored["timestamp"], prepared.date) == (timestamp, "2026-11-28")
+
+
+@pytest.mark.parametrize("make", [MappingProxyType, _Mapped], ids=["mappingproxy", "custom Mapping"])
+def test_a_nested_mapping_that_is_not_a_dict_is_refused_naming_its_type_and_path(
+        idle_writer: Callable[[Any], Prepared], make: Callable[[dict[str, Any]], Any]) -> None:
+    """Values inside an entry must be JSON types; the one that is not is named, with where it is."""
+    name = type(make({})).__name__
+    for timestamp in ({"timestamp": TS}, {}):
+        with pytest.raises(EntryError) as caught:
+            idle_writer({**timestamp, "a": {"list": [1, make({"b": 1})]}})
+        assert str(caught.value) == (f"entry is not JSON-serializable: the value at 'a.list[1]' is of type {name}; "
+                                     "values must be JSON types (dict, list, str, int, float, bool, None)")
 
 
 def test_non_string_keys_rejected(idle_writer: Callable[[Any], Prepared]) -> None:

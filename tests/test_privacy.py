@@ -15,6 +15,7 @@ from blobwriter.api import create_app
 from blobwriter.config import Settings
 from blobwriter.entries import Admission, Rules, prepare
 from blobwriter.errors import ConfigError, EntryError
+from blobwriter.keys import keygen
 from blobwriter.privacy import BODY_FIELDS, MASK, Privacy, truncation_marker
 from blobwriter.writer import LogWriter
 from tests.support.readback import read_back
@@ -116,6 +117,31 @@ def test_a_call_can_only_narrow_the_configured_controls() -> None:
     assert narrowed == Privacy(drop=("user", "deployment"), mask=("tokens",), truncate_bytes=100, metadata_only=True)
     assert base.narrowed(Privacy(truncate_bytes=50)).truncate_bytes == 50
     assert base.narrowed(None) is base and base.narrowed(Privacy()) is base
+
+
+@pytest.mark.parametrize("given", [{"drop": ["user"]}, ("user",), "user"])
+async def test_a_call_privacy_that_is_not_a_privacy_is_a_type_error_naming_privacy(tmp_path: Any, given: Any) -> None:
+    """A hands-on review passed privacy={"drop": ["a"]} and got AttributeError: 'dict' object has no
+    attribute 'active', from deep inside admission."""
+    writer = LogWriter(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()}))
+    expected = r"privacy must be a Privacy, not (dict|tuple|str): .*from blobwriter import Privacy.*Privacy\(drop="
+    with pytest.raises(TypeError, match=expected):
+        await writer.write(dict(ENTRY), privacy=given)
+    with pytest.raises(TypeError, match=expected):
+        await writer.write_many([dict(ENTRY)], privacy=given)
+    with pytest.raises(TypeError, match=expected):
+        writer.admit([(0, dict(ENTRY))], privacy=given)
+
+
+def test_privacy_paths_are_a_list_or_tuple_never_one_string() -> None:
+    """Privacy(drop=["user"]) (what the message above suggests) works like a tuple; Privacy(drop="user")
+    used to drop the fields 'u', 's', 'e' and 'r' and keep 'user'."""
+    assert stored(ENTRY, Privacy(drop=["user"], mask=["tokens"])) == stored(ENTRY, Privacy(drop=("user",),
+                                                                                             mask=("tokens",)))
+    assert Privacy(drop=("a",)).narrowed(Privacy(drop=["b"])) == Privacy(drop=("a", "b"))
+    for name in ("drop", "mask"):
+        with pytest.raises(TypeError, match=rf"Privacy\({name}=\.\.\.\) takes a list of paths, e.g. {name}=\['user'\]"):
+            Privacy(**{name: "user"})
 
 
 @pytest.mark.parametrize(("values", "match"), [

@@ -135,6 +135,15 @@ async def test_write_many_is_all_or_none(make_settings: Callable[..., Settings])
     assert_each_once(entries, [e["id"] for e in good])
 
 
+async def test_a_write_before_start_says_to_call_start(make_settings: Callable[..., Settings]) -> None:
+    """A hands-on review found "writer is new; entries are not accepted": true, but not what to do."""
+    writer = LogWriter(make_settings())
+    for call in (writer.write(day_entry()), writer.write_many([day_entry()])):
+        with pytest.raises(WriterStoppedError, match=r"call start\(\) \(or use `async with LogWriter"):
+            await call
+    assert writer.metrics.accepted == 0
+
+
 # -- batching and timing ---------------------------------------------------------------------
 
 async def test_frames_hold_at_most_batch_size(make_settings: Callable[..., Settings]) -> None:
@@ -239,6 +248,44 @@ async def test_stop_flushes_queue(make_settings: Callable[..., Settings], caplog
     assert f"Wrote 250 log entries to {writer_blob('', DAY, writer.writer_id, 0)}" in messages
     assert all(r.levelno == logging.DEBUG for r in caplog.records
                if r.name == "blobwriter.writer" and r.getMessage().startswith(("Log writer", "Flushing", "Wrote")))
+
+
+@pytest.mark.parametrize("how", ["stop(timeout=0)", "stop_timeout: 0"])
+async def test_stop_with_no_time_to_retry_still_writes_what_is_queued(make_settings: Callable[..., Settings],
+                                                                      how: str) -> None:
+    """stop_timeout is how long stop() keeps retrying: 0 means one attempt and no retry. A hands-on review
+    found that stop(timeout=0) failed every queued entry without trying one append, storage healthy."""
+    by_setting = how == "stop_timeout: 0"
+    settings = make_settings(batch_size=10, batch_timeout=60, **({"stop_timeout": 0} if by_setting else {}))
+    writer = LogWriter(settings)
+    await writer.start()
+    entries = [day_entry() for _ in range(100)]
+    await writer.write_many(entries)
+    assert writer.metrics.written == 0 and writer.queue_depth == 100
+    await asyncio.wait_for(writer.stop() if by_setting else writer.stop(timeout=0), LIVENESS)
+    assert (writer.metrics.written, writer.metrics.failed, writer.queue_depth) == (100, 0, 0)
+    found, report = await read_back(settings, [DAY])
+    assert_each_once(found, [e["id"] for e in entries])
+    assert report.ok  # the final index frame was written too
+
+
+async def test_stop_with_no_time_to_retry_makes_one_attempt_and_reports_what_it_did_not_write(
+        make_settings: Callable[..., Settings], azurite_upstream: str) -> None:
+    """With storage down, stop(timeout=0) sends the queue once (one append here), retries nothing, and
+    reports every entry failed, its durable caller included."""
+    async with StorageProxy(azurite_upstream) as proxy:
+        settings = make_settings(storage=proxied(proxy), batch_size=10, batch_timeout=60)
+        writer = LogWriter(settings)
+        await writer.start()
+        proxy.plan = FaultPlan(down=True)
+        durable = asyncio.create_task(writer.write_many([day_entry() for _ in range(100)], wait=True))
+        await asyncio.sleep(0)  # queued in one call: one encoding job, one append of its 10 frames
+        assert writer.queue_depth == 100
+        await asyncio.wait_for(writer.stop(timeout=0), LIVENESS)
+        assert proxy.counts["appends"] == proxy.counts["down"] == 1  # sent once, not retried
+    with pytest.raises(WriteFailedError, match="10 entries were not written: .*not retried"):
+        await durable
+    assert (writer.metrics.written, writer.metrics.failed, writer.queue_depth) == (0, 100, 0)
 
 
 async def test_writer_logs_at_debug(make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
