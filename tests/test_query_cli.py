@@ -42,7 +42,7 @@ def test_help_lists_the_commands_with_examples() -> None:
     assert "Needs the query extra" in sql and "Needs the query extra" in export
 
 
-@pytest.mark.parametrize("size", ["0", "-5", "ten"])
+@pytest.mark.parametrize("size", ["0", "-5", "ten", "\u0663"])  # Arabic-Indic 3: ASCII digits only, as settings
 def test_sample_size_is_positive_or_minus_one(size: str) -> None:
     result = run_cli("sql", "--date", DAY, "--sample-size", size, "SELECT 1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -128,3 +128,10 @@ async def test_progress_bar_only_on_a_terminal(make_settings: Callable[..., Sett
     piped = run_cli(*args, env=env)
     assert piped.returncode == 0
     assert "entries/s" not in piped.stderr and "\r" not in piped.stderr
+
+
+@pytest.mark.parametrize("rows", ["0", "\u0663", "1e3"])
+def test_rows_per_file_is_a_positive_number_in_ascii_digits(rows: str) -> None:
+    result = run_cli("export", "--date", DAY, "--format", "jsonl", "--out", "unused", "--rows-per-file", rows)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --rows-per-file" in result.stderr and "positive number of rows" in result.stderr

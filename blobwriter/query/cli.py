@@ -60,11 +60,16 @@ replaces its partition. Parquet rows have the entry's fields as typed columns pl
 complete entry. The files are NOT encrypted: export to a place only the right people can read."""
 
 
-def _rows(text: str) -> int:
+def _ascii_int(text: str) -> int | None:
+    """An integer in ASCII digits (int() alone also reads other scripts' digits, as the settings refuse)."""
     try:
-        value = int(text.replace("_", ""))
+        return int(text.replace("_", "")) if text.isascii() else None
     except ValueError:
-        value = 0
+        return None
+
+
+def _rows(text: str) -> int:
+    value = _ascii_int(text) or 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of rows")
     return value
@@ -72,10 +77,7 @@ def _rows(text: str) -> int:
 
 def _sample_size(text: str) -> int:
     """--sample-size: a positive number of entries, or -1 for all (0 or -5 would otherwise type no column)."""
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        value = 0
+    value = _ascii_int(text) or 0
     if value < 1 and value != -1:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a positive number of entries nor -1 (all)")
     return value
