@@ -243,14 +243,19 @@ class _Batch:
     items: list[Found | Damage] = field(default_factory=list)
     size: int = 0
     answer: asyncio.Future[Answer] | None = None
+    whole: bool | None = None  # answered, and no frame failed (_answered_whole, once known)
 
 
 def _answered_whole(batch: _Batch) -> bool:
     """True if every frame of the batch has an answer and none failed (so none will be rescanned)."""
+    if batch.whole is not None:
+        return batch.whole
     answer = batch.answer
-    if answer is None or not answer.done() or answer.cancelled() or answer.exception() is not None:
+    if answer is None or not answer.done():
         return False
-    return all(outcome.status != FAILED for outcome in answer.result().outcomes)
+    batch.whole = (not answer.cancelled() and answer.exception() is None
+                   and all(outcome.status != FAILED for outcome in answer.result().outcomes))
+    return batch.whole
 
 
 def _rescans(batch: _Batch) -> bool:
