@@ -311,6 +311,11 @@ class FrameScanner:
             self._pos = 0
         self._buffer += chunk
 
+    @property
+    def position(self) -> int:
+        """The blob offset it goes on from: every frame or damage it reports later starts there or after."""
+        return self._base + self._pos
+
     def finish(self) -> None:
         """No more bytes: what is left is reported as a truncated frame."""
         self._eof = True

@@ -11,6 +11,9 @@ Answers are taken in the order the frames were found, so the reader sees exactly
 sees. When a frame fails authentication, FrameScanner.reject() would rescan from the byte after its
 start: `BlobScan` does the same, dropping the frames it had found (and sent) after it and scanning
 again from that byte, whose bytes it keeps (`window`) until every frame before them is answered.
+It keeps no more than that: bytes past the scanner with no frame in flight before them are dropped,
+and past DAMAGE_AHEAD_BYTES of damage it waits for the answers, so a blob that is not ours, or a
+long run of damage, is read in bounded memory.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ POOL_AFTER_BYTES = 8 * 1024 * 1024  # stored bytes a read decodes in-process bef
 AHEAD_PER_WORKER = 3  # batches in flight per worker process
 BLOBS_AHEAD = 2  # blobs downloading at once (the one being read and the next)
 RANGES_AHEAD = 2  # download ranges buffered per blob, besides the one being scanned
+DAMAGE_AHEAD_BYTES = 16 * 1024 * 1024  # bytes of damage a scan reads past frames not answered yet (kept for a rescan)
 HEAP_PAD_BYTES = 64 * 1024 * 1024  # free heap a reading process keeps (keep_heap)
 HEAP_BLOCK_BYTES = 32 * 1024 * 1024  # blocks it takes from that heap, not mmap (glibc's largest threshold)
 
@@ -239,6 +243,30 @@ class _Batch:
     items: list[Found | Damage] = field(default_factory=list)
     size: int = 0
     answer: asyncio.Future[Answer] | None = None
+    whole: bool | None = None  # answered, and no frame failed (_answered_whole, once known)
+
+
+def _answered_whole(batch: _Batch) -> bool:
+    """True if every frame of the batch has an answer and none failed (so none will be rescanned)."""
+    if batch.whole is not None:
+        return batch.whole
+    answer = batch.answer
+    if answer is None or not answer.done():
+        return False
+    batch.whole = (not answer.cancelled() and answer.exception() is None
+                   and all(outcome.status != FAILED for outcome in answer.result().outcomes))
+    return batch.whole
+
+
+def _rescans(batch: _Batch) -> bool:
+    """True if the batch is answered and a frame of it failed: take it now, and rescan, rather than keep
+    every byte after that frame until the batches behind it are taken."""
+    return bool(batch.size) and batch.answer is not None and batch.answer.done() and not _answered_whole(batch)
+
+
+def _first_frame(batch: _Batch) -> int:
+    """The offset of a batch's first frame (it has one: its size counts their bytes)."""
+    return next(item.offset for item in batch.items if isinstance(item, Found))
 
 
 class BlobScan(Generic[T]):
@@ -254,15 +282,20 @@ class BlobScan(Generic[T]):
         self._eof = False
         self._batch = _Batch()
         self._pending: deque[_Batch] = deque()
+        self._frames_end = 0  # where the last frame found ends
 
     async def items(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[Item]:
         async for chunk in chunks:
             self._window.append(chunk)
             self._scanner.feed(chunk)
             self._scan()
-            while len(self._pending) > self._decoding.ahead:
+            while self._pending and (len(self._pending) > self._decoding.ahead
+                                     or any(_rescans(batch) for batch in self._pending)
+                                     or self._scanner.position - self._frames_end > DAMAGE_AHEAD_BYTES):
+                # (the last: a long stretch that is not frames; wait for the answers before it, not keep it all)
                 for item in await self._take():
                     yield item
+            self._trim()
         self._eof = True
         self._scanner.finish()
         self._scan()
@@ -284,11 +317,14 @@ class BlobScan(Generic[T]):
             batch.items.append(found)
             if isinstance(found, Found):
                 batch.size += len(found.data)
+                self._frames_end = found.offset + len(found.data)
                 if batch.size >= BATCH_BYTES:
                     self._send()
                     batch = self._batch
         if self._eof and batch.items:
             self._send()
+        elif batch.size and self._scanner.position - _first_frame(batch) >= BATCH_BYTES:
+            self._send()  # damage, not frames, since its first frame: a rescan may need all of it, answer it now
 
     def _send(self) -> None:
         batch, self._batch = self._batch, _Batch()
@@ -303,24 +339,32 @@ class BlobScan(Generic[T]):
         answer = await batch.answer if batch.answer is not None else Answer([], None)
         items: list[Item] = []
         outcomes = iter(answer.outcomes)
-        last_end = None
         for found in batch.items:
             if isinstance(found, Damage):
                 items.append(found)
                 continue
             outcome = next(outcomes)
             items.append(Frame(found, outcome))
-            last_end = found.offset + len(found.data)
             if outcome.status == FAILED:
                 items.append(BatchEnd(None, False))
                 self._rescan(found.offset + 1)
                 return items
         items.append(BatchEnd(answer.result, True))
-        if last_end is not None:  # a later rescan starts past every frame answered so far
-            window = self._window
-            while window and self._window_base + len(window[0]) <= last_end:
-                self._window_base += len(window.popleft())
+        self._trim()
         return items
+
+    def _trim(self) -> None:
+        """Forget the chunks no rescan can need: a rescan starts in a frame not answered yet, so keep
+        from the first one in flight or, with none, from where the scanner goes on (a blob that is
+        not ours, or a long run of damage, would otherwise be kept whole). Per chunk and batch."""
+        keep = self._scanner.position
+        for batch in (*self._pending, self._batch):
+            if batch.size and not _answered_whole(batch):
+                keep = _first_frame(batch)
+                break
+        window = self._window
+        while window and self._window_base + len(window[0]) <= keep:
+            self._window_base += len(window.popleft())
 
     def _rescan(self, offset: int) -> None:
         """As FrameScanner.reject(): forget the frames found after `offset` and look for the next valid

@@ -20,7 +20,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import BinaryIO, NamedTuple, Protocol, runtime_checkable
 
 from . import layout
 from .config import Settings
@@ -160,14 +160,18 @@ class DirectoryStore:
             return layout.sort_parts(await asyncio.to_thread(scan), self.prefix, date)
 
     async def read(self, name: str) -> AsyncIterator[bytes]:
+        # The bytes of the appends done now, as Azure's read (the size in the blob's properties): reading
+        # on to the end of the file would take the first bytes of an append still being written (or about
+        # to be cut back), which a reader reports as a truncated frame on a healthy blob.
         with _os_errors(f"reading {self._path(name)}"):
-            handle = await asyncio.to_thread(open, self._path(name), "rb")
+            handle, left = await asyncio.to_thread(_open_appended, self._path(name))
         try:
-            while True:
+            while left > 0:
                 with _os_errors(f"reading {self._path(name)}"):
-                    chunk = await asyncio.to_thread(handle.read, READ_RANGE_BYTES)
+                    chunk = await asyncio.to_thread(handle.read, min(READ_RANGE_BYTES, left))
                 if not chunk:
                     return
+                left -= len(chunk)
                 yield chunk
         finally:
             handle.close()
@@ -175,6 +179,28 @@ class DirectoryStore:
     async def check(self) -> None:
         if not await asyncio.to_thread(os.access, self._root, os.W_OK):
             raise StoreError(f"directory {self._root} is missing or not writable")
+
+
+def _open_appended(path: Path) -> tuple[BinaryIO, int]:
+    """A file opened for reading, and its size once no append is in progress: appends hold an
+    exclusive lock from their first write to their fsync (or their cut back), so a shared one waits
+    for the append in progress, if any, and the size is then the end of a whole append."""
+    handle = open(path, "rb")  # the caller closes it
+    try:
+        fd = handle.fileno()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError as exc:  # a filesystem without locks: appends take none either
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            return handle, os.fstat(fd).st_size
+        try:
+            return handle, os.fstat(fd).st_size
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    except BaseException:
+        handle.close()
+        raise
 
 
 def _truncate_back(fd: int, offset: int) -> None:
