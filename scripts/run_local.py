@@ -3,11 +3,15 @@
 Azurite keeps its data under .local/azurite (git-ignored). If no encryption key is configured
 (BLOBWRITER_ENCRYPTION_KEY or a config file), a development key is made once, kept in
 .local/dev.key (git-ignored) and printed the first time.
+
+Other ports: BLOBWRITER_PORT (the API, default 7071), BLOBWRITER_HOST (default 127.0.0.1) and
+AZURITE_BLOB_PORT (default 10000); the server, and the read command printed, use that Azurite.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,9 +24,22 @@ from devlocal import ROOT, dev_key, port_open, run_until_interrupted, wait_for_p
 LOCAL = ROOT / ".local"
 KEY_FILE = LOCAL / "dev.key"
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
-AZURITE_PORT = int(os.environ.get("AZURITE_BLOB_PORT", "10000"))
+DEFAULT_AZURITE_PORT = 10000  # what UseDevelopmentStorage=true points at
+AZURITE_PORT = int(os.environ.get("AZURITE_BLOB_PORT", str(DEFAULT_AZURITE_PORT)))
+# Azurite's well-known development account (public, the same in every Azurite)
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 HOST = os.environ.get("BLOBWRITER_HOST", "127.0.0.1")
 PORT = int(os.environ.get("BLOBWRITER_PORT", "7071"))
+
+
+def local_storage(azurite_port: int) -> str:
+    """The connection string of the Azurite this starts: the SDK's shorthand on Azurite's default port, else
+    the same well-known development account at `azurite_port` (the shorthand always means 10000)."""
+    if azurite_port == DEFAULT_AZURITE_PORT:
+        return "UseDevelopmentStorage=true"
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{azurite_port}/{AZURITE_ACCOUNT}")
 
 
 def configured_or_dev_key(env: dict[str, str]) -> str | None:
@@ -43,7 +60,10 @@ def main() -> int:
     key = configured_or_dev_key(env)
     if key:
         env["BLOBWRITER_ENCRYPTION_KEY"] = key
-    env.setdefault("BLOBWRITER_STORAGE", "UseDevelopmentStorage=true")
+    storage_env = ""  # a BLOBWRITER_STORAGE of the caller's is in their shell already
+    if "BLOBWRITER_STORAGE" not in env:
+        env["BLOBWRITER_STORAGE"] = local_storage(AZURITE_PORT)
+        storage_env = f"BLOBWRITER_STORAGE={shlex.quote(env['BLOBWRITER_STORAGE'])} "
 
     azurite = None
     if port_open(AZURITE_PORT):
@@ -73,7 +93,7 @@ blobwriter is serving on http://{HOST}:{PORT}  (Ctrl-C stops it and Azurite)
     curl -s -X POST http://{HOST}:{PORT}/api/logs -H 'content-type: application/json' \\
          -d '{{"user": "alice@contoso.com", "deployment": "gpt-4o", "tokens": 42, "cost_eur": 0.0021}}'
   Read today's entries back (they are written within batch_timeout, 1 s by default):
-    {key_env}BLOBWRITER_STORAGE=UseDevelopmentStorage=true .venv/bin/blobwriter read --date {today}
+    {key_env}{storage_env}.venv/bin/blobwriter read --date {today}
   Health and metrics:
     curl -s http://{HOST}:{PORT}/api/health ; curl -s http://{HOST}:{PORT}/api/metrics
 """, flush=True)

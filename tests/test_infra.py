@@ -1185,6 +1185,22 @@ def test_func_azurite_ports_do_not_collide_with_make_run() -> None:
     assert named <= set(values), f"not in local.settings.json.example: {sorted(named - set(values))}"
 
 
+def test_make_run_serves_on_the_azurite_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # AZURITE_BLOB_PORT moved Azurite, but the server (and the printed read command) kept
+    # UseDevelopmentStorage=true, which always means 10000: nothing was written where Azurite listened.
+    monkeypatch.setenv("AZURITE_BLOB_PORT", "10050")
+    run_local = _script("run_local")
+    assert run_local.AZURITE_PORT == 10050
+    assert run_local.local_storage(10000) == "UseDevelopmentStorage=true"
+    settings = load_settings(env={"BLOBWRITER_STORAGE": run_local.local_storage(10050),
+                                  "BLOBWRITER_ENCRYPTION_KEY": base64.b64encode(bytes(32)).decode()})
+    assert settings.storage_kind == "connection_string"
+    parts = dict(part.split("=", 1) for part in run_local.local_storage(10050).split(";"))
+    assert parts["BlobEndpoint"] == f"http://127.0.0.1:10050/{ACCOUNT}" and parts["AccountKey"] == ACCOUNT_KEY
+    source = (ROOT / "scripts" / "run_local.py").read_text(encoding="utf-8")
+    assert "BLOBWRITER_STORAGE=UseDevelopmentStorage=true" not in source, "the read command must name that Azurite"
+
+
 def test_func_azurite_makes_a_working_local_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     func_azurite = _script("func_azurite")
     monkeypatch.setattr(func_azurite, "LOCAL", tmp_path)
