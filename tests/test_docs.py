@@ -31,3 +31,13 @@ def test_format_doc_matches_the_header_layout() -> None:
     assert offsets == sorted(offsets) and offsets[-1] == codec.HEADER_SIZE
     assert keys.KEY_ID_CONTEXT.rstrip(b"\0").decode() in FORMAT
     assert f"`0x{codec.FLAG_GZIP:02x}`" in FORMAT and f"`0x{codec.FLAG_INDEX:02x}`" in FORMAT
+
+
+def test_readme_names_the_ports_make_run_takes() -> None:
+    # scripts/run_local.py reads these; a new user whose 7071 or 10000 is taken needs to know them.
+    script = (ROOT / "scripts" / "run_local.py").read_text()
+    variables = set(re.findall(r'os\.environ\.get\("(\w+)"', script))
+    assert variables == {"AZURITE_BLOB_PORT", "BLOBWRITER_HOST", "BLOBWRITER_PORT"}
+    quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    for name in sorted(variables):
+        assert re.search(rf"\b{name}=", quick_start), f"README Quick start does not name {name}"
