@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 
 from blobwriter import codec, keys
+from blobwriter.cli import build_parser
 from blobwriter.config import FIELDS
 from tests.conftest import ROOT
 
@@ -41,3 +43,22 @@ def test_readme_names_the_ports_make_run_takes() -> None:
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     for name in sorted(variables):
         assert re.search(rf"\b{name}=", quick_start), f"README Quick start does not name {name}"
+
+
+def test_readme_command_line_names_every_option() -> None:
+    # `sql --sample-size/--memory-limit` and `export --rows-per-file` were missing from the summary.
+    block = README.split("## Command line", 1)[1].split("```", 2)[1]
+    usages: dict[str, str] = {}
+    command = ""
+    for line in block.splitlines():
+        if match := re.match(r"blobwriter (\w+)\b", line):
+            command = match.group(1)
+        usages[command] = usages.get(command, "") + line
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for option in (o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"):
+            assert option in usages[name], f"README Command line: blobwriter {name} lacks {option}"
+    for action in parser._actions:
+        if action.option_strings and "--help" not in action.option_strings:
+            assert any(o in block for o in action.option_strings), f"README Command line lacks {action.option_strings}"
