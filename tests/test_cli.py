@@ -62,6 +62,10 @@ def test_help_and_version() -> None:
     assert result.returncode == 0 and "--date" in result.stdout and "--until" in result.stdout
     assert "--json" in run_cli("verify", "--help").stdout
     assert run_cli("--version").stdout.startswith("blobwriter ")
+    # Every command's own --help says what it does, not only its usage line.
+    for command in ("keygen", "read", "verify", "serve", "stats", "sql", "export"):
+        usage, _, rest = run_cli(command, "--help").stdout.partition("\n\n")
+        assert rest and not rest.startswith("options:"), f"`blobwriter {command} --help` has no description"
 
 
 def test_read_into_a_closed_pipe_stops_quietly(stored: tuple[Settings, dict[str, list[dict[str, Any]]]]) -> None:
