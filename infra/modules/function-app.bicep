@@ -59,7 +59,7 @@ param pythonVersion string = '3.11'
 @description('App settings as name/value pairs (see main.bicep).')
 param appSettings array
 
-// 2024-11-01 is the first API version with functionAppConfig.siteUpdateStrategy.
+// An API version that has functionAppConfig.siteUpdateStrategy (see Microsoft's "Site update strategies in Flex Consumption").
 resource plan 'Microsoft.Web/serverfarms@2024-11-01' = {
   //checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption is a regional opt-in with always-ready instances (cost); off by default here
   name: planName
