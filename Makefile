@@ -11,9 +11,12 @@ INFRA_VENV  := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run func-azurite lock test test-fast lint bench bench-full bench-tools clean
+.PHONY: install install-app run func-azurite lock test test-fast lint bench bench-full bench-tools clean
 
-install: $(PY_STAMP) $(NODE_STAMP) $(INFRA_STAMP)
+# install-app: what serving needs (the venv and Azurite); install adds the Bicep checks' venv, for the tests.
+install-app: $(PY_STAMP) $(NODE_STAMP)
+
+install: install-app $(INFRA_STAMP)
 
 $(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +36,11 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 ## run: Azurite + a development key + `blobwriter serve` on 127.0.0.1:7071 (Ctrl-C stops both)
-run: install
+run: install-app
 	$(BIN)/python scripts/run_local.py
 
 ## func-azurite: Azurite blob+queue+table on 127.0.0.1:10100-10102 for `func start --port 7072` (Ctrl-C stops it)
-func-azurite: install
+func-azurite: install-app
 	$(BIN)/python scripts/func_azurite.py
 
 ## lock: pin requirements.txt (what Azure Functions installs) from requirements.in

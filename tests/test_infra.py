@@ -1169,7 +1169,10 @@ def test_func_azurite_ports_do_not_collide_with_make_run() -> None:
     ports = set(func_azurite.DEFAULT_PORTS.values())
     assert len(ports) == 3 and run_local.AZURITE_PORT not in ports and func_azurite.FUNC_PORT != run_local.PORT
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert re.search(r"^func-azurite: install\n\t\$\(BIN\)/python scripts/func_azurite\.py$", makefile, re.M)
+    assert re.search(r"^func-azurite: install-app\n\t\$\(BIN\)/python scripts/func_azurite\.py$", makefile, re.M)
+    # Serving needs the venv and Azurite, not the Bicep checks' venv (checkov): a first `make run` skips it.
+    assert re.search(r"^install-app: \$\(PY_STAMP\) \$\(NODE_STAMP\)$", makefile, re.M)
+    assert re.search(r"^run: install-app$", makefile, re.M)
     example = json.loads(LOCAL_SETTINGS_EXAMPLE.read_text(encoding="utf-8"))
     assert example["Host"]["LocalHttpPort"] == func_azurite.FUNC_PORT
     values = example["Values"]
