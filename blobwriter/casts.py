@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import ConfigError
 from .keys import SecretKey, parse_key
@@ -15,6 +15,7 @@ StorageKind = Literal["connection_string", "account_url", "directory"]
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 
 Cast = Callable[[str, Any], Any]
+N = TypeVar("N", int, float)
 
 
 def bad(name: str, value: Any, why: str) -> ConfigError:
@@ -22,17 +23,21 @@ def bad(name: str, value: Any, why: str) -> ConfigError:
     return ConfigError(f"Config '{name}' has value {value!r}: {why}", public=f"Config '{name}' is invalid: {why}")
 
 
+def ascii_number(text: str, parse: Callable[[str], N]) -> N:
+    """`parse` (int or float) of a number in ASCII digits, as in the HTTP layer (int() and float() also
+    read other scripts' digits: '\u0663' as 3); underscores between them are ignored (1_000), as YAML
+    reads them. Raises ValueError for anything else. The command line's numbers follow the same rule."""
+    if not text.isascii():
+        raise ValueError(text)
+    return parse(text.replace("_", ""))
+
+
 def number(parse: Callable[[str], float], noun: str, low: float, high: float) -> Cast:
-    """A cast to a number in [low, high]; `parse` is int or float, `noun` names it in errors. Digits are
-    ASCII, as in the HTTP layer (int() and float() also read other scripts' digits: '\u0663' as 3);
-    underscores between them are ignored (1_000), as YAML reads them."""
+    """A cast to a number in [low, high] (ascii_number); `parse` is int or float, `noun` names it in errors."""
 
     def cast(name: str, value: Any) -> Any:
-        text = str(value).strip()
         try:
-            if not text.isascii():
-                raise ValueError(text)
-            number = parse(text.replace("_", ""))
+            number = ascii_number(str(value).strip(), parse)
         except ValueError:
             raise bad(name, value, f"not {noun} in ASCII digits (allowed: {low} to {high}).") from None
         if not low <= number <= high:

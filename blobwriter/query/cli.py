@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import date as Date
 from typing import Any, Final
 
+from ..casts import ascii_number
 from ..config import Settings
 from ..reader import date_range
 from . import output
@@ -61,9 +62,9 @@ complete entry. The files are NOT encrypted: export to a place only the right pe
 
 
 def _ascii_int(text: str) -> int | None:
-    """An integer in ASCII digits (int() alone also reads other scripts' digits, as the settings refuse)."""
+    """An integer as the settings take one (casts.ascii_number), or None."""
     try:
-        return int(text.replace("_", "")) if text.isascii() else None
+        return ascii_number(text, int)
     except ValueError:
         return None
 
