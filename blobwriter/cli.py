@@ -49,10 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    keygen_text = "print a new random base64 32-byte encryption key"
-    commands.add_parser("keygen", help=keygen_text, description=(
-        f"{keygen_text[0].upper()}{keygen_text[1:]} (for BLOBWRITER_ENCRYPTION_KEY, or previous_keys when "
-        "rotating). Keep it in a secret store: without it the logs cannot be read."))
+    commands.add_parser("keygen", help="print a new random base64 32-byte encryption key", description=(
+        "Print a new random base64 32-byte encryption key (for BLOBWRITER_ENCRYPTION_KEY, or previous_keys "
+        "when rotating). Keep it in a secret store: without it the logs cannot be read."))
 
     for name, text in (("read", "print a date range's entries as JSON Lines, each exactly once"),
                        ("verify", "check every frame of a date range; exit 1 if any is damaged")):
