@@ -342,7 +342,7 @@ class Admission:
             raise EntryError(f"entry is not JSON-serializable: {_not_json(entry, reason)}") from None
         # orjson writes NaN and infinity as null, silently. marshal's bytes (C speed) say whether a float
         # may be one; only then is the line read back and compared (C speed) and, if it differs (also for
-        # a tuple or a Mapping that is not a dict), the entry walked (Python speed) for the number and its
+        # a tuple, which reads back as a list), the entry walked (Python speed) for the number and its
         # path. (Looking for a null in the line first would cost more than it saves: logged API calls
         # nearly always hold one.) Integers beyond 64 bits never get here: orjson.dumps refused them.
         if self.check_numbers and _may_have_non_finite(entry) and orjson.loads(line) != entry:
