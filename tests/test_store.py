@@ -321,7 +321,6 @@ async def test_directory_store_concurrent_appends_stay_whole(tmp_path: Path,
     assert sorted(h.sequence for _, h in frames_in(data)) == list(range(1, 201))
 
 
-
 async def test_a_directory_read_sees_an_append_in_progress_whole_or_not_at_all(tmp_path: Path, key: str) -> None:
     """An append to a directory store is a write (or several) under an exclusive lock; a reader that read
     to the end of the file without it saw the first bytes of a frame still being written, and `read`
