@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Final
@@ -23,6 +24,23 @@ CELL_WIDTH: Final = 80  # a table cell longer than this is cut (with an ellipsis
 MONEY_DECIMALS: Final = 6  # a cost in a table has at least these decimals, and up to COST_DECIMALS
 
 Formatter = Callable[[Any], str]
+
+# What a terminal acts on rather than shows: C0 and C1 controls (ESC starts a sequence that can move the
+# cursor, erase lines, hide text or set the title; CR returns to the line's start), DEL, the bidi
+# controls that reorder what follows, and the line and paragraph separators. Entries come from
+# anyone who can post one, so a table (the format for people) shows each as an escape instead.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: each control character as an escape (`\\n`, `\\x1b`, `\\u202e`)."""
+    return _UNPRINTABLE.sub(_escape, text) if _UNPRINTABLE.search(text) else text
 
 
 def _default(value: Any) -> Any:
@@ -113,7 +131,8 @@ def write_table(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[An
     for i, cell in enumerate(cells_of):
         if cell is money:  # one number of decimals down the column, the most any of its cells needs
             _same_decimals(i, shown + ([footer] if footer else []))
-    widths = [len(c) for c in columns]
+    headers = [printable(c) for c in columns]  # column names can be entry keys (SELECT *)
+    widths = [len(c) for c in headers]
     for line in shown + ([footer] if footer else []):
         widths = [max(w, len(text)) for w, text in zip(widths, line, strict=True)]
 
@@ -121,7 +140,7 @@ def write_table(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[An
         return "  ".join(text.rjust(w) if num else text.ljust(w)
                          for text, w, num in zip(line, widths, numeric, strict=True)).rstrip()
 
-    out.write(render(columns) + "\n")
+    out.write(render(headers) + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
     for line in shown:
         out.write(render(line) + "\n")
@@ -138,7 +157,7 @@ def write_table(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[An
 def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
-    text = plain(value).replace("\n", "\\n")
+    text = printable(plain(value))
     return text if len(text) <= CELL_WIDTH else text[:CELL_WIDTH - 1] + "…"
 
 
