@@ -2,15 +2,20 @@
 
 Anyone who can post an entry chooses its values and keys. The tables of `stats` and `sql` (the
 format for people, and the default) show each control character as an escape, so an entry cannot
-move the cursor, erase or hide other rows, set the window title or reorder text.
+move the cursor, erase or hide other rows, set the window title or reorder text. JSON escapes them
+by its own rules, and CSV, which is data, keeps every value exactly as stored (a CR quoted).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import subprocess
 import sys
 from collections.abc import Callable
+
+import orjson
 
 from blobwriter.config import Settings
 from tests.support.query import store_entries
@@ -58,3 +63,21 @@ async def test_tables_show_control_characters_as_escapes(make_settings: Callable
     assert "bob\\u2028carol\\tdave\\x7f" in users.stdout and "trudy\\x1b]0;pwned\\x07" in users.stdout
     assert "note\\x1b[2Jkey" in columns.stdout.splitlines()[0]  # a column named after an entry's key
     assert stats.stdout.count("\n") == len(HOSTILE) + 4  # header, rule, a line per user, rule, total
+
+
+async def test_json_and_csv_keep_every_value_exactly(make_settings: Callable[..., Settings]) -> None:
+    env = await stored(make_settings)
+    as_json = run_cli("sql", "--date", DAY, "--format", "json", "SELECT user FROM logs ORDER BY timestamp", env=env)
+    assert [row["user"] for row in orjson.loads(as_json.stdout)] == list(HOSTILE.values())
+    # A bare CR is quoted (RFC 4180): unquoted, it ends the row for every CSV reader.
+    for query in ("SELECT user, cost_eur FROM logs ORDER BY timestamp",
+                  "SELECT user AS \"who\rwhat\", cost_eur FROM logs ORDER BY timestamp"):
+        as_csv = run_cli("sql", "--date", DAY, "--format", "csv", query, env=env)
+        assert as_csv.returncode == 0, as_csv.stderr
+        rows = list(csv.reader(io.StringIO(as_csv.stdout, newline="")))
+        assert rows[0] in (["user", "cost_eur"], ["who\rwhat", "cost_eur"])
+        assert rows[1:] == [[user, "0.5"] for user in HOSTILE.values()]
+        assert as_csv.stdout.count("\n") == len(HOSTILE) + 1 + sum(u.count("\n") for u in HOSTILE.values())
+    stats = run_cli("stats", "--date", DAY, "--by", "user", "--format", "csv", env=env)
+    assert sorted(row[0] for row in csv.reader(io.StringIO(stats.stdout, newline=""))) == sorted(
+        ["user", *HOSTILE.values()])

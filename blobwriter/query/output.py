@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import io
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -103,10 +104,26 @@ def write_json(out: IO[bytes], columns: Sequence[str], rows: Iterable[Sequence[A
 def write_csv(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
     """RFC 4180 CSV with a header row; nested values as JSON text, null as an empty field."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    # The csv module quotes a field holding a character of its line terminator, and only "\n" is ours:
+    # a bare CR (in a value, or an entry's key as a column name) would go out unquoted and end the row
+    # for every reader. A row holding one is written with "\r\n" rows (so the CR is quoted), then ended
+    # with "\n" like the others.
+    held = io.StringIO()
+    carriage = csv.writer(held, lineterminator="\r\n")
+
+    def write(cells: list[str]) -> None:
+        if any("\r" in cell for cell in cells):
+            carriage.writerow(cells)
+            out.write(held.getvalue()[:-2] + "\n")
+            held.seek(0)
+            held.truncate()
+        else:
+            writer.writerow(cells)
+
+    write([str(c) for c in columns])
     count = 0
     for row in rows:
-        writer.writerow([plain(v) for v in row])
+        write([plain(v) for v in row])
         count += 1
     return count
 
