@@ -164,8 +164,11 @@ class AppendBlobStore:
             **timeouts,
         }
         storage = s.require("storage")
+        url, _, sas = storage.partition("?")
         if s.storage_kind == "connection_string":
             self._service = BlobServiceClient.from_connection_string(storage, **options)
+        elif sas:  # an account URL with a SAS token (an account SAS, or one of the container)
+            self._service = BlobServiceClient(url, credential=sas, **options)
         else:
             from azure.identity.aio import DefaultAzureCredential
 

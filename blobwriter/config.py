@@ -54,7 +54,8 @@ class Settings:
 
     storage: str | None = _setting(
         None, casts.storage, "connection string, 'UseDevelopmentStorage=true', https://<account>.blob.core.windows.net "
-        "(Entra ID auth), or a local directory path", required=True, hidden=True)
+        "(Entra ID auth; or with a SAS token: ...?sv=...&sig=...), or a local directory path", required=True,
+        hidden=True)
     container: str = _setting("logs", casts.container, "blob container that holds the log blobs")
     blob_prefix: str = _setting("", casts.prefix, "blob-name prefix inside the container (e.g. 'gateway/')",
                                 alias="directory")

@@ -372,3 +372,46 @@ def test_the_secrets_in_these_tests_are_real_credentials(azurite: str, container
             with pytest.raises(BlobwriterError, match="403"):
                 asyncio.run(roundtrip(forged.storage(azurite)))
 
+
+
+@pytest.mark.parametrize("kind", ["account SAS", "container SAS"])
+def test_an_account_url_with_a_sas_token_signs_with_the_sas(kind: str, azurite: str, container: str, key: str,
+                                                            tmp_path: Path) -> None:
+    """`storage: https://<account>.blob.core.windows.net?sv=...&sig=...` (the form azcopy and the portal hand
+    out, and `export --out` takes) is used as that SAS, not sent with a DefaultAzureCredential token (QA
+    round 9, security F2): `serve` writes through it, `read` reads back, and the debug log shows no part
+    of it."""
+    cred = credential(kind, container)
+    storage = f"{azurite}?{cred.token}"
+    server = ServeProcess(serve_env(storage, key, container, BLOBWRITER_BATCH_TIMEOUT="0.1"), tmp_path / "serve.log",
+                          log_level="debug")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            answer = http.post("/api/logs", params={"wait": "true"}, json=make_entries(5, "sas-url", day="2026-04-17"))
+            assert answer.status_code == 200 and answer.json() == {"written": 5}, answer.text
+            health = http.get("/api/health")
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    read = run_cli(serve_env(storage, key, container), "-v", "read", "--date", "2026-04-17")
+    assert read.returncode == 0, read.stderr.decode(errors="replace")[-2000:]
+    assert len(read.stdout.splitlines()) == 5
+    assert_clean("serve's log and read's output", server.log_text() + read.stderr.decode(errors="replace")
+                 + health.text, [*cred.secrets, *key_forms(key)])
+
+
+def test_an_http_account_url_without_a_sas_is_a_config_error(azurite: str, container: str, key: str) -> None:
+    """Entra ID tokens go only over https, so an http:// account URL without a SAS failed at the first
+    request (a traceback at `serve`'s start-up): now one line at load, for `serve` and `read` alike, as
+    are a query string that is no SAS token and a URL without a host (QA round 9, security F2)."""
+    cases = {azurite: "without a SAS token", f"{azurite}?comp=list&secret=hunter2": "not a SAS token",
+             "https://?sv=2021&sig=c2VjcmV0": "no host"}
+    for storage, why in cases.items():
+        with pytest.raises(ConfigError, match=why) as caught:
+            load_settings(env={"BLOBWRITER_STORAGE": storage, "BLOBWRITER_ENCRYPTION_KEY": key})
+        assert "hunter2" not in exception_text(caught.value) and "c2VjcmV0" not in exception_text(caught.value)
+        for command in (["read", "--date", "2026-04-18"], ["serve", "--port", "9"]):
+            result = run_cli(serve_env(storage, key, container), *command, timeout=120)
+            err = result.stderr.decode(errors="replace")
+            assert result.returncode == 2 and "Traceback" not in err, err[-3000:]
+            assert err.strip().splitlines() == [f"blobwriter: error: {caught.value}"], err
