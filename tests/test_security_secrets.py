@@ -415,3 +415,25 @@ def test_an_http_account_url_without_a_sas_is_a_config_error(azurite: str, conta
             err = result.stderr.decode(errors="replace")
             assert result.returncode == 2 and "Traceback" not in err, err[-3000:]
             assert err.strip().splitlines() == [f"blobwriter: error: {caught.value}"], err
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_health_is_ok_with_every_kind_of_credential(kind: str, azurite: str, container: str, key: str) -> None:
+    """A SAS of the container may append, list and read but not get the container's properties, which
+    the health probe asked for: /api/health was 503 for as long as such a writer ran, its appends all
+    landing (QA round 9, security F8). A forged signature is still unhealthy."""
+    cred = credential(kind, container)
+    settings = Settings.from_values({"storage": cred.storage(azurite), "encryption_key": key, "container": container})
+    async with LogWriter(settings) as writer:
+        await writer.write_many(make_entries(3, "health", day="2026-04-19"), wait=True)
+        health = await writer.health()
+        assert health["ok"] is True and health["storage_error"] is None, health
+    if cred.token:
+        forged = Credential(kind, container, cred.token.replace("sig=", "sig=AAAA"))
+        store = open_store(Settings.from_values({"storage": forged.storage(azurite), "encryption_key": key,
+                                                 "container": container}))
+        try:
+            with pytest.raises(BlobwriterError, match="403"):
+                await store.check()
+        finally:
+            await store.close()
