@@ -53,7 +53,7 @@ class ReadReport:
     bytes: int = 0
     index_frames: int = 0
     unindexed: int = 0  # data frames no index frame vouches for yet (the newest ones), when checked
-    open_chains: int = 0  # (writer, date) whose last index frame is not final: crashed, running, or cut
+    open_chains: int = 0  # (writer, date) with no final index frame: crashed, running, or cut
     id_duplicates: int = 0  # entries dropped because an entry with the same id_field value came first
     problems: list[Problem] = field(default_factory=list)
 
