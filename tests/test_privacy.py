@@ -86,6 +86,14 @@ def test_truncate_cuts_long_strings_at_a_character_boundary_with_a_marker() -> N
     assert kept["timestamp"] == TS and kept["n"] == 5
 
 
+def test_truncation_keeps_object_keys_whole() -> None:
+    """Cut keys could merge two fields; README says so, and that dropping is what hides a name."""
+    key, other = "k" * 300, "k" * 299 + "j"
+    kept = stored({"timestamp": TS, key: "v" * 100, "o": {other: 1}}, Privacy(truncate_bytes=64))
+    assert kept[key] == "v" * 64 + truncation_marker(100) and kept["o"] == {other: 1}
+    assert key not in stored({"timestamp": TS, key: 1}, Privacy(drop=[key]))
+
+
 def test_truncation_leaves_the_timestamp_and_received_at_alone() -> None:
     long_stamp = "2026-11-24T21:00:02." + "1" * 80 + "Z"
     kept = stored({"timestamp": long_stamp, "text": "z" * 100}, Privacy(truncate_bytes=64),
