@@ -3,6 +3,8 @@ the value validated and converted, or raises ConfigError naming the setting (nev
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -142,11 +144,21 @@ def _check_connection_string(name: str, text: str) -> None:
     from azure.storage.blob import BlobServiceClient
 
     try:
-        BlobServiceClient.from_connection_string(text).close()
+        client = BlobServiceClient.from_connection_string(text)
     except ValueError as exc:  # never echoed: the value may hold an account key
         raise ConfigError(f"Config '{name}' is not a valid connection string: {exc} (the value is not shown). "
                           "Expected 'AccountName=...;AccountKey=...', 'BlobEndpoint=...;SharedAccessSignature=...' "
                           "or 'UseDevelopmentStorage=true'.") from None
+    # The SDK decodes the account key only to sign a request: a key that is not base64 failed every request,
+    # retried as if storage were down, each entry accepted (202) and never written.
+    account_key = getattr(client.credential, "account_key", None)
+    client.close()
+    if isinstance(account_key, str):
+        try:
+            base64.b64decode(account_key.encode("utf-8"))  # as the SDK decodes it when it signs
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"Config '{name}' has an AccountKey that is not base64 (the value is not shown): "
+                              "copy the storage account's access key whole (it ends in '==').") from None
 
 
 def optional_integer(low: int, high: int) -> Cast:

@@ -437,3 +437,22 @@ async def test_health_is_ok_with_every_kind_of_credential(kind: str, azurite: st
                 await store.check()
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize("account_key", ["not-base64!!", "c2VjcmV0a2V5X"])
+def test_an_account_key_that_is_not_base64_is_a_config_error(account_key: str, azurite: str, container: str,
+                                                             key: str) -> None:
+    """The SDK decodes the account key only when it signs a request: a connection string whose key is not
+    base64 passed the settings, then every append failed and was retried as if storage were down, each
+    entry answered 202 and never written (QA round 9, security F11). Now one line at load, unseen."""
+    storage = connection_string(azurite).replace(ACCOUNT_KEY, account_key)
+    with pytest.raises(ConfigError, match="AccountKey that is not base64") as caught:
+        load_settings(env={"BLOBWRITER_STORAGE": storage, "BLOBWRITER_ENCRYPTION_KEY": key})
+    assert account_key not in exception_text(caught.value)
+    for command in (["read", "--date", "2026-04-20"], ["serve", "--port", "9"]):
+        result = run_cli(serve_env(storage, key, container), *command, timeout=120)
+        err = result.stderr.decode(errors="replace")
+        assert result.returncode == 2 and err.strip().splitlines() == [f"blobwriter: error: {caught.value}"], err
+    # A key the SDK takes (its decoding ignores characters outside the alphabet) is not refused.
+    Settings.from_values({"storage": connection_string(azurite).replace(ACCOUNT_KEY, ACCOUNT_KEY + "\n"),
+                          "encryption_key": key})
