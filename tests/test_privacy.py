@@ -222,3 +222,38 @@ async def test_http_request_can_keep_less_never_more(make_settings: Callable[...
     assert by_id["short"]["long"] == "q" * 64 + truncation_marker(500)
     assert by_id["plain"]["request"] == ENTRY["request"]
 
+
+
+OTEL = {"id": "otel", "timestamp": TS, "gen_ai.output.messages": [{"role": "assistant", "content": "SECRET answer"}],
+        "attributes": {"gen_ai.input.messages": [{"role": "user", "content": "my SSN is 078-05-1120"}],
+                       "enduser.id": "alice@contoso.com", "gen_ai.usage.input_tokens": 12,
+                       "gen_ai": {"input": {"messages": "nested SECRET too"}}}}
+
+
+def test_paths_find_keys_with_dots_as_opentelemetry_attributes_have_them() -> None:
+    """`attributes.gen_ai.input.messages` named nested objects only, so OpenTelemetry's flat attribute keys
+    (`gen_ai.input.messages`), which `stats` finds by the same path, were kept (QA round 9, security F12).
+    Every match is dropped or masked: the key with dots and the nested objects alike."""
+    kept = stored(OTEL, Privacy(drop=["attributes.gen_ai.input.messages", "gen_ai.output.messages"],
+                                mask=["attributes.enduser.id"]))
+    assert kept == {"id": "otel", "timestamp": TS,
+                    "attributes": {"enduser.id": MASK, "gen_ai.usage.input_tokens": 12, "gen_ai": {"input": {}}}}
+    partly = stored({"timestamp": TS, "a": {"b.c": {"d": 1, "e": 2}, "b": {"c.d": 3}}}, Privacy(mask=["a.b.c.d"]))
+    assert partly["a"] == {"b.c": {"d": MASK, "e": 2}, "b": {"c.d": MASK}}
+    wild = stored({"timestamp": TS, "spans": [{"attributes": {"user.email": "x@y.z", "n": 1}}]},
+                  Privacy(drop=["spans.*.attributes.user.email"]))
+    assert wild["spans"] == [{"attributes": {"n": 1}}]
+    assert stored(OTEL, Privacy(drop=["attributes.gen_ai.usage"]))["attributes"]["gen_ai.usage.input_tokens"] == 12
+
+
+async def test_dotted_keys_are_dropped_before_storage_over_http(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(drop_fields="attributes.gen_ai.input.messages", mask_fields="attributes.enduser.id")
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.post("/api/logs", params={"drop": "gen_ai.output.messages", "wait": "true"},
+                                     json=OTEL)
+        assert response.status_code == 200, response.text
+        await app.state.writer_holder.stop()
+    (entry,), report = await read_back(settings, ["2026-11-24"])
+    assert report.ok and "SECRET" not in orjson.dumps(entry).decode() and "078-05" not in orjson.dumps(entry).decode()
+    assert entry["attributes"]["enduser.id"] == MASK and entry["attributes"]["gen_ai.usage.input_tokens"] == 12
