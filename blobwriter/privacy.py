@@ -12,11 +12,12 @@ Four controls, configured in settings (`drop_fields`, `mask_fields`, `truncate_b
    bytes (at a character boundary) and appends a marker with the original size.
 
 A path is dot-separated keys; `*` matches every item of a list and every member of an object
-(`request.messages.*.content`). Keys that themselves contain dots, as OpenTelemetry attributes do,
-are found as `stats` finds them: `attributes.gen_ai.input.messages` names the key
-`gen_ai.input.messages` of `attributes` as well as nested objects `gen_ai` > `input` > `messages`;
-a control applies to every match. A path that does not exist in an entry changes nothing. The
-caller's objects are never modified: what changes is copied along the changed paths only.
+(`request.messages.*.content`), a number one item of a list (`request.messages.0.content`). Keys
+that themselves contain dots, as OpenTelemetry attributes do, are found as `stats` finds them:
+`attributes.gen_ai.input.messages` names the key `gen_ai.input.messages` of `attributes` as well
+as nested objects `gen_ai` > `input` > `messages`; a control applies to every match. A path that
+does not exist in an entry changes nothing. The caller's objects are never modified: what changes
+is copied along the changed paths only.
 
 A request (or a `LogWriter.write` call) may narrow the configured controls, never widen them:
 `Privacy.narrowed` adds paths, lowers the truncation limit, or turns `metadata_only` on.
@@ -147,10 +148,21 @@ def _edit(value: Any, path: Steps, depth: int, *, drop: bool) -> Any:
             elif key in copy:
                 copy[key] = _edit(value[key], path, end, drop=drop)
         return copy
-    if isinstance(value, list | tuple) and steps[0][0] == WILDCARD:
-        if depth == len(path) - 1:
-            return [] if drop else [MASK] * len(value)
-        return [_edit(item, path, depth + 1, drop=drop) for item in value]
+    if isinstance(value, list | tuple):
+        segment = steps[0][0]
+        if segment == WILDCARD:
+            if depth == len(path) - 1:
+                return [] if drop else [MASK] * len(value)
+            return [_edit(item, path, depth + 1, drop=drop) for item in value]
+        if segment.isascii() and segment.isdigit() and int(segment) < len(value):  # one item, as stats reads it
+            items, index = list(value), int(segment)
+            if depth < len(path) - 1:
+                items[index] = _edit(items[index], path, depth + 1, drop=drop)
+            elif drop:
+                del items[index]
+            else:
+                items[index] = MASK
+            return items
     return value
 
 

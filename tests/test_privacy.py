@@ -246,6 +246,14 @@ def test_paths_find_keys_with_dots_as_opentelemetry_attributes_have_them() -> No
     assert stored(OTEL, Privacy(drop=["attributes.gen_ai.usage"]))["attributes"]["gen_ai.usage.input_tokens"] == 12
 
 
+def test_a_number_names_one_item_of_a_list_as_in_stats() -> None:
+    """`request.messages.0.content` (how `stats` names a list item) was a path that matched nothing."""
+    masked = stored(ENTRY, Privacy(mask=["request.messages.1.content"], drop=["response.choices.0", "tokens.9"]))
+    assert [m["content"] for m in masked["request"]["messages"]] == ["You are helpful.", MASK]
+    assert masked["response"]["choices"] == [] and masked["tokens"] == ENTRY["tokens"]
+    assert stored({"timestamp": TS, "a": {"0": "x"}}, Privacy(mask=["a.0"]))["a"] == {"0": MASK}
+
+
 async def test_dotted_keys_are_dropped_before_storage_over_http(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(drop_fields="attributes.gen_ai.input.messages", mask_fields="attributes.enduser.id")
     app = create_app(settings)
