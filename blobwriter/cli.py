@@ -18,6 +18,7 @@ from .decoding import CountEntries, keep_heap
 from .errors import BlobwriterError, ConfigError
 from .keys import keygen
 from .query import cli as query_cli
+from .query.output import printable
 from .query.progress import Progress, tracked_results
 from .reader import Reader, ReadReport, date_range
 from .store import open_store
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_read(settings, dates, verify=args.command == "verify",
                                  as_json=getattr(args, "json", False)))
     except (BlobwriterError, ValueError) as exc:
-        print(f"blobwriter: error: {exc}", file=sys.stderr)
+        print(f"blobwriter: error: {printable(str(exc), lines=True)}", file=sys.stderr)  # DuckDB's errors quote entries
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -81,3 +81,18 @@ async def test_json_and_csv_keep_every_value_exactly(make_settings: Callable[...
     stats = run_cli("stats", "--date", DAY, "--by", "user", "--format", "csv", env=env)
     assert sorted(row[0] for row in csv.reader(io.StringIO(stats.stdout, newline=""))) == sorted(
         ["user", *HOSTILE.values()])
+
+
+async def test_errors_and_notes_that_quote_entries_show_escapes(make_settings: Callable[..., Settings]) -> None:
+    """DuckDB's errors quote the value they could not convert: it reached stderr raw. (stats' notes quote an
+    example of a value that is not a number as JSON, escaped already.)"""
+    settings = make_settings()
+    await store_entries(settings, [{"timestamp": f"{DAY}T10:00:00Z", "user": HOSTILE["erase"],
+                                    "tokens": {"total": HOSTILE["title"]}}])
+    env = cli_env(settings)
+    cast = run_cli("sql", "--date", DAY, "SELECT CAST(user AS INTEGER) FROM logs", env=env)
+    assert cast.returncode == 2 and "mallory\\x1b[1A" in cast.stderr, cast.stderr
+    stats = run_cli("stats", "--date", DAY, env=env)
+    assert stats.returncode == 0 and "trudy\\u001b]0;pwned\\u0007" in stats.stderr, stats.stderr
+    for result in (cast, stats):
+        assert not ACTIVE.findall(result.stderr), result.stderr
