@@ -186,6 +186,12 @@ class Settings:
         return ((self.encryption_key,) if self.encryption_key else ()) + self.previous_keys
 
     @property
+    def named_keys(self) -> tuple[tuple[str, SecretKey], ...]:
+        """`keys`, each with the setting it comes from (`encryption_key`, `previous_keys[0]`, ...)."""
+        current = (("encryption_key", self.encryption_key),) if self.encryption_key else ()
+        return current + tuple((f"previous_keys[{n}]", key) for n, key in enumerate(self.previous_keys))
+
+    @property
     def storage_kind(self) -> StorageKind:
         return storage_kind(self.require("storage"))
 

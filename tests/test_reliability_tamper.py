@@ -189,6 +189,9 @@ async def test_wrong_or_missing_key_is_one_clear_error(tmp_path: Path) -> None:
         assert result.returncode == 2 and "Traceback" not in err, err
         assert "none of the configured keys can decrypt these logs" in err
         assert wrong not in err and key not in err
+        # The ids the frames use and those of the configured keys, by setting: a wrong key told from a missing one.
+        assert f"use key id(s) {parse_key(key).id.hex()}" in err
+        assert f"the configured keys have key ids: encryption_key {parse_key(wrong).id.hex()})" in err
 
         env = serve_env(str(root), key)
         del env["BLOBWRITER_ENCRYPTION_KEY"]
