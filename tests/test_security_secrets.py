@@ -231,7 +231,10 @@ async def test_storage_errors_and_health_show_no_credential(kind: str, blackhole
     secrets = [*cred.secrets, *key_forms(key)]
     texts: list[str] = []
     for endpoint, plan in ((blackhole, None), (f"{proxy.url}/{ACCOUNT}", FaultPlan(garbage_share=1.0, only=all_)),
-                           (f"{proxy.url}/{ACCOUNT}", FaultPlan(refuse_share=1.0, only=all_)),
+                           # Refused as a bad credential (a 403 AuthorizationPermissionMismatch, a credential
+                           # that may not read container properties, answers the health probe: F8).
+                           (f"{proxy.url}/{ACCOUNT}", FaultPlan(refuse_share=1.0, refuse_code="AuthenticationFailed",
+                                                                only=all_)),
                            (f"{proxy.url}/{ACCOUNT}", FaultPlan(down=True))):
         if plan is not None:
             proxy.plan = plan
