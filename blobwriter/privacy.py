@@ -35,9 +35,9 @@ WILDCARD = "*"
 TIMESTAMP = "timestamp"
 
 Path = tuple[str, ...]
-# A path compiled for matching: for each segment position, the keys an object may hold there (the segment,
-# and the segment joined by dots with those after it, none with a wildcard in it) and where each leads.
-Steps = tuple[tuple[tuple[str, int], ...], ...]
+# A path compiled for matching: for each segment position, the segment, and the keys with dots an object may
+# hold there (the segment joined by dots with those after it, none with a wildcard in it) and where each leads.
+Steps = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
 
 
 def parse_path(text: str) -> Path:
@@ -53,12 +53,12 @@ def compile_path(path: Path) -> Steps:
     """The keys each position of `path` may match: `a.b.c` at 0 is `a`, `a.b` or `a.b.c`."""
     steps = []
     for start in range(len(path)):
-        keys = [(path[start], start + 1)]
+        dotted = []
         for end in range(start + 2, len(path) + 1):
             if WILDCARD in path[start:end]:
                 break
-            keys.append((".".join(path[start:end]), end))
-        steps.append(tuple(keys))
+            dotted.append((".".join(path[start:end]), end))
+        steps.append((path[start], tuple(dotted)))
     return tuple(steps)
 
 
@@ -131,11 +131,15 @@ NO_PRIVACY = Privacy()
 
 def _edit(value: Any, path: Steps, depth: int, *, drop: bool) -> Any:
     """`value` with the field(s) at path[depth:] dropped or masked; copies only what changes."""
-    steps = path[depth]
+    segment, dotted = path[depth]
     if isinstance(value, Mapping):
-        found = [(key, end) for key, end in steps if key in value]
-        if steps[0][0] == WILDCARD:
-            found = [(key, steps[0][1]) for key in value]
+        if segment == WILDCARD:
+            found = [(key, depth + 1) for key in value]
+        else:
+            found = [(segment, depth + 1)] if segment in value else []
+            for key, end in dotted:  # keys with dots (OpenTelemetry attributes): rarely there
+                if key in value:
+                    found.append((key, end))
         if not found:
             return value
         copy = dict(value)
@@ -149,7 +153,6 @@ def _edit(value: Any, path: Steps, depth: int, *, drop: bool) -> Any:
                 copy[key] = _edit(value[key], path, end, drop=drop)
         return copy
     if isinstance(value, list | tuple):
-        segment = steps[0][0]
         if segment == WILDCARD:
             if depth == len(path) - 1:
                 return [] if drop else [MASK] * len(value)
