@@ -264,13 +264,17 @@ class Rules:
                            truncate_bytes=settings.truncate_bytes, metadata_only=settings.metadata_only))
 
 
+def _days(count: int) -> str:
+    return f"{count} day{'' if count == 1 else 's'}"
+
+
 def _span(delta: timedelta) -> str:
     """A duration to the second (or millisecond), `7 days 00:00:01`: just past a bound of 7 days must not
     read as 7.0 days, as if inside it."""
     whole, milliseconds = divmod(delta // timedelta(milliseconds=1), 1000)
     days, rest = divmod(whole, 86_400)
     hours, rest = divmod(rest, 3600)
-    text = f"{days} day{'' if days == 1 else 's'} {hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    text = f"{_days(days)} {hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
     return text + (f".{milliseconds:03d}" if milliseconds else "")
 
 
@@ -297,8 +301,8 @@ class Admission:
 
     def _window(self) -> str:
         r = self.rules
-        past = f"{r.max_past_days} days before" if r.max_past_days is not None else "any time before"
-        future = f"{r.max_future_days} days after" if r.max_future_days is not None else "any time after"
+        past = f"{_days(r.max_past_days)} before" if r.max_past_days is not None else "any time before"
+        future = f"{_days(r.max_future_days)} after" if r.max_future_days is not None else "any time after"
         return (f"entries are accepted from {past} to {future} the server's clock, now {format_timestamp(self.now)} "
                 f"(max_past_days={r.max_past_days}, max_future_days={r.max_future_days})")
 

@@ -257,6 +257,7 @@ def test_timestamp_window(moment: datetime, past: int | None, future: int | None
     message = str(caught.value)
     assert refused in message
     assert f"max_past_days={past}, max_future_days={future}" in message  # what the window is
+    assert "1 days" not in message  # "to 1 day after the server's clock"
     assert format_timestamp(NOW) in message  # and the clock it is measured from
 
 
