@@ -37,6 +37,8 @@ SDK_RETRIES = 3  # quick in-request retries of transient errors (not appends: th
 DOWNLOAD_BYTES = 8 * 1024 * 1024
 RANGES_IN_FLIGHT = 2
 DOWNLOAD_BLOCK_BYTES = 256 * 1024  # what a download's body is read in (the storage SDK's own default)
+# A 403 that says the credential is valid but not for this operation (not AuthenticationFailed).
+PROBE_NOT_PERMITTED = {"AuthorizationPermissionMismatch", "AuthorizationResourceTypeMismatch"}
 
 
 # Credentials as they appear in URLs, connection strings and headers: a SAS signature (`sig=`), an
@@ -164,8 +166,11 @@ class AppendBlobStore:
             **timeouts,
         }
         storage = s.require("storage")
+        url, _, sas = storage.partition("?")
         if s.storage_kind == "connection_string":
             self._service = BlobServiceClient.from_connection_string(storage, **options)
+        elif sas:  # an account URL with a SAS token (an account SAS, or one of the container)
+            self._service = BlobServiceClient(url, credential=sas, **options)
         else:
             from azure.identity.aio import DefaultAzureCredential
 
@@ -260,5 +265,12 @@ class AppendBlobStore:
                     download_task.exception()
 
     async def check(self) -> None:
-        with _storage_errors("storage unreachable: probe", self.description):
-            await self._client().get_container_properties(retry_total=0)
+        try:
+            with _storage_errors("storage unreachable: probe", self.description):
+                await self._client().get_container_properties(retry_total=0)
+        except StoreError as exc:
+            # Storage answered and took the credential, which may not read the container's properties: a
+            # SAS of the container never may (a service SAS), an account SAS may lack the permission. What
+            # the probe asks is answered; whether it may append, appends tell.
+            if exc.status != 403 or exc.code not in PROBE_NOT_PERMITTED:
+                raise

@@ -3,9 +3,12 @@ the value validated and converted, or raises ConfigError naming the setting (nev
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .keys import SecretKey, parse_key
@@ -94,6 +97,7 @@ def prefix(name: str, value: Any) -> str:
 
 # A credential inside a value that is not a connection string (so would be taken for a directory path).
 _CREDENTIAL_MARKERS = re.compile(r"(?i)(accountkey|sharedaccesssignature|sharedaccesskey|(^|[?&;])sig)=")
+_SAS_SIGNATURE = re.compile(r"(?i)(^|&)sig=[^&]")
 
 
 def storage(name: str, value: Any) -> str:
@@ -108,7 +112,30 @@ def storage(name: str, value: Any) -> str:
         )
     if storage_kind(text) == "connection_string":
         _check_connection_string(name, text)
+    elif storage_kind(text) == "account_url":
+        _check_account_url(name, text)
     return text
+
+
+def _check_account_url(name: str, text: str) -> None:
+    """An account URL signs in with its SAS token (its query string) or, without one, with Entra ID, which the
+    SDK sends only over https: anything else fails at the first request (a traceback at serve's start-up).
+    Never echoed: the query may hold a SAS signature."""
+    parts = urlsplit(text)
+    if not parts.hostname:
+        raise ConfigError(f"Config '{name}' is not a valid account URL: it has no host (the value is not shown). "
+                          "Expected https://<account>.blob.core.windows.net.")
+    if parts.query:
+        if not _SAS_SIGNATURE.search(parts.query):
+            raise ConfigError(f"Config '{name}' has a query string that is not a SAS token (no 'sig='; the value "
+                              "is not shown): an account URL takes a SAS token (?sv=...&sig=...) or nothing "
+                              "(Entra ID).")
+    elif parts.scheme.lower() != "https":
+        raise ConfigError(
+            f"Config '{name}' is an http:// account URL without a SAS token: Entra ID (DefaultAzureCredential) "
+            "signs requests only over https. Use https://, add a SAS token (?sv=...&sig=...), or a connection "
+            "string (UseDevelopmentStorage=true for Azurite, or 'DefaultEndpointsProtocol=http;AccountName=...;"
+            "AccountKey=...;BlobEndpoint=...').")
 
 
 def _check_connection_string(name: str, text: str) -> None:
@@ -117,11 +144,21 @@ def _check_connection_string(name: str, text: str) -> None:
     from azure.storage.blob import BlobServiceClient
 
     try:
-        BlobServiceClient.from_connection_string(text).close()
+        client = BlobServiceClient.from_connection_string(text)
     except ValueError as exc:  # never echoed: the value may hold an account key
         raise ConfigError(f"Config '{name}' is not a valid connection string: {exc} (the value is not shown). "
                           "Expected 'AccountName=...;AccountKey=...', 'BlobEndpoint=...;SharedAccessSignature=...' "
                           "or 'UseDevelopmentStorage=true'.") from None
+    # The SDK decodes the account key only to sign a request: a key that is not base64 failed every request,
+    # retried as if storage were down, each entry accepted (202) and never written.
+    account_key = getattr(client.credential, "account_key", None)
+    client.close()
+    if isinstance(account_key, str):
+        try:
+            base64.b64decode(account_key.encode("utf-8"))  # as the SDK decodes it when it signs
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"Config '{name}' has an AccountKey that is not base64 (the value is not shown): "
+                              "copy the storage account's access key whole (it ends in '==').") from None
 
 
 def optional_integer(low: int, high: int) -> Cast:

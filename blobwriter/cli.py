@@ -15,11 +15,12 @@ from datetime import date as Date
 from . import __version__
 from .config import Settings, load_settings
 from .decoding import CountEntries, keep_heap
-from .errors import BlobwriterError, ConfigError
+from .errors import BlobwriterError
 from .keys import keygen
 from .query import cli as query_cli
+from .query.output import printable
 from .query.progress import Progress, tracked_results
-from .reader import Reader, ReadReport, date_range
+from .reader import Reader, ReadReport, date_range, unknown_keys_error
 from .store import open_store
 
 EXIT_OK, EXIT_DAMAGED, EXIT_USAGE = 0, 1, 2
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_read(settings, dates, verify=args.command == "verify",
                                  as_json=getattr(args, "json", False)))
     except (BlobwriterError, ValueError) as exc:
-        print(f"blobwriter: error: {exc}", file=sys.stderr)
+        print(f"blobwriter: error: {printable(str(exc), lines=True)}", file=sys.stderr)  # DuckDB's errors quote entries
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -129,11 +130,7 @@ async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: 
         await store.close()
     report = reader.report
     if report.only_unknown_keys:
-        ids = sorted({p.unknown_key.hex() for p in report.problems if p.unknown_key})
-        raise ConfigError(
-            f"none of the configured keys can decrypt these logs ({len(report.problems)} frames use key id(s) "
-            f"{', '.join(ids)}); set encryption_key (and previous_keys after a rotation) to the key that wrote them."
-        )
+        raise unknown_keys_error(report.problems, settings.named_keys)
     _print_report(report, dates, verbose=verify, as_json=as_json)
     return EXIT_OK if report.ok else EXIT_DAMAGED
 

@@ -366,7 +366,14 @@ class FrameScanner:
             yield Found(self._base + pos, header, data)
 
 
-def _find_header(buffer: bytearray, start: int) -> int | None:
+def header_within(frame: bytes) -> int | None:
+    """Where a valid header lies inside a frame's bytes after its own (None: nowhere). An intact frame has
+    none but by a 2^-64 chance (magic, CRC, version and length all valid in ciphertext); a header whose
+    length claims the frames after it (forged: a CRC is no MAC) covers theirs."""
+    return _find_header(frame, 1)
+
+
+def _find_header(buffer: bytes | bytearray, start: int) -> int | None:
     """The offset of the next valid header at or after start, or None if none in the buffer yet."""
     while True:
         at = buffer.find(MAGIC, start)

@@ -54,7 +54,8 @@ class Settings:
 
     storage: str | None = _setting(
         None, casts.storage, "connection string, 'UseDevelopmentStorage=true', https://<account>.blob.core.windows.net "
-        "(Entra ID auth), or a local directory path", required=True, hidden=True)
+        "(Entra ID auth; or with a SAS token: ...?sv=...&sig=...), or a local directory path", required=True,
+        hidden=True)
     container: str = _setting("logs", casts.container, "blob container that holds the log blobs")
     blob_prefix: str = _setting("", casts.prefix, "blob-name prefix inside the container (e.g. 'gateway/')",
                                 alias="directory")
@@ -183,6 +184,12 @@ class Settings:
     def keys(self) -> tuple[SecretKey, ...]:
         """All keys a reader may use: the current key first, then the previous ones."""
         return ((self.encryption_key,) if self.encryption_key else ()) + self.previous_keys
+
+    @property
+    def named_keys(self) -> tuple[tuple[str, SecretKey], ...]:
+        """`keys`, each with the setting it comes from (`encryption_key`, `previous_keys[0]`, ...)."""
+        current = (("encryption_key", self.encryption_key),) if self.encryption_key else ()
+        return current + tuple((f"previous_keys[{n}]", key) for n, key in enumerate(self.previous_keys))
 
     @property
     def storage_kind(self) -> StorageKind:

@@ -264,6 +264,20 @@ class Rules:
                            truncate_bytes=settings.truncate_bytes, metadata_only=settings.metadata_only))
 
 
+def _days(count: int) -> str:
+    return f"{count} day{'' if count == 1 else 's'}"
+
+
+def _span(delta: timedelta) -> str:
+    """A duration to the second (or millisecond), `7 days 00:00:01`: just past a bound of 7 days must not
+    read as 7.0 days, as if inside it."""
+    whole, milliseconds = divmod(delta // timedelta(milliseconds=1), 1000)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{_days(days)} {hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return text + (f".{milliseconds:03d}" if milliseconds else "")
+
+
 _NOT_READ = datetime.min.replace(tzinfo=UTC)  # Admission.now when no rule needs the clock
 _ABSENT: Any = object()  # an entry without a timestamp
 
@@ -287,18 +301,19 @@ class Admission:
 
     def _window(self) -> str:
         r = self.rules
-        past = f"{r.max_past_days} days before" if r.max_past_days is not None else "any time before"
-        future = f"{r.max_future_days} days after" if r.max_future_days is not None else "any time after"
+        past = f"{_days(r.max_past_days)} before" if r.max_past_days is not None else "any time before"
+        future = f"{_days(r.max_future_days)} after" if r.max_future_days is not None else "any time after"
         return (f"entries are accepted from {past} to {future} the server's clock, now {format_timestamp(self.now)} "
                 f"(max_past_days={r.max_past_days}, max_future_days={r.max_future_days})")
 
     def _check_window(self, moment: datetime, text: str) -> None:
         if self.earliest is not None and moment < self.earliest:
-            days = (self.now - moment) / timedelta(days=1)
-            raise EntryError(f"'timestamp' {_shown(text)} is {days:.1f} days in the past: {self._window()}")
-        if self.latest is not None and moment > self.latest:
-            days = (moment - self.now) / timedelta(days=1)
-            raise EntryError(f"'timestamp' {_shown(text)} is {days:.1f} days in the future: {self._window()}")
+            where = f"{_span(self.now - moment)} in the past"
+        elif self.latest is not None and moment > self.latest:
+            where = f"{_span(moment - self.now)} in the future"
+        else:
+            return
+        raise EntryError(f"'timestamp' {_shown(text)} is {where}: {self._window()}")
 
     def prepare(self, entry: Any) -> Prepared:
         """Validate, apply the privacy controls to, stamp and serialize one entry."""

@@ -104,7 +104,8 @@ class IndexCheck:
 
     def finish(self, damaged: set[Place], report: Report) -> tuple[int, int]:
         """Report what is out of place (in blob and offset order; damaged places excepted) and each
-        broken chain; return (data frames not yet indexed, open chains)."""
+        broken chain; return (data frames not yet indexed, open chains: writers whose last index frame
+        of the date is not final, or who have frames of the date and no index frame)."""
         unsettled: list[tuple[Place, Landed, Landed | None]] = [(p, c, None) for p, c in self._unseen.items()]
         unsettled += [(place, claim, found) for place, (claim, found) in self._wrong.items()]
         for (blob, offset), (writer, sequence, attempt, _), found in sorted(unsettled, key=lambda u: u[0]):
@@ -117,9 +118,12 @@ class IndexCheck:
                 report(blob, offset, f"frame out of place: found writer {found[0].hex()} sequence {found[1]} "
                                      f"attempt {found[2]} where the index puts {expected} (frames swapped or moved)")
         # A retried append's other copy is not in any index: its twin at the indexed offset is.
-        unindexed = sum(1 for writer, sequence, _, _ in self._unclaimed.values()
-                        if (writer, sequence) not in self._claimed)
-        return unindexed, self._check_chains(report)
+        unindexed = [writer for writer, sequence, _, _ in self._unclaimed.values()
+                     if (writer, sequence) not in self._claimed]
+        # A writer with frames of the date and no index frame at all (a short-lived writer's only one is its
+        # final one, so a cut tail takes it along) is open too, like one whose last index frame is not final.
+        unindexed_only = set(unindexed) - self._chains.keys() - self._claimed.ranges.keys()
+        return len(unindexed), self._check_chains(report) + len(unindexed_only)
 
     def _check_chains(self, report: Report) -> int:
         """Each writer's index frames of a date must be numbered 1, 2, ... with no gap, each naming the

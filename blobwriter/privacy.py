@@ -12,9 +12,12 @@ Four controls, configured in settings (`drop_fields`, `mask_fields`, `truncate_b
    bytes (at a character boundary) and appends a marker with the original size.
 
 A path is dot-separated keys; `*` matches every item of a list and every member of an object
-(`request.messages.*.content`). A path that does not exist in an entry changes nothing. Keys
-that contain a dot cannot be named. The caller's objects are never modified: what changes is
-copied along the changed paths only.
+(`request.messages.*.content`), a number one item of a list (`request.messages.0.content`). Keys
+that themselves contain dots, as OpenTelemetry attributes do, are found as `stats` finds them:
+`attributes.gen_ai.input.messages` names the key `gen_ai.input.messages` of `attributes` as well
+as nested objects `gen_ai` > `input` > `messages`; a control applies to every match. A path that
+does not exist in an entry changes nothing. The caller's objects are never modified: what changes
+is copied along the changed paths only.
 
 A request (or a `LogWriter.write` call) may narrow the configured controls, never widen them:
 `Privacy.narrowed` adds paths, lowers the truncation limit, or turns `metadata_only` on.
@@ -32,6 +35,9 @@ WILDCARD = "*"
 TIMESTAMP = "timestamp"
 
 Path = tuple[str, ...]
+# A path compiled for matching: for each segment position, the segment, and the keys with dots an object may
+# hold there (the segment joined by dots with those after it, none with a wildcard in it) and where each leads.
+Steps = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
 
 
 def parse_path(text: str) -> Path:
@@ -41,6 +47,19 @@ def parse_path(text: str) -> Path:
         raise ValueError("a path is dot-separated field names (or '*'), without empty segments or spaces around "
                          "them, e.g. request.messages.*.content")
     return segments
+
+
+def compile_path(path: Path) -> Steps:
+    """The keys each position of `path` may match: `a.b.c` at 0 is `a`, `a.b` or `a.b.c`."""
+    steps = []
+    for start in range(len(path)):
+        dotted = []
+        for end in range(start + 2, len(path) + 1):
+            if WILDCARD in path[start:end]:
+                break
+            dotted.append((".".join(path[start:end]), end))
+        steps.append((path[start], tuple(dotted)))
+    return tuple(steps)
 
 
 def truncation_marker(original_bytes: int) -> str:
@@ -55,8 +74,8 @@ class Privacy:
     mask: tuple[str, ...] = ()
     truncate_bytes: int | None = None
     metadata_only: bool = False
-    _drop: tuple[Path, ...] = field(init=False, repr=False, compare=False)
-    _mask: tuple[Path, ...] = field(init=False, repr=False, compare=False)
+    _drop: tuple[Steps, ...] = field(init=False, repr=False, compare=False)
+    _mask: tuple[Steps, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("drop", "mask"):  # a list is taken as a tuple; one string would be taken letter by letter
@@ -69,8 +88,8 @@ class Privacy:
                 raise ValueError(f"path {path!r}: 'timestamp' decides the entry's blob and is always kept")
         if self.truncate_bytes is not None and self.truncate_bytes < 1:
             raise ValueError("truncate_bytes must be at least 1")
-        object.__setattr__(self, "_drop", tuple(parse_path(p) for p in self.drop))
-        object.__setattr__(self, "_mask", tuple(parse_path(p) for p in self.mask))
+        object.__setattr__(self, "_drop", tuple(compile_path(parse_path(p)) for p in self.drop))
+        object.__setattr__(self, "_mask", tuple(compile_path(parse_path(p)) for p in self.mask))
 
     @property
     def active(self) -> bool:
@@ -110,27 +129,43 @@ class Privacy:
 NO_PRIVACY = Privacy()
 
 
-def _edit(value: Any, path: Path, depth: int, *, drop: bool) -> Any:
+def _edit(value: Any, path: Steps, depth: int, *, drop: bool) -> Any:
     """`value` with the field(s) at path[depth:] dropped or masked; copies only what changes."""
-    segment, last = path[depth], depth == len(path) - 1
+    segment, dotted = path[depth]
     if isinstance(value, Mapping):
-        keys = list(value) if segment == WILDCARD else ([segment] if segment in value else [])
-        if not keys:
+        if segment == WILDCARD:
+            found = [(key, depth + 1) for key in value]
+        else:
+            found = [(segment, depth + 1)] if segment in value else []
+            for key, end in dotted:  # keys with dots (OpenTelemetry attributes): rarely there
+                if key in value:
+                    found.append((key, end))
+        if not found:
             return value
         copy = dict(value)
-        for key in keys:
-            if last:
+        for key, end in found:
+            if end == len(path):
                 if drop:
-                    del copy[key]
+                    copy.pop(key, None)
                 else:
                     copy[key] = MASK
-            else:
-                copy[key] = _edit(value[key], path, depth + 1, drop=drop)
+            elif key in copy:
+                copy[key] = _edit(value[key], path, end, drop=drop)
         return copy
-    if isinstance(value, list | tuple) and segment == WILDCARD:
-        if last:
-            return [] if drop else [MASK] * len(value)
-        return [_edit(item, path, depth + 1, drop=drop) for item in value]
+    if isinstance(value, list | tuple):
+        if segment == WILDCARD:
+            if depth == len(path) - 1:
+                return [] if drop else [MASK] * len(value)
+            return [_edit(item, path, depth + 1, drop=drop) for item in value]
+        if segment.isascii() and segment.isdigit() and int(segment) < len(value):  # one item, as stats reads it
+            items, index = list(value), int(segment)
+            if depth < len(path) - 1:
+                items[index] = _edit(items[index], path, depth + 1, drop=drop)
+            elif drop:
+                del items[index]
+            else:
+                items[index] = MASK
+            return items
     return value
 
 

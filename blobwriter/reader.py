@@ -12,7 +12,7 @@ matched yet (index_check.py); `id_field` holds each entry's id digest.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .codec import Damage, FrameHeader, iter_lines
 from .decoding import FAILED, OK, BatchEnd, BlobScan, Decoding, EntryTask, Frame, Prefetch, entry_lines
-from .errors import FrameError
+from .errors import ConfigError, FrameError
 from .index import chain_hash, read_index
 from .index_check import IndexCheck, SequenceRanges
 from .keys import SecretKey
@@ -53,7 +53,7 @@ class ReadReport:
     bytes: int = 0
     index_frames: int = 0
     unindexed: int = 0  # data frames no index frame vouches for yet (the newest ones), when checked
-    open_chains: int = 0  # (writer, date) whose last index frame is not final: crashed, running, or cut
+    open_chains: int = 0  # (writer, date) with no final index frame: crashed, running, or cut
     id_duplicates: int = 0  # entries dropped because an entry with the same id_field value came first
     problems: list[Problem] = field(default_factory=list)
 
@@ -287,6 +287,17 @@ class Reader:
 
     def _problem(self, name: str, offset: int, message: str, unknown_key: bytes | None = None) -> None:
         self.report.problems.append(Problem(name, offset, message, unknown_key))
+
+
+def unknown_keys_error(problems: Sequence[Problem], keys: Sequence[tuple[str, SecretKey]]) -> ConfigError:
+    """The one error of a read none of whose frames any configured key opens: the key ids the frames use and
+    those of the configured keys, by setting (fingerprints, not keys), so a wrong key is told from a missing one."""
+    ids = sorted({p.unknown_key.hex() for p in problems if p.unknown_key})
+    configured = ", ".join(f"{name} {key.id.hex()}" for name, key in keys)
+    return ConfigError(
+        f"none of the configured keys can decrypt these logs ({len(problems)} frames use key id(s) {', '.join(ids)}; "
+        f"the configured keys have key ids: {configured}); set encryption_key (and previous_keys after a "
+        "rotation) to the key that wrote them.")
 
 
 def _next_day(day: str) -> str:

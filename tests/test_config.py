@@ -324,7 +324,8 @@ def test_every_field_has_env_name_and_help() -> None:
         ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc==;EndpointSuffix=core.windows.net",
          "connection_string"),
         ("https://acct.blob.core.windows.net", "account_url"),
-        ("HTTP://127.0.0.1:10000/devstoreaccount1", "account_url"),
+        ("HTTPS://acct.blob.core.windows.net", "account_url"),
+        ("HTTP://127.0.0.1:10000/devstoreaccount1?sv=2021-08-06&sig=abc%3D", "account_url"),  # http needs a SAS
         ("/var/log/gateway", "directory"),
         ("relative/logs", "directory"),
         (r"C:\logs", "directory"),

@@ -234,9 +234,11 @@ def windowed(past: int | None, future: int | None) -> Admission:
 
 @pytest.mark.parametrize(("moment", "past", "future", "refused"), [
     (NOW - timedelta(days=7, seconds=-1), 7, 1, None),
-    (NOW - timedelta(days=7, seconds=1), 7, 1, "7.0 days in the past"),
+    # Just past a bound reads as past it (it said "7.0 days in the past", as if inside 7 days).
+    (NOW - timedelta(days=7, seconds=1), 7, 1, "is 7 days 00:00:01 in the past"),
     (NOW + timedelta(days=1, seconds=-1), 7, 1, None),
-    (NOW + timedelta(days=1, seconds=1), 7, 1, "1.0 days in the future"),
+    (NOW + timedelta(days=1, milliseconds=250), 7, 1, "is 1 day 00:00:00.250 in the future"),
+    (NOW + timedelta(days=3, hours=4, minutes=5, seconds=6), 7, 1, "is 3 days 04:05:06 in the future"),
     (datetime(1, 1, 1, tzinfo=UTC), 7, None, "in the past"),
     (datetime(9999, 12, 31, tzinfo=UTC), None, 1, "in the future"),
     (datetime(1, 1, 1, tzinfo=UTC), None, 1, None),  # a bound on one side only
@@ -255,6 +257,7 @@ def test_timestamp_window(moment: datetime, past: int | None, future: int | None
     message = str(caught.value)
     assert refused in message
     assert f"max_past_days={past}, max_future_days={future}" in message  # what the window is
+    assert "1 days" not in message  # "to 1 day after the server's clock"
     assert format_timestamp(NOW) in message  # and the clock it is measured from
 
 

@@ -161,6 +161,20 @@ async def test_a_cut_tail_leaves_an_open_chain(tmp_path: Path, key: str, monkeyp
     assert code == 0 and report["open_chains"] == 1 and report["entries"] == 18, report
 
 
+async def test_a_cut_tail_that_takes_the_only_index_frame_leaves_the_writer_open(tmp_path: Path, key: str) -> None:
+    """A writer of fewer than 1,000 frames in under 30 s has one index frame, its final one; cut with the
+    tail, nothing of the writer's index is left. verify said "0 writers without a final index" then, next
+    to the frames not yet indexed (QA round 9, security F4); the writer is open, as with a longer chain."""
+    part = await write_frames(tmp_path, key, 6)
+    spans = frame_spans(part.read_bytes())
+    assert [is_index for _, _, is_index in spans] == [False] * 6 + [True]
+    part.write_bytes(part.read_bytes()[:spans[4][0]])  # frames 5, 6 and the index frame cut
+    code, report = verify(tmp_path, key)
+    assert code == 0 and report["problems"] == [], report
+    assert report["index_frames"] == 0 and report["unindexed_frames"] == 4 and report["entries"] == 12, report
+    assert report["open_chains"] == 1, report
+
+
 async def test_an_index_record_that_is_not_one_is_reported_not_a_crash(tmp_path: Path, key: str) -> None:
     part = await write_frames(tmp_path, key, 1)
     settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})

@@ -86,6 +86,14 @@ def test_truncate_cuts_long_strings_at_a_character_boundary_with_a_marker() -> N
     assert kept["timestamp"] == TS and kept["n"] == 5
 
 
+def test_truncation_keeps_object_keys_whole() -> None:
+    """Cut keys could merge two fields; README says so, and that dropping is what hides a name."""
+    key, other = "k" * 300, "k" * 299 + "j"
+    kept = stored({"timestamp": TS, key: "v" * 100, "o": {other: 1}}, Privacy(truncate_bytes=64))
+    assert kept[key] == "v" * 64 + truncation_marker(100) and kept["o"] == {other: 1}
+    assert key not in stored({"timestamp": TS, key: 1}, Privacy(drop=[key]))
+
+
 def test_truncation_leaves_the_timestamp_and_received_at_alone() -> None:
     long_stamp = "2026-11-24T21:00:02." + "1" * 80 + "Z"
     kept = stored({"timestamp": long_stamp, "text": "z" * 100}, Privacy(truncate_bytes=64),
@@ -214,3 +222,46 @@ async def test_http_request_can_keep_less_never_more(make_settings: Callable[...
     assert by_id["short"]["long"] == "q" * 64 + truncation_marker(500)
     assert by_id["plain"]["request"] == ENTRY["request"]
 
+
+
+OTEL = {"id": "otel", "timestamp": TS, "gen_ai.output.messages": [{"role": "assistant", "content": "SECRET answer"}],
+        "attributes": {"gen_ai.input.messages": [{"role": "user", "content": "my SSN is 078-05-1120"}],
+                       "enduser.id": "alice@contoso.com", "gen_ai.usage.input_tokens": 12,
+                       "gen_ai": {"input": {"messages": "nested SECRET too"}}}}
+
+
+def test_paths_find_keys_with_dots_as_opentelemetry_attributes_have_them() -> None:
+    """`attributes.gen_ai.input.messages` named nested objects only, so OpenTelemetry's flat attribute keys
+    (`gen_ai.input.messages`), which `stats` finds by the same path, were kept (QA round 9, security F12).
+    Every match is dropped or masked: the key with dots and the nested objects alike."""
+    kept = stored(OTEL, Privacy(drop=["attributes.gen_ai.input.messages", "gen_ai.output.messages"],
+                                mask=["attributes.enduser.id"]))
+    assert kept == {"id": "otel", "timestamp": TS,
+                    "attributes": {"enduser.id": MASK, "gen_ai.usage.input_tokens": 12, "gen_ai": {"input": {}}}}
+    partly = stored({"timestamp": TS, "a": {"b.c": {"d": 1, "e": 2}, "b": {"c.d": 3}}}, Privacy(mask=["a.b.c.d"]))
+    assert partly["a"] == {"b.c": {"d": MASK, "e": 2}, "b": {"c.d": MASK}}
+    wild = stored({"timestamp": TS, "spans": [{"attributes": {"user.email": "x@y.z", "n": 1}}]},
+                  Privacy(drop=["spans.*.attributes.user.email"]))
+    assert wild["spans"] == [{"attributes": {"n": 1}}]
+    assert stored(OTEL, Privacy(drop=["attributes.gen_ai.usage"]))["attributes"]["gen_ai.usage.input_tokens"] == 12
+
+
+def test_a_number_names_one_item_of_a_list_as_in_stats() -> None:
+    """`request.messages.0.content` (how `stats` names a list item) was a path that matched nothing."""
+    masked = stored(ENTRY, Privacy(mask=["request.messages.1.content"], drop=["response.choices.0", "tokens.9"]))
+    assert [m["content"] for m in masked["request"]["messages"]] == ["You are helpful.", MASK]
+    assert masked["response"]["choices"] == [] and masked["tokens"] == ENTRY["tokens"]
+    assert stored({"timestamp": TS, "a": {"0": "x"}}, Privacy(mask=["a.0"]))["a"] == {"0": MASK}
+
+
+async def test_dotted_keys_are_dropped_before_storage_over_http(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(drop_fields="attributes.gen_ai.input.messages", mask_fields="attributes.enduser.id")
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.post("/api/logs", params={"drop": "gen_ai.output.messages", "wait": "true"},
+                                     json=OTEL)
+        assert response.status_code == 200, response.text
+        await app.state.writer_holder.stop()
+    (entry,), report = await read_back(settings, ["2026-11-24"])
+    assert report.ok and "SECRET" not in orjson.dumps(entry).decode() and "078-05" not in orjson.dumps(entry).decode()
+    assert entry["attributes"]["enduser.id"] == MASK and entry["attributes"]["gen_ai.usage.input_tokens"] == 12

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,9 @@ async def test_wrong_or_missing_key_is_one_clear_error(tmp_path: Path) -> None:
         assert result.returncode == 2 and "Traceback" not in err, err
         assert "none of the configured keys can decrypt these logs" in err
         assert wrong not in err and key not in err
+        # The ids the frames use and those of the configured keys, by setting: a wrong key told from a missing one.
+        assert f"use key id(s) {parse_key(key).id.hex()}" in err
+        assert f"the configured keys have key ids: encryption_key {parse_key(wrong).id.hex()})" in err
 
         env = serve_env(str(root), key)
         del env["BLOBWRITER_ENCRYPTION_KEY"]
@@ -198,3 +202,46 @@ async def test_wrong_or_missing_key_is_one_clear_error(tmp_path: Path) -> None:
     # after a rotation the old key still reads as a previous key
     back = read_ids(serve_env(str(root), wrong, BLOBWRITER_PREVIOUS_KEYS=key), DATES[0], DATES[-1])
     assert back.returncode == 0 and set(back.counts) == {i for day in DATES for i in ids[day]}
+
+
+async def test_a_forged_header_with_an_unknown_key_hides_no_genuine_frame(make_settings: Any) -> None:
+    """A CRC is no MAC: 68 bytes with a valid CRC, a key id nobody has and a length that claims the frames
+    after it made `read` skip those genuine frames as one "no configured key" frame (QA round 9, security
+    F10). Its length is trusted only when no frame header lies inside it; a genuine frame of another key
+    is still skipped whole and named by its key id. Real Azurite, the CLI reading."""
+    from azure.storage.blob import ContainerClient
+
+    from blobwriter.codec import HEADER, key_id
+
+    day = "2026-04-09"
+    settings, other = make_settings(batch_size=5), make_settings(encryption_key=keygen(), batch_size=5)
+    entries = make_entries(30, "forged", day=day)
+    async with LogWriter(settings) as writer:
+        for start in range(0, 30, 5):  # six frames of five entries
+            await writer.write_many(entries[start:start + 5], wait=True)
+    async with LogWriter(other) as stranger:
+        await stranger.write_many(make_entries(5, "stranger", day=day), wait=True)
+    blob = writer_blob("", day, writer.writer_id, 0)
+    strange = writer_blob("", day, stranger.writer_id, 0)
+    with ContainerClient.from_connection_string(settings.require("storage"), settings.container) as container:
+        data = container.download_blob(blob).readall()
+        foreign = container.download_blob(strange).readall()
+        container.delete_blob(strange)
+        spans = list(frames_in(data))
+        genuine = foreign[:next(iter(frames_in(foreign)))[1].frame_length]  # the stranger's first frame, whole
+        at, cover_end = spans[2][0], spans[5][0]  # the forged header claims frames 3, 4 and 5 as its ciphertext
+        head = HEADER.pack(MAGIC, 2, 1, 0, os.urandom(8), os.urandom(16), 1, 5, 100, bytes(12),
+                           cover_end - at, 0)[:HEADER_SIZE - 4]
+        forged = head + zlib.crc32(head).to_bytes(4, "big")
+        tampered = data[:at] + forged + data[at:spans[5][0]] + genuine + data[spans[5][0]:]
+        client = container.get_blob_client(blob)
+        client.delete_blob()
+        client.create_append_blob()
+        client.append_block(tampered)
+    env = serve_env(settings.require("storage"), settings.encryption_key.to_text(), settings.container)
+    back = read_ids(env, day)
+    assert back.returncode == 1 and dict(back.counts) == {e["id"]: 1 for e in entries}, back.stderr
+    reported = problems(back.stderr.encode())[blob]
+    assert [offset for offset, _ in reported] == [at, spans[5][0] + HEADER_SIZE], reported
+    assert "not a frame" in reported[0][1] and "covers another frame's header" in reported[0][1]
+    assert reported[1][1] == f"no configured key has key id {key_id(other.encryption_key).hex()}"

@@ -231,7 +231,10 @@ async def test_storage_errors_and_health_show_no_credential(kind: str, blackhole
     secrets = [*cred.secrets, *key_forms(key)]
     texts: list[str] = []
     for endpoint, plan in ((blackhole, None), (f"{proxy.url}/{ACCOUNT}", FaultPlan(garbage_share=1.0, only=all_)),
-                           (f"{proxy.url}/{ACCOUNT}", FaultPlan(refuse_share=1.0, only=all_)),
+                           # Refused as a bad credential (a 403 AuthorizationPermissionMismatch, a credential
+                           # that may not read container properties, answers the health probe: F8).
+                           (f"{proxy.url}/{ACCOUNT}", FaultPlan(refuse_share=1.0, refuse_code="AuthenticationFailed",
+                                                                only=all_)),
                            (f"{proxy.url}/{ACCOUNT}", FaultPlan(down=True))):
         if plan is not None:
             proxy.plan = plan
@@ -372,3 +375,87 @@ def test_the_secrets_in_these_tests_are_real_credentials(azurite: str, container
             with pytest.raises(BlobwriterError, match="403"):
                 asyncio.run(roundtrip(forged.storage(azurite)))
 
+
+
+@pytest.mark.parametrize("kind", ["account SAS", "container SAS"])
+def test_an_account_url_with_a_sas_token_signs_with_the_sas(kind: str, azurite: str, container: str, key: str,
+                                                            tmp_path: Path) -> None:
+    """`storage: https://<account>.blob.core.windows.net?sv=...&sig=...` (the form azcopy and the portal hand
+    out, and `export --out` takes) is used as that SAS, not sent with a DefaultAzureCredential token (QA
+    round 9, security F2): `serve` writes through it, `read` reads back, and the debug log shows no part
+    of it."""
+    cred = credential(kind, container)
+    storage = f"{azurite}?{cred.token}"
+    server = ServeProcess(serve_env(storage, key, container, BLOBWRITER_BATCH_TIMEOUT="0.1"), tmp_path / "serve.log",
+                          log_level="debug")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            answer = http.post("/api/logs", params={"wait": "true"}, json=make_entries(5, "sas-url", day="2026-04-17"))
+            assert answer.status_code == 200 and answer.json() == {"written": 5}, answer.text
+            health = http.get("/api/health")
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    read = run_cli(serve_env(storage, key, container), "-v", "read", "--date", "2026-04-17")
+    assert read.returncode == 0, read.stderr.decode(errors="replace")[-2000:]
+    assert len(read.stdout.splitlines()) == 5
+    assert_clean("serve's log and read's output", server.log_text() + read.stderr.decode(errors="replace")
+                 + health.text, [*cred.secrets, *key_forms(key)])
+
+
+def test_an_http_account_url_without_a_sas_is_a_config_error(azurite: str, container: str, key: str) -> None:
+    """Entra ID tokens go only over https, so an http:// account URL without a SAS failed at the first
+    request (a traceback at `serve`'s start-up): now one line at load, for `serve` and `read` alike, as
+    are a query string that is no SAS token and a URL without a host (QA round 9, security F2)."""
+    cases = {azurite: "without a SAS token", f"{azurite}?comp=list&secret=hunter2": "not a SAS token",
+             "https://?sv=2021&sig=c2VjcmV0": "no host"}
+    for storage, why in cases.items():
+        with pytest.raises(ConfigError, match=why) as caught:
+            load_settings(env={"BLOBWRITER_STORAGE": storage, "BLOBWRITER_ENCRYPTION_KEY": key})
+        assert "hunter2" not in exception_text(caught.value) and "c2VjcmV0" not in exception_text(caught.value)
+        for command in (["read", "--date", "2026-04-18"], ["serve", "--port", "9"]):
+            result = run_cli(serve_env(storage, key, container), *command, timeout=120)
+            err = result.stderr.decode(errors="replace")
+            assert result.returncode == 2 and "Traceback" not in err, err[-3000:]
+            assert err.strip().splitlines() == [f"blobwriter: error: {caught.value}"], err
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_health_is_ok_with_every_kind_of_credential(kind: str, azurite: str, container: str, key: str) -> None:
+    """A SAS of the container may append, list and read but not get the container's properties, which
+    the health probe asked for: /api/health was 503 for as long as such a writer ran, its appends all
+    landing (QA round 9, security F8). A forged signature is still unhealthy."""
+    cred = credential(kind, container)
+    settings = Settings.from_values({"storage": cred.storage(azurite), "encryption_key": key, "container": container})
+    async with LogWriter(settings) as writer:
+        await writer.write_many(make_entries(3, "health", day="2026-04-19"), wait=True)
+        health = await writer.health()
+        assert health["ok"] is True and health["storage_error"] is None, health
+    if cred.token:
+        forged = Credential(kind, container, cred.token.replace("sig=", "sig=AAAA"))
+        store = open_store(Settings.from_values({"storage": forged.storage(azurite), "encryption_key": key,
+                                                 "container": container}))
+        try:
+            with pytest.raises(BlobwriterError, match="403"):
+                await store.check()
+        finally:
+            await store.close()
+
+
+@pytest.mark.parametrize("account_key", ["not-base64!!", "c2VjcmV0a2V5X"])
+def test_an_account_key_that_is_not_base64_is_a_config_error(account_key: str, azurite: str, container: str,
+                                                             key: str) -> None:
+    """The SDK decodes the account key only when it signs a request: a connection string whose key is not
+    base64 passed the settings, then every append failed and was retried as if storage were down, each
+    entry answered 202 and never written (QA round 9, security F11). Now one line at load, unseen."""
+    storage = connection_string(azurite).replace(ACCOUNT_KEY, account_key)
+    with pytest.raises(ConfigError, match="AccountKey that is not base64") as caught:
+        load_settings(env={"BLOBWRITER_STORAGE": storage, "BLOBWRITER_ENCRYPTION_KEY": key})
+    assert account_key not in exception_text(caught.value)
+    for command in (["read", "--date", "2026-04-20"], ["serve", "--port", "9"]):
+        result = run_cli(serve_env(storage, key, container), *command, timeout=120)
+        err = result.stderr.decode(errors="replace")
+        assert result.returncode == 2 and err.strip().splitlines() == [f"blobwriter: error: {caught.value}"], err
+    # A key the SDK takes (its decoding ignores characters outside the alphabet) is not refused.
+    Settings.from_values({"storage": connection_string(azurite).replace(ACCOUNT_KEY, ACCOUNT_KEY + "\n"),
+                          "encryption_key": key})

@@ -168,12 +168,12 @@ async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str])
         output.write_table(sys.stdout, columns, values, formats=formats, totals=totals)
     sys.stdout.flush()
     for name, count in stats.ignored.counts.items():
-        print(f"blobwriter: note: {count} value(s) of {name} were not numbers and counted as missing "
-              f"(e.g. {stats.ignored.examples[name]})", file=sys.stderr)
+        print(output.printable(f"blobwriter: note: {count} value(s) of {name} were not numbers and counted as missing "
+                        f"(e.g. {stats.ignored.examples[name]})"), file=sys.stderr)
     if stats.unparsable:
         print(f"blobwriter: note: {stats.unparsable} entries were not JSON objects and were skipped", file=sys.stderr)
     for note in stats.unseen():
-        print(f"blobwriter: note: {note}", file=sys.stderr)
+        print(output.printable(f"blobwriter: note: {note}", lines=True), file=sys.stderr)
     return source.finish()
 
 
@@ -192,7 +192,7 @@ async def _sql(args: argparse.Namespace, settings: Settings, dates: list[str]) -
                          (answer.unknown, "fields missing from `logs`")):
         if counts:
             fields = ", ".join(f"{path} ({n})" for path, n in sorted(counts.items(), key=lambda x: -x[1])[:5])
-            print(f"blobwriter: note: {what}: {fields}{hint}", file=sys.stderr)
+            print(output.printable(f"blobwriter: note: {what}: {fields}{hint}"), file=sys.stderr)  # entry keys
     return source.finish()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import io
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Final
@@ -23,6 +25,26 @@ CELL_WIDTH: Final = 80  # a table cell longer than this is cut (with an ellipsis
 MONEY_DECIMALS: Final = 6  # a cost in a table has at least these decimals, and up to COST_DECIMALS
 
 Formatter = Callable[[Any], str]
+
+# What a terminal acts on rather than shows: C0 and C1 controls (ESC starts a sequence that can move the
+# cursor, erase lines, hide text or set the title; CR returns to the line's start), DEL, the bidi
+# controls that reorder what follows, and the line and paragraph separators. Entries come from
+# anyone who can post one, so a table (the format for people) shows each as an escape instead.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_UNPRINTABLE_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """`text` safe to print on a terminal: each control character as an escape (`\\n`, `\\x1b`, `\\u202e`);
+    with `lines`, newlines are kept (a message of several lines, such as DuckDB's errors)."""
+    unprintable = _UNPRINTABLE_BUT_NEWLINE if lines else _UNPRINTABLE
+    return unprintable.sub(_escape, text) if unprintable.search(text) else text
 
 
 def _default(value: Any) -> Any:
@@ -85,10 +107,26 @@ def write_json(out: IO[bytes], columns: Sequence[str], rows: Iterable[Sequence[A
 def write_csv(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
     """RFC 4180 CSV with a header row; nested values as JSON text, null as an empty field."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    # The csv module quotes a field holding a character of its line terminator, and only "\n" is ours:
+    # a bare CR (in a value, or an entry's key as a column name) would go out unquoted and end the row
+    # for every reader. A row holding one is written with "\r\n" rows (so the CR is quoted), then ended
+    # with "\n" like the others.
+    held = io.StringIO()
+    carriage = csv.writer(held, lineterminator="\r\n")
+
+    def write(cells: list[str]) -> None:
+        if any("\r" in cell for cell in cells):
+            carriage.writerow(cells)
+            out.write(held.getvalue()[:-2] + "\n")
+            held.seek(0)
+            held.truncate()
+        else:
+            writer.writerow(cells)
+
+    write([str(c) for c in columns])
     count = 0
     for row in rows:
-        writer.writerow([plain(v) for v in row])
+        write([plain(v) for v in row])
         count += 1
     return count
 
@@ -113,7 +151,8 @@ def write_table(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[An
     for i, cell in enumerate(cells_of):
         if cell is money:  # one number of decimals down the column, the most any of its cells needs
             _same_decimals(i, shown + ([footer] if footer else []))
-    widths = [len(c) for c in columns]
+    headers = [printable(c) for c in columns]  # column names can be entry keys (SELECT *)
+    widths = [len(c) for c in headers]
     for line in shown + ([footer] if footer else []):
         widths = [max(w, len(text)) for w, text in zip(widths, line, strict=True)]
 
@@ -121,7 +160,7 @@ def write_table(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[An
         return "  ".join(text.rjust(w) if num else text.ljust(w)
                          for text, w, num in zip(line, widths, numeric, strict=True)).rstrip()
 
-    out.write(render(columns) + "\n")
+    out.write(render(headers) + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
     for line in shown:
         out.write(render(line) + "\n")
@@ -138,7 +177,7 @@ def write_table(out: IO[str], columns: Sequence[str], rows: Iterable[Sequence[An
 def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
-    text = plain(value).replace("\n", "\\n")
+    text = printable(plain(value))
     return text if len(text) <= CELL_WIDTH else text[:CELL_WIDTH - 1] + "…"
 
 

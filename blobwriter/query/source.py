@@ -13,8 +13,8 @@ from typing import IO, Any, TypeVar
 
 from ..config import Settings
 from ..decoding import EntryTask
-from ..errors import BlobwriterError, ConfigError
-from ..reader import Problem, Reader, ReadReport
+from ..errors import BlobwriterError
+from ..reader import Problem, Reader, ReadReport, unknown_keys_error
 from ..store import open_store
 from .progress import Progress, tracked, tracked_results
 
@@ -90,11 +90,7 @@ class RangeSource:
         `report` (a look-ahead pass's, so that a command can fail before it prints anything)."""
         problems, frames = (self.problems, self.frames) if report is None else (report.problems, report.frames)
         if problems and frames == 0 and all(p.unknown_key for p in problems):
-            ids = sorted({p.unknown_key.hex() for p in problems if p.unknown_key})
-            raise ConfigError(
-                f"none of the configured keys can decrypt these logs ({len(problems)} frames use key id(s) "
-                f"{', '.join(ids)}); set encryption_key (and previous_keys after a rotation) to the key that wrote "
-                "them.")
+            raise unknown_keys_error(problems, self.settings.named_keys)
 
     def finish(self, stream: IO[str] | None = None) -> int:
         """Print the damaged frames skipped (as `read` does) and return the exit code."""

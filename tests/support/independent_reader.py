@@ -262,8 +262,13 @@ def scan_blob(blob: str, data: bytes, keys: dict[bytes, bytes]) -> Iterator[Fram
             plaintext = open_frame(header, ciphertext, blob, keys)
             lines = split_lines(plaintext, header.entries)
         except UnknownKeyError:
+            inner = resync(data[:stop], offset + 1)
+            if inner < stop:  # a header inside: this one's length is not to be trusted (a CRC is no MAC)
+                yield Damage(blob, offset, "unknown key id, and a valid header inside the frame")
+                offset = inner
+                continue
             yield Unreadable(blob, offset, header.key_id.hex())
-            offset = stop  # the CRC matched, so the length is trustworthy
+            offset = stop
             continue
         except FrameError as exc:
             yield Damage(blob, offset, f"{type(exc).__name__}: {exc}")
