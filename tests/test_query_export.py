@@ -170,7 +170,11 @@ def test_jsonl_to_a_container_url_with_a_sas(sample_store: tuple[Settings, list[
                                  permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
                                  expiry=datetime.now(UTC) + timedelta(hours=1))
     day = "2026-11-28"
-    export(settings, f"{azurite}/{container}/exports?{sas}", "--format", "jsonl", first=day, last=day)
+    result = export(settings, f"{azurite}/{container}/exports?{sas}", "--format", "jsonl", first=day, last=day)
+    # QA round 9: the SAS (a credential) was printed in the day's line, in the middle of the URL.
+    where = f"{azurite}/{container}/exports/date={day}"
+    assert f"{day}: {len(by_day(entries)[day]):,} entries -> {where} (" in result.stderr
+    assert "sig=" not in result.stderr and sas.split("sig=")[1] not in result.stderr
     blob = client.get_blob_client(container, f"exports/date={day}/part-0000.jsonl.gz")
     lines = gzip.decompress(blob.download_blob().readall()).splitlines()
     assert sorted(orjson.loads(line)["id"] for line in lines) == sorted(e["id"] for e in by_day(entries)[day])

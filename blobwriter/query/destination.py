@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from ..blob_store import SDK_RETRIES, _storage_errors
+from ..blob_store import SDK_RETRIES, _public_url, _storage_errors
 from ..casts import storage_kind
 from ..errors import ConfigError, StoreError
 from ..store import _os_errors
@@ -231,7 +231,8 @@ class BlobDestination:
                 self._credential = DefaultAzureCredential()
                 self._service = BlobServiceClient(self._account_url, credential=self._credential, **options)
             self._container = self._service.get_container_client(self.container_name)
-            self.description = f"{self._service.url.rstrip('/')}/{self.container_name}/{self.prefix}".rstrip("/")
+            # The service URL carries a SAS (a credential) when one was given: never in a message or a log.
+            self.description = f"{_public_url(self._service.url)}/{self.container_name}/{self.prefix}".rstrip("/")
         if not self._ready:
             from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
