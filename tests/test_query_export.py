@@ -282,3 +282,48 @@ def test_destination_forms() -> None:
     assert isinstance(string, BlobDestination)
     assert (string.container_name, string.prefix) == ("ex", "p/")
     assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;"
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for n in range(depth):
+        value = {"a": value} if n % 2 else [value]
+    return value
+
+
+async def test_wide_and_deep_entries_export_readably(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """QA round 9: more than 1,000 distinct top-level fields in a day crashed export (a traceback, exit 1);
+    a field nested 200 levels deep (the writer takes 254) made a Parquet file pyarrow refuses to open."""
+    settings = make_settings()
+    wide = [{"timestamp": "2026-11-25T10:00:00Z", f"k{i}": i} for i in range(1001)]
+    deep = [{"timestamp": "2026-11-26T10:00:00Z", "id": "d1", "deep": nested(200), "n": 1},
+            {"timestamp": "2026-11-26T10:00:01Z", "id": "d2", "deep": nested(200), "n": 2}]
+    await store_entries(settings, wide + deep)
+    out = tmp_path / "lake"
+    result = export(settings, str(out), first="2026-11-25", last="2026-11-26")
+    assert "2026-11-25: note: the entries have more than 1,000 distinct top-level fields" in result.stderr
+
+    table = pq.read_table(out / "date=2026-11-25")
+    assert table.schema.names == ["entry_json"]
+    assert sorted((orjson.loads(r) for r in table.column("entry_json").to_pylist()),
+                  key=lambda e: next(k for k in e if k != "timestamp")) == sorted(
+        wide, key=lambda e: next(k for k in e if k != "timestamp"))
+
+    table = pq.read_table(out / "date=2026-11-26")  # opens: the depth past the limit is one JSON value
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    assert [orjson.loads(r["entry_json"]) for r in rows] == deep and [r["n"] for r in rows] == [1, 2]
+    assert "extension<arrow.json>" in str(table.schema.field("deep").type)  # typed down to the cut, JSON below
+
+    def same(typed: Any, original: Any) -> bool:
+        if isinstance(typed, str) and not isinstance(original, str):
+            return orjson.loads(typed) == original  # the JSON value below the cut
+        if isinstance(original, dict):
+            return typed.keys() == original.keys() and all(same(typed[k], v) for k, v in original.items())
+        if isinstance(original, list):
+            return len(typed) == len(original) and all(same(t, o) for t, o in zip(typed, original, strict=True))
+        return bool(typed == original)
+
+    assert all(same(r["deep"], e["deep"]) for r, e in zip(rows, deep, strict=True))
+    got = duckdb.sql(f"SELECT date::VARCHAR, count(*), sum(n) FROM read_parquet('{out}/*/*.parquet', "
+                     "hive_partitioning = true, union_by_name = true) GROUP BY ALL ORDER BY 1").fetchall()
+    assert got == [("2026-11-25", 1001, None), ("2026-11-26", 2, 3)]

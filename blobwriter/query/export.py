@@ -3,9 +3,11 @@
 Layout: `<out>/date=YYYY-MM-DD/part-0000.parquet` (or `.jsonl.gz`), which Synapse, Fabric, Azure
 Data Explorer, Spark and DuckDB read directly (`read_parquet('<out>/*/*.parquet', hive_partitioning=true)`).
 A Parquet row holds the entry's top-level fields as typed columns (structs and lists for nested
-values, JSON for a field whose type varies) plus `entry_json`, the entry's complete JSON, so nothing
-is ever lost. Parquet types come from the whole day (a first pass reads the day to infer them, a
-second converts), so every file of a day has one schema. JSON Lines files hold the entries as stored.
+values, JSON for a field whose type varies, for an object of more than 1,000 keys and below 64 levels
+of nesting; none if a day has more than 1,000 distinct top-level fields) plus `entry_json`, the
+entry's complete JSON, so nothing is ever lost. Parquet types come from the whole day (a first pass
+reads the day to infer them, a second converts), so every file of a day has one schema. JSON Lines
+files hold the entries as stored.
 
 The export is plaintext: whoever can read the destination can read the logs (docs/DEPLOY.md).
 """
@@ -26,7 +28,7 @@ from .. import __version__
 from ..store import _os_errors
 from .destination import Destination, Partition
 from .source import RangeSource
-from .table import Conversion, Schema, abatches_of, arrow
+from .table import MAX_STRUCT_FIELDS, Conversion, Schema, abatches_of, arrow
 
 FORMATS: Final = ("parquet", "jsonl")
 ROWS_PER_FILE: Final = 250_000
@@ -46,6 +48,7 @@ class DayExport:
     misfits: Counter[str] = field(default_factory=Counter)
     unknown: Counter[str] = field(default_factory=Counter)
     damaged_frames: int = 0  # skipped: their entries are missing from the partition
+    too_wide: bool = False  # more distinct top-level fields than table.MAX_STRUCT_FIELDS: entry_json only
 
     @property
     def written(self) -> bool:
@@ -79,6 +82,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             source.record_last()  # no second pass: this one's damage (or unknown keys) is the day's
             return result
         conversion = Conversion(schema.arrow_schema(raw=True), raw=True)
+        result.too_wide = schema.too_wide
         source.progress.note("pass 2 of 2: writing")
     partition: Partition | None = None
     writer: _PartWriter | None = None
@@ -141,6 +145,9 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
                   f"{result.bytes / 1e6:,.1f} MB)", file=log)
         else:
             print(f"{day}: no entries; nothing written", file=log)
+        if result.too_wide:
+            print(f"{day}: note: the entries have more than {MAX_STRUCT_FIELDS:,} distinct top-level fields (a map, "
+                  "not records): the rows have entry_json only", file=log)
         for what, counts in (("did not fit their column and are null there (entry_json has them)", result.misfits),
                              ("belong to fields that appeared during the export (entry_json has them)",
                               result.unknown)):
