@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import resource
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -327,3 +331,29 @@ async def test_wide_and_deep_entries_export_readably(make_settings: Callable[...
     got = duckdb.sql(f"SELECT date::VARCHAR, count(*), sum(n) FROM read_parquet('{out}/*/*.parquet', "
                      "hive_partitioning = true, union_by_name = true) GROUP BY ALL ORDER BY 1").fetchall()
     assert got == [("2026-11-25", 1001, None), ("2026-11-26", 2, 3)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_full_disk_is_one_line_and_leaves_no_staging(sample_store: tuple[Settings, list[dict[str, Any]]],
+                                                       tmp_path: Path, fmt: str) -> None:
+    """QA round 9: a jsonl export on a full disk ended in a traceback (closing the gzip stream to discard
+    it failed again), exit 1, with its staging directory left. A file-size limit stands in for the disk:
+    writing past it fails with EFBIG, as a full disk fails with ENOSPC."""
+    settings, entries = sample_store
+    out = tmp_path / "lake"
+    day = "2026-11-25"
+    (out / f"date={day}").mkdir(parents=True)
+    (out / f"date={day}" / "part-0000.parquet").write_bytes(b"the old partition")
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # ignored signals stay ignored across exec
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    result = subprocess.run([sys.executable, "-m", "blobwriter", "export", "--date", day, "--format", fmt,
+                             "--out", str(out)], env=cli_env(settings), capture_output=True, text=True,
+                            timeout=120, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"blobwriter: error: writing {out}/.staging-")
+    assert "File too large" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"date={day}"]  # no staging, no marker
+    assert (out / f"date={day}" / "part-0000.parquet").read_bytes() == b"the old partition"

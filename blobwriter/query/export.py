@@ -112,10 +112,12 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
         if partition is not None:
             await partition.commit()
     except BaseException:
-        if writer is not None:
-            writer.discard()
-        if partition is not None:
-            await partition.abort()
+        try:
+            if writer is not None:
+                writer.discard()
+        finally:
+            if partition is not None:
+                await partition.abort()
         raise
     if conversion is not None:
         result.misfits, result.unknown = conversion.misfits, conversion.unknown
@@ -216,10 +218,14 @@ class _PartWriter:
         return self.path.stat().st_size
 
     def discard(self) -> None:
+        """Drop the file. Closing it flushes what is buffered, which fails again on a full disk: that
+        failure is not reported (the one that made us discard is), and the file goes anyway."""
         try:
             if self._parquet is not None:
                 self._parquet.close()
             elif self._handle is not None:
                 self._handle.close()
+        except OSError:  # pyarrow's I/O errors are OSErrors too
+            pass
         finally:
             self.path.unlink(missing_ok=True)
