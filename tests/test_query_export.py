@@ -238,11 +238,29 @@ async def test_damaged_frames_reported_like_read(make_settings: Callable[..., Se
     ("UseDevelopmentStorage=true", ";Container=NAME"),
     ("https://account.blob.core.windows.net", "names no container"),
     ("https://account.blob.core.windows.net/", "names no container"),
+    # QA round 9: these were directories (./abfss:/exports@acct.dfs.core.windows.net/gw), jsonl exit 0.
+    ("abfss://exports@acct.dfs.core.windows.net/gw/v1", "abfss://... is neither a directory, an http(s) container "
+     "URL nor a connection string with ;Container=NAME; the same place through the Blob endpoint: "
+     "https://acct.blob.core.windows.net/exports/gw/v1"),
+    ("s3://bucket/lake", "s3://... is neither a directory"),
 ])
 def test_bad_destinations_exit_2(out: str, message: str, tmp_path: Path) -> None:
-    env = cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()}))
-    result = run_cli("export", "--date", "2026-11-25", "--out", out, env=env)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    env = cli_env(Settings.from_values({"storage": str(tmp_path / "store"), "encryption_key": keygen()}))
+    for fmt in ("parquet", "jsonl"):
+        result = run_cli("export", "--date", "2026-11-25", "--out", out, "--format", fmt, env=env, cwd=str(tmp_path))
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made on the way
+
+
+def test_a_directory_whose_name_holds_a_colon(sample_store: tuple[Settings, list[dict[str, Any]]],
+                                              tmp_path: Path) -> None:
+    """QA round 9: pyarrow took the relative part path `lake:2026/...` for a URI and refused it."""
+    settings, entries = sample_store
+    day = "2026-11-25"
+    result = run_cli("export", "--date", day, "--out", "lake:2026", env=cli_env(settings), cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(str(tmp_path / "lake:2026" / f"date={day}" / "part-0000.parquet"))
+    assert sorted(table.column("id").to_pylist()) == sorted(e["id"] for e in by_day(entries)[day])
 
 
 def test_destination_failures_are_one_line_exit_2(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,

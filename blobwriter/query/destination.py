@@ -24,6 +24,7 @@ import asyncio
 import base64
 import ipaddress
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -79,6 +80,9 @@ def open_destination(text: str) -> Destination:
     if not text:
         raise ConfigError("the export destination is empty")
     kind = storage_kind(text)
+    scheme = _SCHEME.match(text)
+    if kind == "directory" and scheme and scheme.group(1).lower() != "file":
+        raise ConfigError(_unsupported_url(text, scheme.group(1)))
     if kind == "directory":
         return DirectoryDestination(Path(text.removeprefix("file://")))
     if kind == "connection_string":
@@ -108,6 +112,22 @@ def open_destination(text: str) -> Destination:
     prefix = "/".join(segments[account_segments + 1:])
     account_url = urlunsplit((parts.scheme, parts.netloc, "/".join([""] + segments[:account_segments]), "", ""))
     return BlobDestination(container=container, prefix=prefix, account_url=account_url, sas=parts.query or None)
+
+
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _unsupported_url(text: str, scheme: str) -> str:
+    """Why a URL of another scheme is no destination (not a directory named `abfss:`), and what to write."""
+    parts = urlsplit(text)
+    message = (f"the export destination {scheme}://... is neither a directory, an http(s) container URL nor a "
+               "connection string with ;Container=NAME")
+    if scheme.lower() in ("abfs", "abfss", "wasb", "wasbs") and "@" in parts.netloc:
+        container, _, host = parts.netloc.rpartition("@")
+        account = host.split(".")[0]
+        message += (f"; the same place through the Blob endpoint: https://{account}.blob.core.windows.net/"
+                    f"{container}{parts.path}".rstrip("/"))
+    return message
 
 
 def _is_ip(host: str) -> bool:

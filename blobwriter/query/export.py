@@ -175,10 +175,13 @@ class _PartWriter:
         self._handle: Any = None
         self._parquet: Any = None
         if fmt == "parquet":
+            import pyarrow.fs
             import pyarrow.parquet as pq
 
             assert conversion is not None
-            self._parquet = pq.ParquetWriter(path, conversion.schema, compression=PARQUET_COMPRESSION)
+            # An absolute path on the local file system: pyarrow takes a relative `lake:2026/...` for a URI.
+            self._parquet = pq.ParquetWriter(str(path.absolute()), conversion.schema,
+                                             compression=PARQUET_COMPRESSION, filesystem=pyarrow.fs.LocalFileSystem())
         else:
             from isal import igzip
 
