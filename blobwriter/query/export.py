@@ -71,6 +71,8 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
         raise ValueError(f"unknown export format {fmt!r} (allowed: {', '.join(FORMATS)})")
     result = DayExport(day)
     problems_before = len(source.problems)
+    # Listed before reading: whatever is appended meanwhile makes the next scheduled run see a change.
+    sources = await source.sizes(day)
     conversion: Conversion | None = None
     if fmt == "parquet":
         arrow()
@@ -124,11 +126,12 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
     result.damaged_frames = len(source.problems) - problems_before
     if result.written:
         # The marker says whether the partition is incomplete: whoever reads the lake, and the scheduled
-        # export, can tell a day with damaged frames skipped from a whole one.
+        # export, can tell a day with damaged frames skipped from a whole one. `sources` (each of the day's
+        # blobs and its size when the export began) tells the scheduled export whether the day changed since.
         marker = {"date": day, "format": fmt, "entries": result.entries, "damaged_frames": result.damaged_frames,
                   "files": result.files, "bytes": result.bytes,
                   "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                  "blobwriter": __version__}
+                  "blobwriter": __version__, "sources": sources}
         await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
     return result
 

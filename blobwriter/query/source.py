@@ -73,6 +73,19 @@ class RangeSource:
             if record:
                 self.record_last()
 
+    async def sizes(self, day: str) -> dict[str, int]:
+        """The size of each of `day`'s blobs now: an export records them, so that a later run can tell a day
+        that changed since (entries written for it late) from one that did not."""
+        store = open_store(self.settings)
+        try:
+            return await store.sizes(day)
+        except BlobwriterError:
+            raise
+        except Exception as exc:
+            raise BlobwriterError(f"listing the blobs of {day} in {store.description} failed: {exc}") from exc
+        finally:
+            await store.close()
+
     def record_last(self) -> None:
         """Count the damage of the last pass (one read with record=False that no other pass follows)."""
         if self.last_report is not None:
