@@ -375,3 +375,26 @@ def test_a_full_disk_is_one_line_and_leaves_no_staging(sample_store: tuple[Setti
     assert "File too large" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [f"date={day}"]  # no staging, no marker
     assert (out / f"date={day}" / "part-0000.parquet").read_bytes() == b"the old partition"
+
+
+async def test_a_field_named_date_does_not_meet_the_partition_column(make_settings: Callable[..., Settings],
+                                                                     tmp_path: Path) -> None:
+    """QA round 9: an entry's own `date` field and the hive partition's `date` were one column name: DuckDB
+    gave the partition's value (the field's was gone), pyarrow the field's (the partition's was gone)."""
+    settings = make_settings()
+    entries = [{"timestamp": "2026-11-25T10:00:00Z", "id": "a", "date": "1999-12-31", "Date": 1},
+               {"timestamp": "2026-11-25T11:00:00Z", "id": "b", "date": "1999-12-30", "Date": 2}]
+    await store_entries(settings, entries)
+    out = tmp_path / "lake"
+    result = export(settings, str(out), first="2026-11-25", last="2026-11-25")
+    assert "2026-11-25: note: field date has the partition column's name: its column is date_ " in result.stderr
+    assert "2026-11-25: note: field Date has the partition column's name: its column is Date__ " in result.stderr
+    got = duckdb.sql(f"SELECT id, date::VARCHAR, date_, Date__, entry_json->>'$.date' FROM read_parquet("
+                     f"'{out}/*/*.parquet', hive_partitioning = true) ORDER BY id").fetchall()
+    assert got == [("a", "2026-11-25", "1999-12-31", 1, "1999-12-31"),
+                   ("b", "2026-11-25", "1999-12-30", 2, "1999-12-30")]
+    table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
+    rows = sorted(table.select(["id", "date", "date_", "Date__"]).to_pylist(), key=lambda r: r["id"])
+    assert rows == [{"id": "a", "date": "2026-11-25", "date_": "1999-12-31", "Date__": 1},
+                    {"id": "b", "date": "2026-11-25", "date_": "1999-12-30", "Date__": 2}]
+    assert sorted((orjson.loads(r) for r in table.column("entry_json").to_pylist()), key=lambda e: e["id"]) == entries

@@ -35,6 +35,7 @@ ROWS_PER_FILE: Final = 250_000
 ROW_GROUP_BATCHES: Final = 4  # batches of 8,192 entries per Parquet row group
 PARQUET_COMPRESSION: Final = "snappy"  # the codec every engine named above reads
 GZIP_LEVEL: Final = 2  # ISA-L level 2: close to zlib's default ratio at many times its speed
+PARTITION_COLUMN: Final = "date"  # the hive partition key, a column of its own to every engine
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DayExport:
     unknown: Counter[str] = field(default_factory=Counter)
     damaged_frames: int = 0  # skipped: their entries are missing from the partition
     too_wide: bool = False  # more distinct top-level fields than table.MAX_STRUCT_FIELDS: entry_json only
+    renamed: dict[str, str] = field(default_factory=dict)  # field -> its column (it had the partition key's name)
 
     @property
     def written(self) -> bool:
@@ -56,7 +58,23 @@ class DayExport:
 
 
 def partition_name(day: str) -> str:
-    return f"date={day}"
+    return f"{PARTITION_COLUMN}={day}"
+
+
+def _free_of_partition_key(names: Sequence[str]) -> dict[str, str]:
+    """Columns to rename: a field named as the partition key in any case (DuckDB's names ignore case) would
+    meet the partition's own column, which DuckDB and Spark put in its place and pyarrow drops. It becomes
+    `date_` (or the first of `date__`, ... that no other field has)."""
+    taken = {name.lower() for name in names}
+    renamed = {}
+    for name in names:
+        if name.lower() == PARTITION_COLUMN:
+            column = name + "_"
+            while column.lower() in taken:
+                column += "_"
+            taken.add(column.lower())
+            renamed[name] = column
+    return renamed
 
 
 def part_name(index: int, fmt: str) -> str:
@@ -85,6 +103,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             return result
         conversion = Conversion(schema.arrow_schema(raw=True), raw=True)
         result.too_wide = schema.too_wide
+        result.renamed = _free_of_partition_key(conversion.schema.names)
         source.progress.note("pass 2 of 2: writing")
     partition: Partition | None = None
     writer: _PartWriter | None = None
@@ -96,7 +115,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             while start < len(batch):
                 if writer is None:
                     name = part_name(len(result.files), fmt)
-                    writer = _PartWriter(partition.path(name), fmt, conversion)
+                    writer = _PartWriter(partition.path(name), fmt, conversion, result.renamed)
                     result.files.append(name)
                 piece = batch[start:start + rows_per_file - writer.rows]
                 writer.write(piece)
@@ -150,6 +169,9 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
                   f"{result.bytes / 1e6:,.1f} MB)", file=log)
         else:
             print(f"{day}: no entries; nothing written", file=log)
+        for name, column in result.renamed.items():
+            print(f"{day}: note: field {name} has the partition column's name: its column is {column} "
+                  "(readers of the lake give the partition's date as date)", file=log)
         if result.too_wide:
             print(f"{day}: note: the entries have more than {MAX_STRUCT_FIELDS:,} distinct top-level fields (a map, "
                   "not records): the rows have entry_json only", file=log)
@@ -166,14 +188,15 @@ class _PartWriter:
     """One file of a partition: Parquet (row groups of a few batches) or gzip JSON Lines. A failure to
     write it (a full disk) is a StoreError, as every failure of the destination is."""
 
-    def __init__(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
+    def __init__(self, path: Path, fmt: str, conversion: Conversion | None, renamed: dict[str, str]) -> None:
         with _os_errors(f"writing {path}"):
-            self._open(path, fmt, conversion)
+            self._open(path, fmt, conversion, renamed)
 
-    def _open(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
+    def _open(self, path: Path, fmt: str, conversion: Conversion | None, renamed: dict[str, str]) -> None:
         self.path = path
         self.rows = 0
         self._conversion = conversion
+        self._names: list[str] | None = None
         self._pending: list[Any] = []
         self._handle: Any = None
         self._parquet: Any = None
@@ -182,8 +205,12 @@ class _PartWriter:
             import pyarrow.parquet as pq
 
             assert conversion is not None
+            schema = conversion.schema
+            if renamed:
+                self._names = [renamed.get(name, name) for name in schema.names]
+                schema = arrow().schema([f.with_name(n) for f, n in zip(schema, self._names, strict=True)])
             # An absolute path on the local file system: pyarrow takes a relative `lake:2026/...` for a URI.
-            self._parquet = pq.ParquetWriter(str(path.absolute()), conversion.schema,
+            self._parquet = pq.ParquetWriter(str(path.absolute()), schema,
                                              compression=PARQUET_COMPRESSION, filesystem=pyarrow.fs.LocalFileSystem())
         else:
             from isal import igzip
@@ -207,6 +234,8 @@ class _PartWriter:
     def _flush(self) -> None:
         if self._pending:
             table = arrow().Table.from_batches(self._pending)
+            if self._names is not None:
+                table = table.rename_columns(self._names)
             self._parquet.write_table(table, row_group_size=table.num_rows)
             self._pending = []
 
