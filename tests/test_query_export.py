@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
+import os
+import pty
+import re
 import resource
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from collections import Counter
@@ -398,3 +404,47 @@ async def test_a_field_named_date_does_not_meet_the_partition_column(make_settin
     assert rows == [{"id": "a", "date": "2026-11-25", "date_": "1999-12-31", "Date__": 1},
                     {"id": "b", "date": "2026-11-25", "date_": "1999-12-30", "Date__": 2}]
     assert sorted((orjson.loads(r) for r in table.column("entry_json").to_pylist()), key=lambda e: e["id"]) == entries
+
+
+def on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run `python -m blobwriter ARGS` with stdout and stderr on a pseudo-terminal of 120 columns; its exit
+    code and the lines as a terminal shows them (a carriage return starts the line over)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", *args], env=env, stdin=subprocess.DEVNULL,
+                               stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        data += chunk
+    os.close(master)
+    code = process.wait(timeout=120)
+    shown = []
+    for line in re.split(r"\r?\n", data.decode()):
+        shown += [part for part in line.split("\r") if part.strip()]
+    return code, shown
+
+
+def test_the_progress_bar_counts_each_entry_once_and_keeps_off_the_day_lines(
+        sample_store: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """QA round 9: Parquet's two passes over a day both counted (a day of 300 entries showed 600), and each
+    day's line was printed after the bar's text on the bar's line."""
+    settings, entries = sample_store
+    days = by_day(entries)
+    code, shown = on_a_terminal(["export", "--date", FIRST, "--until", "2026-11-27", "--out", str(tmp_path / "lake")],
+                                cli_env(settings))
+    assert code == 0, shown
+    before = 0
+    for n, day in enumerate(["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"], 1):
+        line = f"{day}: {len(days[day]):,} entries -> {tmp_path / 'lake'}/date={day} (1 file(s), "
+        assert any(s.startswith(line) for s in shown), shown  # a line of its own, not after the bar's text
+        for note in ("pass 1 of 2: column types", "pass 2 of 2: writing"):  # each pass starts at the day's start
+            assert f"export {day} ({n}/4): {before:,} entries [" in next(s for s in shown if note in s and day in s)
+        before += len(days[day])
+    assert not any(s.startswith("export") and "entries ->" in s for s in shown)

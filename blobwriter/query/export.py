@@ -160,27 +160,32 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
     """Export every day of the source's range, one partition per day; a line per day on `log`."""
     log = log or sys.stderr
     done = []
+
+    def say(line: str) -> None:
+        source.progress.write(line, log)
+
     for day in source.dates:
         result = await export_day(source, destination, day, fmt, rows_per_file=rows_per_file)
         done.append(result)
         if result.written:
             where = f"{destination.description.rstrip('/')}/{partition_name(day)}"
-            print(f"{day}: {result.entries:,} entries -> {where} ({len(result.files)} file(s), "
-                  f"{result.bytes / 1e6:,.1f} MB)", file=log)
+            say(f"{day}: {result.entries:,} {'entry' if result.entries == 1 else 'entries'} -> {where} "
+                f"({len(result.files)} file(s), "
+                f"{result.bytes / 1e6:,.1f} MB)")
         else:
-            print(f"{day}: no entries; nothing written", file=log)
+            say(f"{day}: no entries; nothing written")
         for name, column in result.renamed.items():
-            print(f"{day}: note: field {name} has the partition column's name: its column is {column} "
-                  "(readers of the lake give the partition's date as date)", file=log)
+            say(f"{day}: note: field {name} has the partition column's name: its column is {column} "
+                "(readers of the lake give the partition's date as date)")
         if result.too_wide:
-            print(f"{day}: note: the entries have more than {MAX_STRUCT_FIELDS:,} distinct top-level fields (a map, "
-                  "not records): the rows have entry_json only", file=log)
+            say(f"{day}: note: the entries have more than {MAX_STRUCT_FIELDS:,} distinct top-level fields (a map, "
+                "not records): the rows have entry_json only")
         for what, counts in (("did not fit their column and are null there (entry_json has them)", result.misfits),
                              ("belong to fields that appeared during the export (entry_json has them)",
                               result.unknown)):
             if counts:
                 fields = ", ".join(f"{path} ({n})" for path, n in counts.most_common(5))
-                print(f"{day}: note: values of {fields} {what}", file=log)
+                say(f"{day}: note: values of {fields} {what}")
     return done
 
 
