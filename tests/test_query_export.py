@@ -448,3 +448,20 @@ def test_the_progress_bar_counts_each_entry_once_and_keeps_off_the_day_lines(
             assert f"export {day} ({n}/4): {before:,} entries [" in next(s for s in shown if note in s and day in s)
         before += len(days[day])
     assert not any(s.startswith("export") and "entries ->" in s for s in shown)
+
+
+async def test_an_integer_beyond_64_bits_is_exact(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """QA round 9: the C++ reader typed 18446744073709551615 (which the writer takes) a DOUBLE,
+    1.8446744073709552e19, when the batch was otherwise uniform; typed value by value it was JSON."""
+    settings = make_settings()
+    entries = [{"timestamp": "2026-11-25T10:00:00Z", "id": f"u{i}", "u": 2**64 - 1 - i, "n": [{"v": 2**63 + i}]}
+               for i in range(3)]
+    await store_entries(settings, entries)
+    out = tmp_path / "lake"
+    export(settings, str(out), first="2026-11-25", last="2026-11-25")
+    table = pq.read_table(out / "date=2026-11-25")
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    assert [orjson.loads(r["u"]) for r in rows] == [e["u"] for e in entries]
+    assert [[orjson.loads(item["v"]) for item in r["n"]] for r in rows] == [[e["n"][0]["v"]] for e in entries]
+    got = duckdb.sql(f"SELECT sum(u::HUGEINT) FROM read_parquet('{out}/*/*.parquet')").fetchall()
+    assert got == [(sum(e["u"] for e in entries),)]

@@ -1,9 +1,9 @@
 """Entries (JSON lines) to Arrow record batches, typed the way DuckDB's `read_json` types them.
 
-Objects become structs, arrays lists, integers BIGINT, numbers DOUBLE (integers and numbers mixed:
-DOUBLE), strings VARCHAR, booleans BOOLEAN. A field whose type varies between entries (a number
-here, a string or an object there) becomes a JSON column holding each value's JSON text, as
-`read_json` does; a field only ever null becomes VARCHAR. So does an object with more than
+Objects become structs, arrays lists, integers BIGINT (JSON past its range), numbers DOUBLE
+(integers and numbers mixed: DOUBLE), strings VARCHAR, booleans BOOLEAN. A field whose type varies
+between entries (a number here, a string or an object there) becomes a JSON column holding each
+value's JSON text, as `read_json` does; a field only ever null becomes VARCHAR. So does an object with more than
 MAX_STRUCT_FIELDS distinct keys (a map of ids, not a record), and a value nested deeper than
 MAX_DEPTH Parquet levels (pyarrow opens no file past 100); entries with more than MAX_STRUCT_FIELDS
 distinct top-level fields get no typed columns at all. Nothing is lost that way.
@@ -196,8 +196,12 @@ class Schema:
             return
         self.entries += len(lines)
         try:
-            inferred = _read_json(lines, None).schema
-            batch_type = _normalize(arrow().struct(list(inferred)))
+            table = _read_json(lines, None)
+            # The C++ reader reads an integer beyond 64 bits as a double, rounding it: such a batch is typed
+            # value by value, where it is JSON (exact), as python_type says.
+            if any(_beyond_int64(column) for column in table.columns):
+                raise arrow().ArrowInvalid("an integer beyond 64 bits")
+            batch_type = _normalize(arrow().struct(list(table.schema)))
         except (arrow().ArrowInvalid, arrow().ArrowNotImplementedError):
             batch_type = arrow().struct([])
             for line in lines:
@@ -219,6 +223,24 @@ class Schema:
         if raw:
             fields.append(pa.field(RAW_COLUMN, json_type()))
         return pa.schema(fields)
+
+
+def _beyond_int64(values: Any) -> bool:
+    """Whether a column the C++ reader inferred holds a double of an integer's magnitude past int64 (or, to
+    be safe, any number that large)."""
+    pa = arrow()
+    t = values.type
+    if pa.types.is_struct(t):
+        return any(_beyond_int64(pa.chunked_array([chunk.field(i) for chunk in values.chunks], type=f.type))
+                   for i, f in enumerate(t))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _beyond_int64(pa.chunked_array([chunk.flatten() for chunk in values.chunks], type=t.value_type))
+    if pa.types.is_floating(t):
+        import pyarrow.compute as pc
+
+        largest = pc.max(pc.abs(values)).as_py()
+        return largest is not None and largest >= 2.0**63
+    return False
 
 
 def _read_json(lines: Sequence[bytes], schema: Any) -> Any:
