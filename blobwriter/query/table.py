@@ -3,10 +3,11 @@
 Objects become structs, arrays lists, integers BIGINT (JSON past its range), numbers DOUBLE
 (integers and numbers mixed: DOUBLE), strings VARCHAR, booleans BOOLEAN. A field whose type varies
 between entries (a number here, a string or an object there) becomes a JSON column holding each
-value's JSON text, as `read_json` does; a field only ever null becomes VARCHAR. So does an object with more than
-MAX_STRUCT_FIELDS distinct keys (a map of ids, not a record), and a value nested deeper than
-MAX_DEPTH Parquet levels (pyarrow opens no file past 100); entries with more than MAX_STRUCT_FIELDS
-distinct top-level fields get no typed columns at all. Nothing is lost that way.
+value's JSON text, as `read_json` does; a field only ever null becomes VARCHAR. An object with more
+than MAX_STRUCT_FIELDS distinct keys (a map of ids, not a record) is JSON too, and so is a value
+nested deeper than MAX_DEPTH Parquet levels (pyarrow opens no file past 100); entries with more
+than MAX_STRUCT_FIELDS distinct top-level fields get no typed columns at all. Nothing is lost that
+way.
 
 Types are inferred batch by batch and unified (`Schema.observe`); the conversion of a batch is
 done by pyarrow's C++ JSON reader when the schema has no JSON column and the batch fits it, else
