@@ -465,3 +465,29 @@ async def test_an_integer_beyond_64_bits_is_exact(make_settings: Callable[..., S
     assert [[orjson.loads(item["v"]) for item in r["n"]] for r in rows] == [[e["n"][0]["v"]] for e in entries]
     got = duckdb.sql(f"SELECT sum(u::HUGEINT) FROM read_parquet('{out}/*/*.parquet')").fetchall()
     assert got == [(sum(e["u"] for e in entries),)]
+
+
+def test_a_swap_cut_short_leaves_no_marker(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str) -> None:
+    """QA round 9: Ctrl-C while a re-export swapped a day's blobs (the new part committed, old parts not yet
+    deleted) left the day with its rows twice, and the old marker still said the day was whole. A leased old
+    part, which cannot be deleted, cuts the swap short here the same way, every time."""
+    settings, entries = sample_store
+    container = f"x{uuid.uuid4().hex[:20]}"
+    out = f"{connection_string(azurite)}Container={container}"
+    day = "2026-11-26"
+    expected = len(by_day(entries)[day])
+    export(settings, out, "--rows-per-file", "100", first=day, last=day)
+    client = BlobServiceClient.from_connection_string(connection_string(azurite)).get_container_client(container)
+    marker = client.get_blob_client(f"_blobwriter/exported/{day}.json")
+    assert orjson.loads(marker.download_blob().readall())["entries"] == expected
+    leased = client.get_blob_client(f"date={day}/part-0002.parquet")
+    lease = leased.acquire_lease(-1)
+
+    result = export(settings, out, first=day, last=day, code=2)  # one file now: part-0002 must go, and cannot
+    assert "blobwriter: error: replacing date=" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()  # the day is not claimed whole: it has part-0000 (all rows) and old parts
+    lease.break_lease()
+    export(settings, out, first=day, last=day)
+    assert sorted(b.name for b in client.list_blobs()) == [f"_blobwriter/exported/{day}.json",
+                                                           f"date={day}/part-0000.parquet"]
+    assert orjson.loads(marker.download_blob().readall())["entries"] == expected

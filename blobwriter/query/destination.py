@@ -11,7 +11,10 @@ A destination is given as one string (`--out`, or the `export_destination` setti
 A day's partition is replaced as a whole: the new files are written aside (a staging directory;
 uncommitted blocks of the final blobs), then swapped in (two directory renames; one Put Block List
 per file), then the old partition's other files are deleted. Readers never see a mix for longer
-than the swap takes, and a re-export never duplicates a day.
+than the swap takes, and a re-export never duplicates a day. The day's marker is removed before
+the swap and written after it, so a swap cut short (Ctrl-C, a killed process, a blob that cannot
+be deleted) leaves the day without a marker: not claimed complete, and exported again by the next
+scheduled run.
 
 Every failure of the destination leaves it as a `StoreError`, through the stores' own error
 boundaries (`_os_errors`, `_storage_errors`), so that `blobwriter export` reports it in one line
@@ -69,6 +72,9 @@ class Destination(Protocol):
 
     async def write_marker(self, day: str, data: bytes) -> None:
         """Record that `day` was exported."""
+
+    async def remove_marker(self, day: str) -> None:
+        """Forget that `day` was exported (before its partition is swapped: a swap cut short leaves no marker)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -171,6 +177,11 @@ class DirectoryDestination:
 
         with _os_errors(f"writing {path}"):
             await asyncio.to_thread(write)
+
+    async def remove_marker(self, day: str) -> None:
+        path = self.root / MARKERS / f"{day}.json"
+        with _os_errors(f"removing {path}"):
+            await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def close(self) -> None:
         return None
@@ -287,6 +298,17 @@ class BlobDestination:
         name = f"{self.prefix}{MARKERS}/{day}.json"
         with _storage_errors(f"writing {name}", self.description):
             await container.get_blob_client(name).upload_blob(data, overwrite=True)
+
+    async def remove_marker(self, day: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        container = await self._client()
+        name = f"{self.prefix}{MARKERS}/{day}.json"
+        with _storage_errors(f"removing {name}", self.description):
+            try:
+                await container.delete_blob(name)
+            except ResourceNotFoundError:
+                pass
 
     async def close(self) -> None:
         if self._service is not None:

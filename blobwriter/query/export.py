@@ -131,6 +131,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             await partition.add(writer.path.name)
             writer = None
         if partition is not None:
+            await destination.remove_marker(day)  # a swap cut short must not pass for the old, whole export
             await partition.commit()
     except BaseException:
         try:
