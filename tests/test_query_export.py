@@ -249,6 +249,12 @@ async def test_damaged_frames_reported_like_read(make_settings: Callable[..., Se
      "URL nor a connection string with ;Container=NAME; the same place through the Blob endpoint: "
      "https://acct.blob.core.windows.net/exports/gw/v1"),
     ("s3://bucket/lake", "s3://... is neither a directory"),
+    # QA round 9: Azure's 400 named no field, and the HTTP stack normalizes '..' (another container).
+    ("UseDevelopmentStorage=true;Container=Bad_Name", "'export destination container' has value 'Bad_Name': a "
+     "container name is 3-63 lowercase letters"),
+    ("UseDevelopmentStorage=true;Container=exports;Prefix=gw/../logs", "must not contain '..'"),
+    ("https://acct.blob.core.windows.net/exports/gw/./v1", "must not have empty ('//') or '.' segments"),
+    ("UseDevelopmentStorage=true;Container=exports;Prefix=gw//v1", "must not have empty ('//') or '.' segments"),
 ])
 def test_bad_destinations_exit_2(out: str, message: str, tmp_path: Path) -> None:
     env = cli_env(Settings.from_values({"storage": str(tmp_path / "store"), "encryption_key": keygen()}))
@@ -306,9 +312,9 @@ def test_destination_forms() -> None:
     assert isinstance(emulator, BlobDestination)
     assert (emulator.container_name, emulator.prefix, emulator._account_url, emulator._sas) == (
         "exports", "", "http://127.0.0.1:10000/devstoreaccount1", "sv=1&sig=x")
-    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;Container=ex;Prefix=/p/")
+    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;Container=exp;Prefix=/p/")
     assert isinstance(string, BlobDestination)
-    assert (string.container_name, string.prefix) == ("ex", "p/")
+    assert (string.container_name, string.prefix) == ("exp", "p/")
     assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;"
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from .. import casts
 from ..blob_store import SDK_RETRIES, _public_url, _storage_errors
 from ..casts import storage_kind
 from ..errors import ConfigError, StoreError
@@ -104,7 +105,7 @@ def open_destination(text: str) -> Destination:
         if not extra.get("container"):
             raise ConfigError("the export destination is a connection string without ';Container=NAME': "
                               "name the container to export to (e.g. UseDevelopmentStorage=true;Container=exports)")
-        return BlobDestination(container=extra["container"], prefix=extra.get("prefix", ""),
+        return BlobDestination(container=_container(extra["container"]), prefix=_prefix(extra.get("prefix", "")),
                                connection_string=";".join(rest) + ";")
     parts = urlsplit(text)
     segments = [s for s in parts.path.split("/") if s]
@@ -114,8 +115,8 @@ def open_destination(text: str) -> Destination:
     if len(segments) <= account_segments:
         raise ConfigError(f"the export destination URL {urlunsplit(parts._replace(query=''))!r} names no container "
                           "(https://<account>.blob.core.windows.net/<container>[/<prefix>])")
-    container = segments[account_segments]
-    prefix = "/".join(segments[account_segments + 1:])
+    container = _container(segments[account_segments])
+    prefix = _prefix("/".join(segments[account_segments + 1:]))
     account_url = urlunsplit((parts.scheme, parts.netloc, "/".join([""] + segments[:account_segments]), "", ""))
     return BlobDestination(container=container, prefix=prefix, account_url=account_url, sas=parts.query or None)
 
@@ -134,6 +135,18 @@ def _unsupported_url(text: str, scheme: str) -> str:
         message += (f"; the same place through the Blob endpoint: https://{account}.blob.core.windows.net/"
                     f"{container}{parts.path}".rstrip("/"))
     return message
+
+
+def _container(name: str) -> str:
+    """A container name Azure takes, checked before any request (Azure's own answer names no field)."""
+    return casts.container("export destination container", name)
+
+
+def _prefix(prefix: str) -> str:
+    """The prefix without its outer slashes, refused as blob_prefix is if the HTTP stack would normalize
+    it ('..', '.', '//'): the blobs would land elsewhere, even in another container."""
+    prefix = prefix.strip().strip("/")
+    return casts.prefix("export destination prefix", prefix) if prefix else ""
 
 
 def _is_ip(host: str) -> bool:
