@@ -163,6 +163,9 @@ def test_parquet_to_a_blob_container(sample_store: tuple[Settings, list[dict[str
 
     rows = read_back()
     assert sorted(orjson.loads(r["entry_json"])["id"] for r in rows) == sorted(e["id"] for e in expected)
+    marker = client.get_blob_client(container, f"gateway/v1/_blobwriter/exported/{day}.json")
+    assert marker.get_blob_properties().content_settings.content_type == "application/json"
+    assert orjson.loads(marker.download_blob().readall())["entries"] == len(expected)
     assert sum(r["cost_eur"] for r in rows) == pytest.approx(sum(e["cost_eur"] for e in expected))
     # Re-export with bigger files: the partition is replaced and the stale parts are deleted.
     export(settings, out, first=day, last=day)

@@ -307,10 +307,13 @@ class BlobDestination:
                 return None
 
     async def write_marker(self, day: str, data: bytes) -> None:
+        from azure.storage.blob import ContentSettings
+
         container = await self._client()
         name = f"{self.prefix}{MARKERS}/{day}.json"
         with _storage_errors(f"writing {name}", self.description):
-            await container.get_blob_client(name).upload_blob(data, overwrite=True)
+            await container.get_blob_client(name).upload_blob(
+                data, overwrite=True, content_settings=ContentSettings(content_type="application/json"))
 
     async def remove_marker(self, day: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
