@@ -21,6 +21,7 @@ from azure.functions.timer import TimerRequestConverter
 from azure.storage.blob import BlobServiceClient
 
 from blobwriter.config import Settings
+from blobwriter.errors import ConfigError
 from blobwriter.query import MissingExtraError
 from blobwriter.query.schedule import LOOKBACK_DAYS, SCHEDULE, closed_days, run_scheduled_export
 from tests.conftest import connection_string
@@ -138,6 +139,23 @@ async def test_timer_without_pyarrow_logs_what_to_install(function_app: Callable
         await handler(timer_request())
     [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
     assert "pyarrow is not installed" in record.getMessage() and "requirements.txt" in record.getMessage()
+
+
+async def test_a_bad_destination_is_logged_when_the_app_is_indexed(function_app: Callable[..., ModuleType],
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """QA round 9: a destination that is no destination (abfss://, a connection string without a container)
+    was first reported an hour later, by the first timer run, without naming the setting."""
+    bad = "abfss://exports@acct.dfs.core.windows.net/gw"
+    with caplog.at_level(logging.ERROR, logger="blobwriter.export"):
+        module = function_app(BLOBWRITER_EXPORT_DESTINATION=bad)
+    [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
+    assert "BLOBWRITER_EXPORT_DESTINATION is not a destination" in record.getMessage()
+    assert "https://acct.blob.core.windows.net/exports/gw" in record.getMessage()
+    handler = timer_function(module).get_user_function()  # still there: each run says it again
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="blobwriter.export"), pytest.raises(ConfigError):
+        await handler(timer_request())
+    assert any("Scheduled export failed: BLOBWRITER_EXPORT_DESTINATION" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_day_exported_with_damage_is_not_taken_as_done(make_settings: Callable[..., Settings],

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from ..config import Settings
+from ..errors import ConfigError
 from . import EXTRA_HINT, MissingExtraError, require
 from .progress import Progress
 from .source import RangeSource
@@ -71,7 +72,11 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
                   "BLOBWRITER_EXPORT_DESTINATION (%s).", EXTRA_HINT)
         raise
     days = closed_days(now or datetime.now(UTC))
-    destination = open_destination(target)
+    try:
+        destination = open_destination(target)
+    except ConfigError as exc:
+        log.error("Scheduled export failed: BLOBWRITER_EXPORT_DESTINATION is not a destination: %s", exc)
+        raise
     # One process: the Functions host's worker is no place to start a pool of processes.
     source = RangeSource(settings, days, Progress("export", days, enabled=False), workers=1)
     done = ScheduledRun()
