@@ -500,3 +500,27 @@ def test_a_swap_cut_short_leaves_no_marker(sample_store: tuple[Settings, list[di
     assert sorted(b.name for b in client.list_blobs()) == [f"_blobwriter/exported/{day}.json",
                                                            f"date={day}/part-0000.parquet"]
     assert orjson.loads(marker.download_blob().readall())["entries"] == expected
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+async def test_id_field_drops_a_retry_across_midnight_as_read_does(make_settings: Callable[..., Settings],
+                                                                   tmp_path: Path, fmt: str) -> None:
+    """QA round 9: with id_field, read, stats and sql over 11-24..11-25 counted a client's retry across
+    midnight once, but export read each day with a Reader of its own and put it in both partitions."""
+    settings = make_settings(id_field="id")
+    await store_entries(settings, [{"id": "x", "timestamp": "2026-11-24T23:59:59Z"},
+                                   {"id": "y", "timestamp": "2026-11-24T12:00:00Z"}])
+    await store_entries(settings, [{"id": "x", "timestamp": "2026-11-25T00:00:01Z"},  # the retry
+                                   {"id": "z", "timestamp": "2026-11-25T12:00:00Z"}])
+    env = cli_env(settings, BLOBWRITER_ID_FIELD="id")
+    read = run_cli("read", "--date", "2026-11-24", "--until", "2026-11-25", env=env)
+    assert read.returncode == 0 and len(read.stdout.splitlines()) == 3
+    out = tmp_path / "lake"
+    result = run_cli("export", "--date", "2026-11-24", "--until", "2026-11-25", "--format", fmt, "--out", str(out),
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    reader = "read_parquet" if fmt == "parquet" else "read_json"
+    got = duckdb.sql(f"SELECT date::VARCHAR, id FROM {reader}('{out}/*/*', hive_partitioning = true) "
+                     "ORDER BY ALL").fetchall()
+    assert got == [("2026-11-24", "x"), ("2026-11-24", "y"), ("2026-11-25", "z")]
+    assert sorted(orjson.loads(line)["id"] for line in read.stdout.splitlines()) == ["x", "y", "z"]
