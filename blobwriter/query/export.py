@@ -1,7 +1,8 @@
 """`blobwriter export`: each day of a range as a hive-style partition of Parquet or gzip JSON Lines.
 
 Layout: `<out>/date=YYYY-MM-DD/part-0000.parquet` (or `.jsonl.gz`), which Synapse, Fabric, Azure
-Data Explorer, Spark and DuckDB read directly (`read_parquet('<out>/*/*.parquet', hive_partitioning=true)`).
+Data Explorer, Spark and DuckDB read directly
+(`read_parquet('<out>/*/*.parquet', hive_partitioning=true, union_by_name=true)`: days can differ in columns).
 A Parquet row holds the entry's top-level fields as typed columns (structs and lists for nested
 values, JSON for a field whose type varies, for an object of more than 1,000 keys and below 64 levels
 of nesting; none if a day has more than 1,000 distinct top-level fields) plus `entry_json`, the
