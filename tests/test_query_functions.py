@@ -81,7 +81,8 @@ def test_no_destination_no_timer(function_app: Callable[..., ModuleType]) -> Non
 
 
 async def test_timer_exports_each_closed_day_once(function_app: Callable[..., ModuleType], azurite: str,
-                                                  make_settings: Callable[..., Settings]) -> None:
+                                                  make_settings: Callable[..., Settings],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     exports = f"x{uuid.uuid4().hex[:20]}"
     module = function_app(BLOBWRITER_EXPORT_DESTINATION=f"{connection_string(azurite)}Container={exports}")
     function = timer_function(module)
@@ -127,6 +128,16 @@ async def test_timer_exports_each_closed_day_once(function_app: Callable[..., Mo
     etags = {b.name: b.etag for b in container.list_blobs()}
     await handler(timer_request())  # and once is enough: the marker records the day as it is now
     assert {b.name: b.etag for b in container.list_blobs()} == etags
+
+    # A day whose logs are gone since (a retention rule) keeps its export, the only copy left, and is not
+    # read again every hour as if it had changed.
+    logs = client.get_container_client(settings.container)
+    for blob in list(logs.list_blobs(name_starts_with=closed[0])):
+        logs.delete_blob(blob.name)
+    with caplog.at_level(logging.INFO, logger="blobwriter.export"):
+        await handler(timer_request())
+    assert {b.name: b.etag for b in container.list_blobs()} == etags
+    assert not [r for r in caplog.records if r.name == "blobwriter.export"]
 
 
 async def test_timer_without_pyarrow_logs_what_to_install(function_app: Callable[..., ModuleType], azurite: str,

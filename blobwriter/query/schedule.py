@@ -85,7 +85,9 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
             marker = await destination.read_marker(day)
             if marker is not None:
                 recorded = _sources(marker)
-                if recorded is None or recorded == await source.sizes(day):
+                now_stored = await source.sizes(day)
+                # Unchanged, or its logs deleted since (retention): the export stays, the only copy left.
+                if recorded is None or recorded == now_stored or not now_stored:
                     done.already.append(day)
                     skipped = _damaged_frames(marker)
                     if skipped:
