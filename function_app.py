@@ -49,7 +49,16 @@ def _export_settings() -> Settings | None:
         settings = load_settings()
     except ConfigError:
         return None  # already reported: every route answers 503
-    return settings if settings.export_destination else None
+    if not settings.export_destination:
+        return None
+    from blobwriter.query.destination import open_destination
+
+    try:
+        open_destination(settings.export_destination)  # parsed only: no request, no optional package
+    except ConfigError as exc:  # said now, not first at the next :15; each run fails (and logs) until fixed
+        logging.getLogger("blobwriter.export").error(
+            "BLOBWRITER_EXPORT_DESTINATION is not a destination; every scheduled export will fail: %s", exc)
+    return settings
 
 
 _export = _export_settings()

@@ -235,6 +235,13 @@ class AppendBlobStore:
                 name_starts_with=layout.listing_prefix(self.prefix, date))]
         return layout.sort_parts(names, self.prefix, date)
 
+    async def sizes(self, date: str) -> dict[str, int]:
+        container = self._client()
+        with _storage_errors(f"listing the blobs of {date}", self.description):
+            found = {b.name: b.size async for b in container.list_blobs(
+                name_starts_with=layout.listing_prefix(self.prefix, date))}
+        return {name: found[name] for name in layout.sort_parts(list(found), self.prefix, date)}
+
     async def read(self, name: str) -> AsyncIterator[bytes]:
         # The bytes present now, range by range. One download of a blob past 32 MiB pins its later
         # ranges to the first one's ETag and fails once anyone appends; an append blob only grows,

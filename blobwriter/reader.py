@@ -142,6 +142,16 @@ class Reader:
         self._ids_before: set[bytes] = set()
         self._last_date: str | None = None
 
+    def carried_ids(self) -> tuple[str, set[bytes]] | None:
+        """The last date read and its id_field digests, for a Reader that reads the next date (follow())."""
+        return None if self._last_date is None else (self._last_date, self._ids_before)
+
+    def follow(self, carried: tuple[str, set[bytes]] | None) -> None:
+        """Read on where another Reader stopped (its carried_ids()): an entry whose id_field value that
+        Reader's last date had is dropped if this one reads the next date first, as one Reader would."""
+        if carried is not None:
+            self._last_date, self._ids_before = carried
+
     async def __aenter__(self) -> Reader:
         return self
 

@@ -56,6 +56,9 @@ class Store(Protocol):
     async def parts(self, date: str) -> list[str]:
         """The names of `date`'s blobs, in reading order (layout.sort_parts)."""
 
+    async def sizes(self, date: str) -> dict[str, int]:
+        """The size in bytes of each of `date`'s blobs now (the scheduled export tells a changed day by them)."""
+
     def read(self, name: str) -> AsyncIterator[bytes]:
         """Stream one blob's bytes in pieces of bounded size."""
 
@@ -158,6 +161,11 @@ class DirectoryStore:
 
         with _os_errors(f"listing {self._root / self.prefix}"):
             return layout.sort_parts(await asyncio.to_thread(scan), self.prefix, date)
+
+    async def sizes(self, date: str) -> dict[str, int]:
+        names = await self.parts(date)
+        with _os_errors(f"listing {self._root / self.prefix}"):
+            return await asyncio.to_thread(lambda: {name: self._path(name).stat().st_size for name in names})
 
     async def read(self, name: str) -> AsyncIterator[bytes]:
         # The bytes of the appends done now, as Azure's read (the size in the blob's properties): reading

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
+import os
+import pty
+import re
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import termios
 import time
 import uuid
 from collections import Counter
@@ -153,6 +163,9 @@ def test_parquet_to_a_blob_container(sample_store: tuple[Settings, list[dict[str
 
     rows = read_back()
     assert sorted(orjson.loads(r["entry_json"])["id"] for r in rows) == sorted(e["id"] for e in expected)
+    marker = client.get_blob_client(container, f"gateway/v1/_blobwriter/exported/{day}.json")
+    assert marker.get_blob_properties().content_settings.content_type == "application/json"
+    assert orjson.loads(marker.download_blob().readall())["entries"] == len(expected)
     assert sum(r["cost_eur"] for r in rows) == pytest.approx(sum(e["cost_eur"] for e in expected))
     # Re-export with bigger files: the partition is replaced and the stale parts are deleted.
     export(settings, out, first=day, last=day)
@@ -170,7 +183,11 @@ def test_jsonl_to_a_container_url_with_a_sas(sample_store: tuple[Settings, list[
                                  permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
                                  expiry=datetime.now(UTC) + timedelta(hours=1))
     day = "2026-11-28"
-    export(settings, f"{azurite}/{container}/exports?{sas}", "--format", "jsonl", first=day, last=day)
+    result = export(settings, f"{azurite}/{container}/exports?{sas}", "--format", "jsonl", first=day, last=day)
+    # QA round 9: the SAS (a credential) was printed in the day's line, in the middle of the URL.
+    where = f"{azurite}/{container}/exports/date={day}"
+    assert f"{day}: {len(by_day(entries)[day]):,} entries -> {where} (" in result.stderr
+    assert "sig=" not in result.stderr and sas.split("sig=")[1] not in result.stderr
     blob = client.get_blob_client(container, f"exports/date={day}/part-0000.jsonl.gz")
     lines = gzip.decompress(blob.download_blob().readall()).splitlines()
     assert sorted(orjson.loads(line)["id"] for line in lines) == sorted(e["id"] for e in by_day(entries)[day])
@@ -230,11 +247,35 @@ async def test_damaged_frames_reported_like_read(make_settings: Callable[..., Se
     ("UseDevelopmentStorage=true", ";Container=NAME"),
     ("https://account.blob.core.windows.net", "names no container"),
     ("https://account.blob.core.windows.net/", "names no container"),
+    # QA round 9: these were directories (./abfss:/exports@acct.dfs.core.windows.net/gw), jsonl exit 0.
+    ("abfss://exports@acct.dfs.core.windows.net/gw/v1", "abfss://... is neither a directory, an http(s) container "
+     "URL nor a connection string with ;Container=NAME; the same place through the Blob endpoint: "
+     "https://acct.blob.core.windows.net/exports/gw/v1"),
+    ("s3://bucket/lake", "s3://... is neither a directory"),
+    # QA round 9: Azure's 400 named no field, and the HTTP stack normalizes '..' (another container).
+    ("UseDevelopmentStorage=true;Container=Bad_Name", "'export destination container' has value 'Bad_Name': a "
+     "container name is 3-63 lowercase letters"),
+    ("UseDevelopmentStorage=true;Container=exports;Prefix=gw/../logs", "must not contain '..'"),
+    ("https://acct.blob.core.windows.net/exports/gw/./v1", "must not have empty ('//') or '.' segments"),
+    ("UseDevelopmentStorage=true;Container=exports;Prefix=gw//v1", "must not have empty ('//') or '.' segments"),
 ])
 def test_bad_destinations_exit_2(out: str, message: str, tmp_path: Path) -> None:
-    env = cli_env(Settings.from_values({"storage": str(tmp_path), "encryption_key": keygen()}))
-    result = run_cli("export", "--date", "2026-11-25", "--out", out, env=env)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    env = cli_env(Settings.from_values({"storage": str(tmp_path / "store"), "encryption_key": keygen()}))
+    for fmt in ("parquet", "jsonl"):
+        result = run_cli("export", "--date", "2026-11-25", "--out", out, "--format", fmt, env=env, cwd=str(tmp_path))
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made on the way
+
+
+def test_a_directory_whose_name_holds_a_colon(sample_store: tuple[Settings, list[dict[str, Any]]],
+                                              tmp_path: Path) -> None:
+    """QA round 9: pyarrow took the relative part path `lake:2026/...` for a URI and refused it."""
+    settings, entries = sample_store
+    day = "2026-11-25"
+    result = run_cli("export", "--date", day, "--out", "lake:2026", env=cli_env(settings), cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(str(tmp_path / "lake:2026" / f"date={day}" / "part-0000.parquet"))
+    assert sorted(table.column("id").to_pylist()) == sorted(e["id"] for e in by_day(entries)[day])
 
 
 def test_destination_failures_are_one_line_exit_2(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,
@@ -274,7 +315,212 @@ def test_destination_forms() -> None:
     assert isinstance(emulator, BlobDestination)
     assert (emulator.container_name, emulator.prefix, emulator._account_url, emulator._sas) == (
         "exports", "", "http://127.0.0.1:10000/devstoreaccount1", "sv=1&sig=x")
-    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;Container=ex;Prefix=/p/")
+    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;Container=exp;Prefix=/p/")
     assert isinstance(string, BlobDestination)
-    assert (string.container_name, string.prefix) == ("ex", "p/")
+    assert (string.container_name, string.prefix) == ("exp", "p/")
     assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;"
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for n in range(depth):
+        value = {"a": value} if n % 2 else [value]
+    return value
+
+
+async def test_wide_and_deep_entries_export_readably(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """QA round 9: more than 1,000 distinct top-level fields in a day crashed export (a traceback, exit 1);
+    a field nested 200 levels deep (the writer takes 254) made a Parquet file pyarrow refuses to open."""
+    settings = make_settings()
+    wide = [{"timestamp": "2026-11-25T10:00:00Z", f"k{i}": i} for i in range(1001)]
+    deep = [{"timestamp": "2026-11-26T10:00:00Z", "id": "d1", "deep": nested(200), "n": 1},
+            {"timestamp": "2026-11-26T10:00:01Z", "id": "d2", "deep": nested(200), "n": 2}]
+    await store_entries(settings, wide + deep)
+    out = tmp_path / "lake"
+    result = export(settings, str(out), first="2026-11-25", last="2026-11-26")
+    assert "2026-11-25: note: the entries have more than 1,000 distinct top-level fields" in result.stderr
+
+    table = pq.read_table(out / "date=2026-11-25")
+    assert table.schema.names == ["entry_json"]
+    assert sorted((orjson.loads(r) for r in table.column("entry_json").to_pylist()),
+                  key=lambda e: next(k for k in e if k != "timestamp")) == sorted(
+        wide, key=lambda e: next(k for k in e if k != "timestamp"))
+
+    table = pq.read_table(out / "date=2026-11-26")  # opens: the depth past the limit is one JSON value
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    assert [orjson.loads(r["entry_json"]) for r in rows] == deep and [r["n"] for r in rows] == [1, 2]
+    assert "extension<arrow.json>" in str(table.schema.field("deep").type)  # typed down to the cut, JSON below
+
+    def same(typed: Any, original: Any) -> bool:
+        if isinstance(typed, str) and not isinstance(original, str):
+            return orjson.loads(typed) == original  # the JSON value below the cut
+        if isinstance(original, dict):
+            return typed.keys() == original.keys() and all(same(typed[k], v) for k, v in original.items())
+        if isinstance(original, list):
+            return len(typed) == len(original) and all(same(t, o) for t, o in zip(typed, original, strict=True))
+        return bool(typed == original)
+
+    assert all(same(r["deep"], e["deep"]) for r, e in zip(rows, deep, strict=True))
+    got = duckdb.sql(f"SELECT date::VARCHAR, count(*), sum(n) FROM read_parquet('{out}/*/*.parquet', "
+                     "hive_partitioning = true, union_by_name = true) GROUP BY ALL ORDER BY 1").fetchall()
+    assert got == [("2026-11-25", 1001, None), ("2026-11-26", 2, 3)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_full_disk_is_one_line_and_leaves_no_staging(sample_store: tuple[Settings, list[dict[str, Any]]],
+                                                       tmp_path: Path, fmt: str) -> None:
+    """QA round 9: a jsonl export on a full disk ended in a traceback (closing the gzip stream to discard
+    it failed again), exit 1, with its staging directory left. A file-size limit stands in for the disk:
+    writing past it fails with EFBIG, as a full disk fails with ENOSPC."""
+    settings, entries = sample_store
+    out = tmp_path / "lake"
+    day = "2026-11-25"
+    (out / f"date={day}").mkdir(parents=True)
+    (out / f"date={day}" / "part-0000.parquet").write_bytes(b"the old partition")
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # ignored signals stay ignored across exec
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    result = subprocess.run([sys.executable, "-m", "blobwriter", "export", "--date", day, "--format", fmt,
+                             "--out", str(out)], env=cli_env(settings), capture_output=True, text=True,
+                            timeout=120, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"blobwriter: error: writing {out}/.staging-")
+    assert "File too large" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"date={day}"]  # no staging, no marker
+    assert (out / f"date={day}" / "part-0000.parquet").read_bytes() == b"the old partition"
+
+
+async def test_a_field_named_date_does_not_meet_the_partition_column(make_settings: Callable[..., Settings],
+                                                                     tmp_path: Path) -> None:
+    """QA round 9: an entry's own `date` field and the hive partition's `date` were one column name: DuckDB
+    gave the partition's value (the field's was gone), pyarrow the field's (the partition's was gone)."""
+    settings = make_settings()
+    entries = [{"timestamp": "2026-11-25T10:00:00Z", "id": "a", "date": "1999-12-31", "Date": 1},
+               {"timestamp": "2026-11-25T11:00:00Z", "id": "b", "date": "1999-12-30", "Date": 2}]
+    await store_entries(settings, entries)
+    out = tmp_path / "lake"
+    result = export(settings, str(out), first="2026-11-25", last="2026-11-25")
+    assert "2026-11-25: note: field date has the partition column's name: its column is date_ " in result.stderr
+    assert "2026-11-25: note: field Date has the partition column's name: its column is Date__ " in result.stderr
+    got = duckdb.sql(f"SELECT id, date::VARCHAR, date_, Date__, entry_json->>'$.date' FROM read_parquet("
+                     f"'{out}/*/*.parquet', hive_partitioning = true) ORDER BY id").fetchall()
+    assert got == [("a", "2026-11-25", "1999-12-31", 1, "1999-12-31"),
+                   ("b", "2026-11-25", "1999-12-30", 2, "1999-12-30")]
+    table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
+    rows = sorted(table.select(["id", "date", "date_", "Date__"]).to_pylist(), key=lambda r: r["id"])
+    assert rows == [{"id": "a", "date": "2026-11-25", "date_": "1999-12-31", "Date__": 1},
+                    {"id": "b", "date": "2026-11-25", "date_": "1999-12-30", "Date__": 2}]
+    assert sorted((orjson.loads(r) for r in table.column("entry_json").to_pylist()), key=lambda e: e["id"]) == entries
+
+
+def on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run `python -m blobwriter ARGS` with stdout and stderr on a pseudo-terminal of 120 columns; its exit
+    code and the lines as a terminal shows them (a carriage return starts the line over)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", *args], env=env, stdin=subprocess.DEVNULL,
+                               stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        data += chunk
+    os.close(master)
+    code = process.wait(timeout=120)
+    shown = []
+    for line in re.split(r"\r?\n", data.decode()):
+        shown += [part for part in line.split("\r") if part.strip()]
+    return code, shown
+
+
+def test_the_progress_bar_counts_each_entry_once_and_keeps_off_the_day_lines(
+        sample_store: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """QA round 9: Parquet's two passes over a day both counted (a day of 300 entries showed 600), and each
+    day's line was printed after the bar's text on the bar's line."""
+    settings, entries = sample_store
+    days = by_day(entries)
+    code, shown = on_a_terminal(["export", "--date", FIRST, "--until", "2026-11-27", "--out", str(tmp_path / "lake")],
+                                cli_env(settings))
+    assert code == 0, shown
+    before = 0
+    for n, day in enumerate(["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"], 1):
+        line = f"{day}: {len(days[day]):,} entries -> {tmp_path / 'lake'}/date={day} (1 file(s), "
+        assert any(s.startswith(line) for s in shown), shown  # a line of its own, not after the bar's text
+        for note in ("pass 1 of 2: column types", "pass 2 of 2: writing"):  # each pass starts at the day's start
+            assert f"export {day} ({n}/4): {before:,} entries [" in next(s for s in shown if note in s and day in s)
+        before += len(days[day])
+    assert not any(s.startswith("export") and "entries ->" in s for s in shown)
+
+
+async def test_an_integer_beyond_64_bits_is_exact(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """QA round 9: the C++ reader typed 18446744073709551615 (which the writer takes) a DOUBLE,
+    1.8446744073709552e19, when the batch was otherwise uniform; typed value by value it was JSON."""
+    settings = make_settings()
+    entries = [{"timestamp": "2026-11-25T10:00:00Z", "id": f"u{i}", "u": 2**64 - 1 - i, "n": [{"v": 2**63 + i}]}
+               for i in range(3)]
+    await store_entries(settings, entries)
+    out = tmp_path / "lake"
+    export(settings, str(out), first="2026-11-25", last="2026-11-25")
+    table = pq.read_table(out / "date=2026-11-25")
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    assert [orjson.loads(r["u"]) for r in rows] == [e["u"] for e in entries]
+    assert [[orjson.loads(item["v"]) for item in r["n"]] for r in rows] == [[e["n"][0]["v"]] for e in entries]
+    got = duckdb.sql(f"SELECT sum(u::HUGEINT) FROM read_parquet('{out}/*/*.parquet')").fetchall()
+    assert got == [(sum(e["u"] for e in entries),)]
+
+
+def test_a_swap_cut_short_leaves_no_marker(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str) -> None:
+    """QA round 9: Ctrl-C while a re-export swapped a day's blobs (the new part committed, old parts not yet
+    deleted) left the day with its rows twice, and the old marker still said the day was whole. A leased old
+    part, which cannot be deleted, cuts the swap short here the same way, every time."""
+    settings, entries = sample_store
+    container = f"x{uuid.uuid4().hex[:20]}"
+    out = f"{connection_string(azurite)}Container={container}"
+    day = "2026-11-26"
+    expected = len(by_day(entries)[day])
+    export(settings, out, "--rows-per-file", "100", first=day, last=day)
+    client = BlobServiceClient.from_connection_string(connection_string(azurite)).get_container_client(container)
+    marker = client.get_blob_client(f"_blobwriter/exported/{day}.json")
+    assert orjson.loads(marker.download_blob().readall())["entries"] == expected
+    leased = client.get_blob_client(f"date={day}/part-0002.parquet")
+    lease = leased.acquire_lease(-1)
+
+    result = export(settings, out, first=day, last=day, code=2)  # one file now: part-0002 must go, and cannot
+    assert "blobwriter: error: replacing date=" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()  # the day is not claimed whole: it has part-0000 (all rows) and old parts
+    lease.break_lease()
+    export(settings, out, first=day, last=day)
+    assert sorted(b.name for b in client.list_blobs()) == [f"_blobwriter/exported/{day}.json",
+                                                           f"date={day}/part-0000.parquet"]
+    assert orjson.loads(marker.download_blob().readall())["entries"] == expected
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+async def test_id_field_drops_a_retry_across_midnight_as_read_does(make_settings: Callable[..., Settings],
+                                                                   tmp_path: Path, fmt: str) -> None:
+    """QA round 9: with id_field, read, stats and sql over 11-24..11-25 counted a client's retry across
+    midnight once, but export read each day with a Reader of its own and put it in both partitions."""
+    settings = make_settings(id_field="id")
+    await store_entries(settings, [{"id": "x", "timestamp": "2026-11-24T23:59:59Z"},
+                                   {"id": "y", "timestamp": "2026-11-24T12:00:00Z"}])
+    await store_entries(settings, [{"id": "x", "timestamp": "2026-11-25T00:00:01Z"},  # the retry
+                                   {"id": "z", "timestamp": "2026-11-25T12:00:00Z"}])
+    env = cli_env(settings, BLOBWRITER_ID_FIELD="id")
+    read = run_cli("read", "--date", "2026-11-24", "--until", "2026-11-25", env=env)
+    assert read.returncode == 0 and len(read.stdout.splitlines()) == 3
+    out = tmp_path / "lake"
+    result = run_cli("export", "--date", "2026-11-24", "--until", "2026-11-25", "--format", fmt, "--out", str(out),
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    reader = "read_parquet" if fmt == "parquet" else "read_json"
+    got = duckdb.sql(f"SELECT date::VARCHAR, id FROM {reader}('{out}/*/*', hive_partitioning = true) "
+                     "ORDER BY ALL").fetchall()
+    assert got == [("2026-11-24", "x"), ("2026-11-24", "y"), ("2026-11-25", "z")]
+    assert sorted(orjson.loads(line)["id"] for line in read.stdout.splitlines()) == ["x", "y", "z"]

@@ -21,6 +21,7 @@ from azure.functions.timer import TimerRequestConverter
 from azure.storage.blob import BlobServiceClient
 
 from blobwriter.config import Settings
+from blobwriter.errors import ConfigError
 from blobwriter.query import MissingExtraError
 from blobwriter.query.schedule import LOOKBACK_DAYS, SCHEDULE, closed_days, run_scheduled_export
 from tests.conftest import connection_string
@@ -80,7 +81,8 @@ def test_no_destination_no_timer(function_app: Callable[..., ModuleType]) -> Non
 
 
 async def test_timer_exports_each_closed_day_once(function_app: Callable[..., ModuleType], azurite: str,
-                                                  make_settings: Callable[..., Settings]) -> None:
+                                                  make_settings: Callable[..., Settings],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     exports = f"x{uuid.uuid4().hex[:20]}"
     module = function_app(BLOBWRITER_EXPORT_DESTINATION=f"{connection_string(azurite)}Container={exports}")
     function = timer_function(module)
@@ -113,6 +115,30 @@ async def test_timer_exports_each_closed_day_once(function_app: Callable[..., Mo
     await handler(timer_request())
     assert {b.name: b.etag for b in container.list_blobs()} == etags
 
+    # QA round 9: an entry written for a closed day after its export (a client's retry, a writer retrying
+    # through an outage, a backfill: the deployment takes entries up to 7 days old) never reached the lake.
+    late = {"id": "late", "timestamp": f"{closed[1]}T23:59:59Z", "cost_eur": 0.25}
+    await store_entries(settings, [late])
+    await handler(timer_request())
+    data = container.get_blob_client(f"date={closed[1]}/part-0000.parquet").download_blob().readall()
+    assert sorted(pq.read_table(io.BytesIO(data)).column("id").to_pylist()) == sorted(
+        [e["id"] for e in written[closed[1]]] + ["late"])
+    changed = {name for name, etag in ((b.name, b.etag) for b in container.list_blobs()) if etags.get(name) != etag}
+    assert changed == {f"date={closed[1]}/part-0000.parquet", f"_blobwriter/exported/{closed[1]}.json"}
+    etags = {b.name: b.etag for b in container.list_blobs()}
+    await handler(timer_request())  # and once is enough: the marker records the day as it is now
+    assert {b.name: b.etag for b in container.list_blobs()} == etags
+
+    # A day whose logs are gone since (a retention rule) keeps its export, the only copy left, and is not
+    # read again every hour as if it had changed.
+    logs = client.get_container_client(settings.container)
+    for blob in list(logs.list_blobs(name_starts_with=closed[0])):
+        logs.delete_blob(blob.name)
+    with caplog.at_level(logging.INFO, logger="blobwriter.export"):
+        await handler(timer_request())
+    assert {b.name: b.etag for b in container.list_blobs()} == etags
+    assert not [r for r in caplog.records if r.name == "blobwriter.export"]
+
 
 async def test_timer_without_pyarrow_logs_what_to_install(function_app: Callable[..., ModuleType], azurite: str,
                                                           monkeypatch: pytest.MonkeyPatch,
@@ -124,6 +150,23 @@ async def test_timer_without_pyarrow_logs_what_to_install(function_app: Callable
         await handler(timer_request())
     [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
     assert "pyarrow is not installed" in record.getMessage() and "requirements.txt" in record.getMessage()
+
+
+async def test_a_bad_destination_is_logged_when_the_app_is_indexed(function_app: Callable[..., ModuleType],
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """QA round 9: a destination that is no destination (abfss://, a connection string without a container)
+    was first reported an hour later, by the first timer run, without naming the setting."""
+    bad = "abfss://exports@acct.dfs.core.windows.net/gw"
+    with caplog.at_level(logging.ERROR, logger="blobwriter.export"):
+        module = function_app(BLOBWRITER_EXPORT_DESTINATION=bad)
+    [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
+    assert "BLOBWRITER_EXPORT_DESTINATION is not a destination" in record.getMessage()
+    assert "https://acct.blob.core.windows.net/exports/gw" in record.getMessage()
+    handler = timer_function(module).get_user_function()  # still there: each run says it again
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="blobwriter.export"), pytest.raises(ConfigError):
+        await handler(timer_request())
+    assert any("Scheduled export failed: BLOBWRITER_EXPORT_DESTINATION" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_day_exported_with_damage_is_not_taken_as_done(make_settings: Callable[..., Settings],

@@ -109,6 +109,9 @@ class GatedStore:
     async def parts(self, date: str) -> list[str]:
         return await self.inner.parts(date)
 
+    async def sizes(self, date: str) -> dict[str, int]:
+        return await self.inner.sizes(date)
+
     def read(self, name: str) -> AsyncIterator[bytes]:
         return self.inner.read(name)
 

@@ -11,7 +11,10 @@ A destination is given as one string (`--out`, or the `export_destination` setti
 A day's partition is replaced as a whole: the new files are written aside (a staging directory;
 uncommitted blocks of the final blobs), then swapped in (two directory renames; one Put Block List
 per file), then the old partition's other files are deleted. Readers never see a mix for longer
-than the swap takes, and a re-export never duplicates a day.
+than the swap takes, and a re-export never duplicates a day. The day's marker is removed before
+the swap and written after it, so a swap cut short (Ctrl-C, a killed process, a blob that cannot
+be deleted) leaves the day without a marker: not claimed complete, and exported again by the next
+scheduled run.
 
 Every failure of the destination leaves it as a `StoreError`, through the stores' own error
 boundaries (`_os_errors`, `_storage_errors`), so that `blobwriter export` reports it in one line
@@ -24,6 +27,7 @@ import asyncio
 import base64
 import ipaddress
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -31,7 +35,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from ..blob_store import SDK_RETRIES, _storage_errors
+from .. import casts
+from ..blob_store import SDK_RETRIES, _public_url, _storage_errors
 from ..casts import storage_kind
 from ..errors import ConfigError, StoreError
 from ..store import _os_errors
@@ -69,6 +74,9 @@ class Destination(Protocol):
     async def write_marker(self, day: str, data: bytes) -> None:
         """Record that `day` was exported."""
 
+    async def remove_marker(self, day: str) -> None:
+        """Forget that `day` was exported (before its partition is swapped: a swap cut short leaves no marker)."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -79,6 +87,9 @@ def open_destination(text: str) -> Destination:
     if not text:
         raise ConfigError("the export destination is empty")
     kind = storage_kind(text)
+    scheme = _SCHEME.match(text)
+    if kind == "directory" and scheme and scheme.group(1).lower() != "file":
+        raise ConfigError(_unsupported_url(text, scheme.group(1)))
     if kind == "directory":
         return DirectoryDestination(Path(text.removeprefix("file://")))
     if kind == "connection_string":
@@ -94,7 +105,7 @@ def open_destination(text: str) -> Destination:
         if not extra.get("container"):
             raise ConfigError("the export destination is a connection string without ';Container=NAME': "
                               "name the container to export to (e.g. UseDevelopmentStorage=true;Container=exports)")
-        return BlobDestination(container=extra["container"], prefix=extra.get("prefix", ""),
+        return BlobDestination(container=_container(extra["container"]), prefix=_prefix(extra.get("prefix", "")),
                                connection_string=";".join(rest) + ";")
     parts = urlsplit(text)
     segments = [s for s in parts.path.split("/") if s]
@@ -104,10 +115,38 @@ def open_destination(text: str) -> Destination:
     if len(segments) <= account_segments:
         raise ConfigError(f"the export destination URL {urlunsplit(parts._replace(query=''))!r} names no container "
                           "(https://<account>.blob.core.windows.net/<container>[/<prefix>])")
-    container = segments[account_segments]
-    prefix = "/".join(segments[account_segments + 1:])
+    container = _container(segments[account_segments])
+    prefix = _prefix("/".join(segments[account_segments + 1:]))
     account_url = urlunsplit((parts.scheme, parts.netloc, "/".join([""] + segments[:account_segments]), "", ""))
     return BlobDestination(container=container, prefix=prefix, account_url=account_url, sas=parts.query or None)
+
+
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _unsupported_url(text: str, scheme: str) -> str:
+    """Why a URL of another scheme is no destination (not a directory named `abfss:`), and what to write."""
+    parts = urlsplit(text)
+    message = (f"the export destination {scheme}://... is neither a directory, an http(s) container URL nor a "
+               "connection string with ;Container=NAME")
+    if scheme.lower() in ("abfs", "abfss", "wasb", "wasbs") and "@" in parts.netloc:
+        container, _, host = parts.netloc.rpartition("@")
+        account = host.split(".")[0]
+        message += (f"; the same place through the Blob endpoint: https://{account}.blob.core.windows.net/"
+                    f"{container}{parts.path}".rstrip("/"))
+    return message
+
+
+def _container(name: str) -> str:
+    """A container name Azure takes, checked before any request (Azure's own answer names no field)."""
+    return casts.container("export destination container", name)
+
+
+def _prefix(prefix: str) -> str:
+    """The prefix without its outer slashes, refused as blob_prefix is if the HTTP stack would normalize
+    it ('..', '.', '//'): the blobs would land elsewhere, even in another container."""
+    prefix = prefix.strip().strip("/")
+    return casts.prefix("export destination prefix", prefix) if prefix else ""
 
 
 def _is_ip(host: str) -> bool:
@@ -151,6 +190,11 @@ class DirectoryDestination:
 
         with _os_errors(f"writing {path}"):
             await asyncio.to_thread(write)
+
+    async def remove_marker(self, day: str) -> None:
+        path = self.root / MARKERS / f"{day}.json"
+        with _os_errors(f"removing {path}"):
+            await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def close(self) -> None:
         return None
@@ -231,7 +275,8 @@ class BlobDestination:
                 self._credential = DefaultAzureCredential()
                 self._service = BlobServiceClient(self._account_url, credential=self._credential, **options)
             self._container = self._service.get_container_client(self.container_name)
-            self.description = f"{self._service.url.rstrip('/')}/{self.container_name}/{self.prefix}".rstrip("/")
+            # The service URL carries a SAS (a credential) when one was given: never in a message or a log.
+            self.description = f"{_public_url(self._service.url)}/{self.container_name}/{self.prefix}".rstrip("/")
         if not self._ready:
             from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
@@ -262,10 +307,24 @@ class BlobDestination:
                 return None
 
     async def write_marker(self, day: str, data: bytes) -> None:
+        from azure.storage.blob import ContentSettings
+
         container = await self._client()
         name = f"{self.prefix}{MARKERS}/{day}.json"
         with _storage_errors(f"writing {name}", self.description):
-            await container.get_blob_client(name).upload_blob(data, overwrite=True)
+            await container.get_blob_client(name).upload_blob(
+                data, overwrite=True, content_settings=ContentSettings(content_type="application/json"))
+
+    async def remove_marker(self, day: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        container = await self._client()
+        name = f"{self.prefix}{MARKERS}/{day}.json"
+        with _storage_errors(f"removing {name}", self.description):
+            try:
+                await container.delete_blob(name)
+            except ResourceNotFoundError:
+                pass
 
     async def close(self) -> None:
         if self._service is not None:

@@ -1,11 +1,14 @@
 """`blobwriter export`: each day of a range as a hive-style partition of Parquet or gzip JSON Lines.
 
 Layout: `<out>/date=YYYY-MM-DD/part-0000.parquet` (or `.jsonl.gz`), which Synapse, Fabric, Azure
-Data Explorer, Spark and DuckDB read directly (`read_parquet('<out>/*/*.parquet', hive_partitioning=true)`).
+Data Explorer, Spark and DuckDB read directly
+(`read_parquet('<out>/*/*.parquet', hive_partitioning=true, union_by_name=true)`: days can differ in columns).
 A Parquet row holds the entry's top-level fields as typed columns (structs and lists for nested
-values, JSON for a field whose type varies) plus `entry_json`, the entry's complete JSON, so nothing
-is ever lost. Parquet types come from the whole day (a first pass reads the day to infer them, a
-second converts), so every file of a day has one schema. JSON Lines files hold the entries as stored.
+values, JSON for a field whose type varies, for an object of more than 1,000 keys and below 64 levels
+of nesting; none if a day has more than 1,000 distinct top-level fields) plus `entry_json`, the
+entry's complete JSON, so nothing is ever lost. Parquet types come from the whole day (a first pass
+reads the day to infer them, a second converts), so every file of a day has one schema. JSON Lines
+files hold the entries as stored.
 
 The export is plaintext: whoever can read the destination can read the logs (docs/DEPLOY.md).
 """
@@ -26,13 +29,14 @@ from .. import __version__
 from ..store import _os_errors
 from .destination import Destination, Partition
 from .source import RangeSource
-from .table import Conversion, Schema, abatches_of, arrow
+from .table import MAX_STRUCT_FIELDS, Conversion, Schema, abatches_of, arrow
 
 FORMATS: Final = ("parquet", "jsonl")
 ROWS_PER_FILE: Final = 250_000
 ROW_GROUP_BATCHES: Final = 4  # batches of 8,192 entries per Parquet row group
 PARQUET_COMPRESSION: Final = "snappy"  # the codec every engine named above reads
 GZIP_LEVEL: Final = 2  # ISA-L level 2: close to zlib's default ratio at many times its speed
+PARTITION_COLUMN: Final = "date"  # the hive partition key, a column of its own to every engine
 
 
 @dataclass
@@ -46,6 +50,8 @@ class DayExport:
     misfits: Counter[str] = field(default_factory=Counter)
     unknown: Counter[str] = field(default_factory=Counter)
     damaged_frames: int = 0  # skipped: their entries are missing from the partition
+    too_wide: bool = False  # more distinct top-level fields than table.MAX_STRUCT_FIELDS: entry_json only
+    renamed: dict[str, str] = field(default_factory=dict)  # field -> its column (it had the partition key's name)
 
     @property
     def written(self) -> bool:
@@ -53,7 +59,23 @@ class DayExport:
 
 
 def partition_name(day: str) -> str:
-    return f"date={day}"
+    return f"{PARTITION_COLUMN}={day}"
+
+
+def _free_of_partition_key(names: Sequence[str]) -> dict[str, str]:
+    """Columns to rename: a field named as the partition key in any case (DuckDB's names ignore case) would
+    meet the partition's own column, which DuckDB and Spark put in its place and pyarrow drops. It becomes
+    `date_` (or the first of `date__`, ... that no other field has)."""
+    taken = {name.lower() for name in names}
+    renamed = {}
+    for name in names:
+        if name.lower() == PARTITION_COLUMN:
+            column = name + "_"
+            while column.lower() in taken:
+                column += "_"
+            taken.add(column.lower())
+            renamed[name] = column
+    return renamed
 
 
 def part_name(index: int, fmt: str) -> str:
@@ -68,6 +90,8 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
         raise ValueError(f"unknown export format {fmt!r} (allowed: {', '.join(FORMATS)})")
     result = DayExport(day)
     problems_before = len(source.problems)
+    # Listed before reading: whatever is appended meanwhile makes the next scheduled run see a change.
+    sources = await source.sizes(day)
     conversion: Conversion | None = None
     if fmt == "parquet":
         arrow()
@@ -79,6 +103,8 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             source.record_last()  # no second pass: this one's damage (or unknown keys) is the day's
             return result
         conversion = Conversion(schema.arrow_schema(raw=True), raw=True)
+        result.too_wide = schema.too_wide
+        result.renamed = _free_of_partition_key(conversion.schema.names)
         source.progress.note("pass 2 of 2: writing")
     partition: Partition | None = None
     writer: _PartWriter | None = None
@@ -90,7 +116,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             while start < len(batch):
                 if writer is None:
                     name = part_name(len(result.files), fmt)
-                    writer = _PartWriter(partition.path(name), fmt, conversion)
+                    writer = _PartWriter(partition.path(name), fmt, conversion, result.renamed)
                     result.files.append(name)
                 piece = batch[start:start + rows_per_file - writer.rows]
                 writer.write(piece)
@@ -106,23 +132,27 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             await partition.add(writer.path.name)
             writer = None
         if partition is not None:
+            await destination.remove_marker(day)  # a swap cut short must not pass for the old, whole export
             await partition.commit()
     except BaseException:
-        if writer is not None:
-            writer.discard()
-        if partition is not None:
-            await partition.abort()
+        try:
+            if writer is not None:
+                writer.discard()
+        finally:
+            if partition is not None:
+                await partition.abort()
         raise
     if conversion is not None:
         result.misfits, result.unknown = conversion.misfits, conversion.unknown
     result.damaged_frames = len(source.problems) - problems_before
     if result.written:
         # The marker says whether the partition is incomplete: whoever reads the lake, and the scheduled
-        # export, can tell a day with damaged frames skipped from a whole one.
+        # export, can tell a day with damaged frames skipped from a whole one. `sources` (each of the day's
+        # blobs and its size when the export began) tells the scheduled export whether the day changed since.
         marker = {"date": day, "format": fmt, "entries": result.entries, "damaged_frames": result.damaged_frames,
                   "files": result.files, "bytes": result.bytes,
                   "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                  "blobwriter": __version__}
+                  "blobwriter": __version__, "sources": sources}
         await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
     return result
 
@@ -132,21 +162,32 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
     """Export every day of the source's range, one partition per day; a line per day on `log`."""
     log = log or sys.stderr
     done = []
+
+    def say(line: str) -> None:
+        source.progress.write(line, log)
+
     for day in source.dates:
         result = await export_day(source, destination, day, fmt, rows_per_file=rows_per_file)
         done.append(result)
         if result.written:
             where = f"{destination.description.rstrip('/')}/{partition_name(day)}"
-            print(f"{day}: {result.entries:,} entries -> {where} ({len(result.files)} file(s), "
-                  f"{result.bytes / 1e6:,.1f} MB)", file=log)
+            say(f"{day}: {result.entries:,} {'entry' if result.entries == 1 else 'entries'} -> {where} "
+                f"({len(result.files)} file(s), "
+                f"{result.bytes / 1e6:,.1f} MB)")
         else:
-            print(f"{day}: no entries; nothing written", file=log)
+            say(f"{day}: no entries; nothing written")
+        for name, column in result.renamed.items():
+            say(f"{day}: note: field {name} has the partition column's name: its column is {column} "
+                "(readers of the lake give the partition's date as date)")
+        if result.too_wide:
+            say(f"{day}: note: the entries have more than {MAX_STRUCT_FIELDS:,} distinct top-level fields (a map, "
+                "not records): the rows have entry_json only")
         for what, counts in (("did not fit their column and are null there (entry_json has them)", result.misfits),
                              ("belong to fields that appeared during the export (entry_json has them)",
                               result.unknown)):
             if counts:
                 fields = ", ".join(f"{path} ({n})" for path, n in counts.most_common(5))
-                print(f"{day}: note: values of {fields} {what}", file=log)
+                say(f"{day}: note: values of {fields} {what}")
     return done
 
 
@@ -154,22 +195,30 @@ class _PartWriter:
     """One file of a partition: Parquet (row groups of a few batches) or gzip JSON Lines. A failure to
     write it (a full disk) is a StoreError, as every failure of the destination is."""
 
-    def __init__(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
+    def __init__(self, path: Path, fmt: str, conversion: Conversion | None, renamed: dict[str, str]) -> None:
         with _os_errors(f"writing {path}"):
-            self._open(path, fmt, conversion)
+            self._open(path, fmt, conversion, renamed)
 
-    def _open(self, path: Path, fmt: str, conversion: Conversion | None) -> None:
+    def _open(self, path: Path, fmt: str, conversion: Conversion | None, renamed: dict[str, str]) -> None:
         self.path = path
         self.rows = 0
         self._conversion = conversion
+        self._names: list[str] | None = None
         self._pending: list[Any] = []
         self._handle: Any = None
         self._parquet: Any = None
         if fmt == "parquet":
+            import pyarrow.fs
             import pyarrow.parquet as pq
 
             assert conversion is not None
-            self._parquet = pq.ParquetWriter(path, conversion.schema, compression=PARQUET_COMPRESSION)
+            schema = conversion.schema
+            if renamed:
+                self._names = [renamed.get(name, name) for name in schema.names]
+                schema = arrow().schema([f.with_name(n) for f, n in zip(schema, self._names, strict=True)])
+            # An absolute path on the local file system: pyarrow takes a relative `lake:2026/...` for a URI.
+            self._parquet = pq.ParquetWriter(str(path.absolute()), schema,
+                                             compression=PARQUET_COMPRESSION, filesystem=pyarrow.fs.LocalFileSystem())
         else:
             from isal import igzip
 
@@ -192,6 +241,8 @@ class _PartWriter:
     def _flush(self) -> None:
         if self._pending:
             table = arrow().Table.from_batches(self._pending)
+            if self._names is not None:
+                table = table.rename_columns(self._names)
             self._parquet.write_table(table, row_group_size=table.num_rows)
             self._pending = []
 
@@ -209,10 +260,14 @@ class _PartWriter:
         return self.path.stat().st_size
 
     def discard(self) -> None:
+        """Drop the file. Closing it flushes what is buffered, which fails again on a full disk: that
+        failure is not reported (the one that made us discard is), and the file goes anyway."""
         try:
             if self._parquet is not None:
                 self._parquet.close()
             elif self._handle is not None:
                 self._handle.close()
+        except OSError:  # pyarrow's I/O errors are OSErrors too
+            pass
         finally:
             self.path.unlink(missing_ok=True)

@@ -30,6 +30,9 @@ class Progress:
             enabled = _is_terminal(stream)
         self._bar: Any = None
         self._pending = 0
+        self._note = ""
+        self._day: str | None = None
+        self._day_start = 0  # the count when the current day began
         if enabled:
             try:
                 from tqdm import tqdm
@@ -41,13 +44,19 @@ class Progress:
                              bar_format="{desc}: {n:,} entries [{elapsed}, {rate_fmt}{postfix}]")
 
     def day(self, day: str) -> None:
-        """A new day starts: show it (and the count so far)."""
+        """A new day starts: show it (and the count so far). The same day again (export's second pass over
+        it) counts its entries from the day's start again, so the count stays the range's entries."""
         if self._bar is not None:
             where = f" ({self.days.index(day) + 1}/{len(self.days)})" if day in self.days and len(self.days) > 1 else ""
             # set_description would add its own ": " to the one the bar's format has.
             self._bar.set_description_str(f"{self.label} {day}{where}", refresh=False)
-            self._bar.update(self._pending)
-            self._pending = 0
+            if day == self._day:
+                self._bar.n = self._bar.last_print_n = self._day_start
+                self._pending = 0
+            else:
+                self._bar.update(self._pending)
+                self._pending = 0
+                self._day, self._day_start = day, self._bar.n
             self._bar.refresh()
 
     def step(self, stored_bytes: int | None = None) -> None:
@@ -67,12 +76,23 @@ class Progress:
             self._flush(stored_bytes)
 
     def note(self, text: str) -> None:
+        """What the command is doing (`pass 2 of 2: writing`), shown until the next note."""
+        self._note = text
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=False)
 
+    def write(self, line: str, stream: IO[str]) -> None:
+        """Print a line on `stream` without printing it over the bar (which is drawn again below it)."""
+        if self._bar is not None:
+            self._bar.clear()
+        print(line, file=stream)
+        if self._bar is not None:
+            self._bar.refresh()
+
     def _flush(self, stored_bytes: int | None) -> None:
         if stored_bytes is not None:
-            self._bar.set_postfix_str(f"{stored_bytes / 1e6:,.1f} MB read", refresh=False)
+            self._bar.set_postfix_str(f"{self._note}, " * bool(self._note) + f"{stored_bytes / 1e6:,.1f} MB read",
+                                      refresh=False)
         self._bar.update(self._pending)
         self._pending = 0
 

@@ -3,8 +3,11 @@
 A timer (function_app.py, registered only when `export_destination` is set) calls
 `run_scheduled_export` every hour. It looks at the last LOOKBACK_DAYS closed days (a day is closed
 GRACE after its UTC midnight, so late batches are in) and exports, as Parquet, each one that has
-entries and no marker yet at the destination. The marker is written after the day's partition is
-swapped in, so a failed run is simply redone by the next one, and a re-run replaces the partition.
+entries and no marker yet at the destination, or whose blobs changed since its marker was written
+(the marker records each blob's size: entries can be written for a closed day, up to max_past_days
+old, by a client's retry, a writer retrying through an outage, or a backfill). The marker is written
+after the day's partition is swapped in, so a failed run is simply redone by the next one, and a
+re-run replaces the partition.
 A day exported with damaged frames skipped (its marker's `damaged_frames`) is not taken as done:
 each run logs an error for it while it is in the look-back, but does not export it again (damage
 stays; re-reading the day every hour would not repair it): after repairing or accepting it,
@@ -24,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from ..config import Settings
+from ..errors import ConfigError
 from . import EXTRA_HINT, MissingExtraError, require
 from .progress import Progress
 from .source import RangeSource
@@ -47,7 +51,8 @@ class ScheduledRun:
     """What one run did."""
 
     exported: dict[str, int] = field(default_factory=dict)  # day -> entries
-    already: list[str] = field(default_factory=list)  # days with a marker
+    already: list[str] = field(default_factory=list)  # days with a marker, unchanged since
+    again: list[str] = field(default_factory=list)  # days with a marker whose blobs changed since: exported again
     empty: list[str] = field(default_factory=list)  # days without entries (yet)
     damaged: int = 0  # damaged frames this run skipped
     incomplete: dict[str, int] = field(default_factory=dict)  # day -> damaged frames its export skipped
@@ -67,7 +72,11 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
                   "BLOBWRITER_EXPORT_DESTINATION (%s).", EXTRA_HINT)
         raise
     days = closed_days(now or datetime.now(UTC))
-    destination = open_destination(target)
+    try:
+        destination = open_destination(target)
+    except ConfigError as exc:
+        log.error("Scheduled export failed: BLOBWRITER_EXPORT_DESTINATION is not a destination: %s", exc)
+        raise
     # One process: the Functions host's worker is no place to start a pool of processes.
     source = RangeSource(settings, days, Progress("export", days, enabled=False), workers=1)
     done = ScheduledRun()
@@ -75,11 +84,18 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
         for day in days:
             marker = await destination.read_marker(day)
             if marker is not None:
-                done.already.append(day)
-                skipped = _damaged_frames(marker)
-                if skipped:
-                    done.incomplete[day] = skipped
-                continue
+                recorded = _sources(marker)
+                now_stored = await source.sizes(day)
+                # Unchanged, or its logs deleted since (retention): the export stays, the only copy left.
+                if recorded is None or recorded == now_stored or not now_stored:
+                    done.already.append(day)
+                    skipped = _damaged_frames(marker)
+                    if skipped:
+                        done.incomplete[day] = skipped
+                    continue
+                done.again.append(day)
+                log.info("Exporting %s again: its blobs changed since it was exported (entries written for it "
+                         "late)", day)
             result = await export_day(source, destination, day, FORMAT)
             if result.written:
                 done.exported[day] = result.entries
@@ -100,6 +116,16 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
                   "tells which); delete its marker _blobwriter/exported/%s.json to export it again", day,
                   destination.description, skipped, day, day)
     return done
+
+
+def _sources(marker: bytes) -> dict[str, int] | None:
+    """The size of each of the day's blobs when it was exported (None for older markers, which do not say:
+    such a day counts as unchanged)."""
+    try:
+        sources = json.loads(marker).get("sources")
+    except (ValueError, AttributeError):
+        return None
+    return sources if isinstance(sources, dict) else None
 
 
 def _damaged_frames(marker: bytes) -> int:

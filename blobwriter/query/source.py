@@ -37,6 +37,9 @@ class RangeSource:
         self.last_report: ReadReport | None = None
         self.frames = 0  # frames decoded by the recorded passes
         self.workers = workers  # processes decoding frames (None: every core, for large reads)
+        # The last recorded pass's date and id_field digests: export reads a range one day (and Reader) at a
+        # time, and drops a retry across midnight as one Reader over the range (read, stats, sql) does.
+        self._carried: tuple[str, set[bytes]] | None = None
 
     async def lines(self, days: Sequence[str] | None = None, *, record: bool = True) -> AsyncGenerator[bytes, None]:
         """Each entry (a JSON object, no newline) of `days` (default: the whole range), each once.
@@ -54,6 +57,8 @@ class RangeSource:
                     record: bool) -> AsyncGenerator[Any, None]:
         store = open_store(self.settings)
         reader = Reader(store, self.settings.keys, id_field=self.settings.id_field, workers=self.workers)
+        if record:
+            reader.follow(self._carried)
         dates = self.dates if days is None else days
         try:
             if task is None:
@@ -71,7 +76,21 @@ class RangeSource:
             await store.close()
             self.last_report = reader.report
             if record:
+                self._carried = reader.carried_ids()
                 self.record_last()
+
+    async def sizes(self, day: str) -> dict[str, int]:
+        """The size of each of `day`'s blobs now: an export records them, so that a later run can tell a day
+        that changed since (entries written for it late) from one that did not."""
+        store = open_store(self.settings)
+        try:
+            return await store.sizes(day)
+        except BlobwriterError:
+            raise
+        except Exception as exc:
+            raise BlobwriterError(f"listing the blobs of {day} in {store.description} failed: {exc}") from exc
+        finally:
+            await store.close()
 
     def record_last(self) -> None:
         """Count the damage of the last pass (one read with record=False that no other pass follows)."""

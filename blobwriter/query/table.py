@@ -1,9 +1,13 @@
 """Entries (JSON lines) to Arrow record batches, typed the way DuckDB's `read_json` types them.
 
-Objects become structs, arrays lists, integers BIGINT, numbers DOUBLE (integers and numbers mixed:
-DOUBLE), strings VARCHAR, booleans BOOLEAN. A field whose type varies between entries (a number
-here, a string or an object there) becomes a JSON column holding each value's JSON text, as
-`read_json` does; a field only ever null becomes VARCHAR. Nothing is lost that way.
+Objects become structs, arrays lists, integers BIGINT (JSON past its range), numbers DOUBLE
+(integers and numbers mixed: DOUBLE), strings VARCHAR, booleans BOOLEAN. A field whose type varies
+between entries (a number here, a string or an object there) becomes a JSON column holding each
+value's JSON text, as `read_json` does; a field only ever null becomes VARCHAR. An object with more
+than MAX_STRUCT_FIELDS distinct keys (a map of ids, not a record) is JSON too, and so is a value
+nested deeper than MAX_DEPTH Parquet levels (pyarrow opens no file past 100); entries with more
+than MAX_STRUCT_FIELDS distinct top-level fields get no typed columns at all. Nothing is lost that
+way.
 
 Types are inferred batch by batch and unified (`Schema.observe`); the conversion of a batch is
 done by pyarrow's C++ JSON reader when the schema has no JSON column and the batch fits it, else
@@ -27,6 +31,9 @@ pa: Any = None
 pj: Any = None
 
 MAX_STRUCT_FIELDS: Final = 1000  # an object with more distinct keys is a map of ids, not a record: JSON
+# Parquet levels a column may take (a struct adds one, a list two): pyarrow refuses to open a file past 100,
+# so a value nested deeper than this is JSON.
+MAX_DEPTH: Final = 64
 BATCH_ENTRIES: Final = 8192
 BATCH_BYTES: Final = 16 << 20
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -138,15 +145,18 @@ def python_type(value: Any) -> Any:
     return json_type()
 
 
-def finalize(t: Any) -> Any:
-    """The column type to use: a field only ever null is VARCHAR, an always-empty list is a list of JSON."""
+def finalize(t: Any, depth: int = 1) -> Any:
+    """The column type to use: a field only ever null is VARCHAR, an always-empty list is a list of JSON, and
+    a struct or list deeper than MAX_DEPTH levels is JSON."""
     pa = arrow()
     if pa.types.is_null(t):
         return pa.string()
+    if (pa.types.is_struct(t) or pa.types.is_list(t)) and depth > MAX_DEPTH:
+        return json_type()
     if pa.types.is_struct(t):
-        return pa.struct([pa.field(f.name, finalize(f.type)) for f in t])
+        return pa.struct([pa.field(f.name, finalize(f.type, depth + 1)) for f in t])
     if pa.types.is_list(t):
-        return pa.list_(json_type() if pa.types.is_null(t.value_type) else finalize(t.value_type))
+        return pa.list_(json_type() if pa.types.is_null(t.value_type) else finalize(t.value_type, depth + 2))
     return t
 
 
@@ -187,21 +197,51 @@ class Schema:
             return
         self.entries += len(lines)
         try:
-            inferred = _read_json(lines, None).schema
-            batch_type = _normalize(arrow().struct(list(inferred)))
+            table = _read_json(lines, None)
+            # The C++ reader reads an integer beyond 64 bits as a double, rounding it: such a batch is typed
+            # value by value, where it is JSON (exact), as python_type says.
+            if any(_beyond_int64(column) for column in table.columns):
+                raise arrow().ArrowInvalid("an integer beyond 64 bits")
+            batch_type = _normalize(arrow().struct(list(table.schema)))
         except (arrow().ArrowInvalid, arrow().ArrowNotImplementedError):
             batch_type = arrow().struct([])
             for line in lines:
                 batch_type = unify(batch_type, python_type(orjson.loads(line)))
         self.type = unify(self.type, batch_type)
 
+    @property
+    def too_wide(self) -> bool:
+        """The entries have more than MAX_STRUCT_FIELDS distinct top-level fields: a map, not records, so
+        they get no typed columns (unify made the top level JSON, as it does such an object inside)."""
+        return is_json(self.type)
+
     def arrow_schema(self, *, raw: bool = False) -> Any:
-        """The Arrow schema of the batches: one column per top-level field (plus entry_json if raw)."""
+        """The Arrow schema of the batches: one column per top-level field (none if too_wide), plus entry_json
+        if raw."""
         pa = arrow()
-        fields = [pa.field(f.name, finalize(f.type)) for f in self.type if not (raw and f.name == RAW_COLUMN)]
+        top = [] if self.too_wide else self.type
+        fields = [pa.field(f.name, finalize(f.type)) for f in top if not (raw and f.name == RAW_COLUMN)]
         if raw:
             fields.append(pa.field(RAW_COLUMN, json_type()))
         return pa.schema(fields)
+
+
+def _beyond_int64(values: Any) -> bool:
+    """Whether a column the C++ reader inferred holds a double of an integer's magnitude past int64 (or, to
+    be safe, any number that large)."""
+    pa = arrow()
+    t = values.type
+    if pa.types.is_struct(t):
+        return any(_beyond_int64(pa.chunked_array([chunk.field(i) for chunk in values.chunks], type=f.type))
+                   for i, f in enumerate(t))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _beyond_int64(pa.chunked_array([chunk.flatten() for chunk in values.chunks], type=t.value_type))
+    if pa.types.is_floating(t):
+        import pyarrow.compute as pc
+
+        largest = pc.max(pc.abs(values)).as_py()
+        return largest is not None and largest >= 2.0**63
+    return False
 
 
 def _read_json(lines: Sequence[bytes], schema: Any) -> Any:
