@@ -182,6 +182,30 @@ async def test_an_unhealable_error_fails_its_entries_in_time_and_never_blocks_an
     assert_each_once(found, [e["id"] for e in other])
 
 
+async def test_health_recovers_once_an_unhealable_errors_entries_are_given_up_on(
+        make_settings: Callable[..., Settings], azurite_upstream: str) -> None:
+    """403 on one date's blob: health is 503 while its entries are retried, and ok again once they are
+    reported failed and nothing else fails (it stayed 503 for the process's life, an idle writer
+    whose other dates were written)."""
+    def to_day(request: web.BaseRequest) -> bool:
+        return is_append(request) and f"/{DAY}/" in request.path
+
+    async with StorageProxy(azurite_upstream, FaultPlan(refuse_share=1.0, only=to_day)) as proxy:
+        settings = make_settings(storage=through(proxy), give_up_after=1.0, retry_backoff_max=0.2)
+        async with LogWriter(settings) as writer:
+            refused = asyncio.create_task(writer.write_many([day_entry() for _ in range(5)], wait=True))
+            while not writer.metrics.retries:
+                await asyncio.sleep(0.01)
+            failing = await writer.health()
+            with pytest.raises(WriteFailedError, match="give_up_after"):
+                await asyncio.wait_for(refused, LIVENESS)
+            await writer.write_many([day_entry(OTHER_DAY) for _ in range(5)], wait=True)
+            after = await writer.health()
+    assert failing["ok"] is False and "403" in failing["storage_error"]
+    assert after["ok"] is True and after["storage_error"] is None, after
+    assert writer.metrics.failed == 5 and writer.metrics.written == 5
+
+
 async def test_a_block_blob_in_the_way_rolls_to_the_next_part(make_settings: Callable[..., Settings]) -> None:
     """409 InvalidBlobType (a block blob has the part's name): the writer moves to the next part."""
     settings = make_settings()
