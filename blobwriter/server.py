@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from .api import create_app
 from .config import Settings
 from .errors import ConfigError
 
-STARTUP_FAILURE = 3  # uvicorn's exit code when the app fails to start (README, "Command line")
+ENTRIES_FAILED = 1  # stopped, but some accepted entries were reported failed (README, "Command line")
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app fails to start
 
 log = logging.getLogger("blobwriter.api")
 
@@ -57,7 +64,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
     app = create_app(settings, check_api_key=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(settings.stop_timeout) + 5)
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     sock = listen(host, port)
     try:
         server.run(sockets=[sock])
@@ -65,6 +72,29 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
         sock.close()
     if not server.started:  # as uvicorn.run: the app's startup failed (logged above)
         raise SystemExit(STARTUP_FAILURE)
+    writer = app.state.writer_holder.writer
+    accepted, written = (writer.metrics.accepted, writer.metrics.written) if writer is not None else (0, 0)
+    if written < accepted:  # reported failed (logged above), or still queued after a forced exit
+        log.error("Stopped; %d of the %d log entries accepted were NOT written", accepted - written, accepted)
+        raise SystemExit(ENTRIES_FAILED)
+    log.info("Stopped; all %d log entries accepted were written", accepted)
+
+
+def _server_class() -> type[uvicorn.Server]:
+    """uvicorn's Server, except that a signal it stopped on gracefully is not raised again once it has
+    stopped (uvicorn does, so the process died of SIGTERM, or exited 130 on SIGINT, however the flush
+    went): `serve` exits with its own code, 0 or ENTRIES_FAILED. A second Ctrl-C still forces the exit."""
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+    return Server
 
 
 def listen(host: str, port: int) -> socket.socket:

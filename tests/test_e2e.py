@@ -29,12 +29,11 @@ class Server:
         )
         wait_for_port(self.port)
 
-    def terminate(self, timeout: float = 60) -> tuple[int, str]:
-        """SIGTERM; uvicorn shuts down gracefully, then re-raises the signal, so -15 is a clean exit."""
-        self.process.send_signal(signal.SIGTERM)
+    def terminate(self, timeout: float = 60, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        """Send `sig` (SIGTERM); return the exit code and stderr."""
+        self.process.send_signal(sig)
         _, err = self.process.communicate(timeout=timeout)
-        code = self.process.returncode
-        return (0 if code == -signal.SIGTERM else code), err.decode(errors="replace")
+        return self.process.returncode, err.decode(errors="replace")
 
 
 @pytest.fixture
@@ -79,6 +78,42 @@ def test_posted_entries_are_read_back_once_after_sigterm(serve: Any, sample_entr
     verify = run_cli(env, "verify", "--date", "2026-11-23", "--until", "2026-12-02", timeout=120)
     assert verify.returncode == 0, verify.stdout
     assert b"1000 entries" in verify.stdout and b"OK" in verify.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_exits_0_once_every_accepted_entry_is_written(serve: Any, sig: int) -> None:
+    """QA ops: uvicorn raised the signal again after its graceful shutdown, so `serve` died of SIGTERM
+    (-15, a shell's 143) or exited 130 on Ctrl-C, whether or not the flush wrote everything."""
+    server, env = serve(BLOBWRITER_BATCH_TIMEOUT="5")
+    batch = [entry(timestamp="2026-11-24T10:00:00Z") for _ in range(50)]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.post("/api/logs", json=batch).json() == {"accepted": 50}
+    code, err = server.terminate(sig=sig)
+    assert code == 0, err
+    read = run_cli(env, "read", "--date", "2026-11-24", timeout=120)
+    assert {orjson.loads(line)["id"] for line in read.stdout.splitlines()} == {e["id"] for e in batch}
+
+
+def test_serve_exits_1_when_accepted_entries_were_not_written(azurite: str, key: str, container: str) -> None:
+    """Storage never answers and stop_timeout passes: the entries are reported failed and the exit code
+    says so (before: the same death by SIGTERM as a clean flush)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = unused.getsockname()[1]  # nothing listens here once closed
+    env = azurite_env(f"http://127.0.0.1:{dead}/devstoreaccount1", key, container, BLOBWRITER_STOP_TIMEOUT="1",
+                      BLOBWRITER_STORAGE_TIMEOUT="1", BLOBWRITER_BATCH_TIMEOUT="0.1")
+    server = Server(env)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            batch = [entry() for _ in range(200)]  # 20 frames at batch_size 10
+            assert client.post("/api/logs", json=batch).json() == {"accepted": 200}
+        code, err = server.terminate()
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert code == 1, err
+    assert "200 of the 200 log entries accepted were NOT written" in err.splitlines()[-1]
+    assert "Traceback" not in err
 
 
 def test_serve_checks_the_api_key_like_functions(serve: Any) -> None:
