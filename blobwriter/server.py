@@ -64,8 +64,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
     app = create_app(settings, check_api_key=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(settings.stop_timeout) + 5)
-    server = _server_class()(config)
     sock = listen(host, port)
+    server = _server_class(_url(sock))(config)
     try:
         server.run(sockets=[sock])
     finally:
@@ -77,17 +77,30 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
     if written < accepted:  # reported failed (logged above), or still queued after a forced exit
         log.error("Stopped; %d of the %d log entries accepted were NOT written", accepted - written, accepted)
         raise SystemExit(ENTRIES_FAILED)
-    log.info("Stopped; all %d log entries accepted were written", accepted)
+    log.info("Stopped; %d log entries accepted, all written", accepted)
 
 
-def _server_class() -> type[uvicorn.Server]:
-    """uvicorn's Server, except that a signal it stopped on gracefully is not raised again once it has
-    stopped (uvicorn does, so the process died of SIGTERM, or exited 130 on SIGINT, however the flush
-    went): `serve` exits with its own code, 0 or ENTRIES_FAILED. A second Ctrl-C still forces the exit."""
+def _url(sock: socket.socket) -> str:
+    """The API's base URL on the bound socket (with the port chosen for --port 0)."""
+    address, port = sock.getsockname()[:2]
+    return f"http://[{address}]:{port}" if sock.family == socket.AF_INET6 else f"http://{address}:{port}"
+
+
+def _server_class(url: str) -> type[uvicorn.Server]:
+    """uvicorn's Server, except that
+    - it says where it listens once started (uvicorn says so only for sockets it binds itself);
+    - a signal it stopped on gracefully is not raised again once it has stopped (uvicorn does, so the
+      process died of SIGTERM, or exited 130 on SIGINT, however the flush went): `serve` exits with its
+      own code, 0 or ENTRIES_FAILED. A second Ctrl-C still forces the exit."""
 
     import uvicorn
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log.info("Serving on %s (SIGTERM or Ctrl-C writes what is queued, then stops)", url)
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
@@ -99,11 +112,13 @@ def _server_class() -> type[uvicorn.Server]:
 
 def listen(host: str, port: int) -> socket.socket:
     """The API's socket, bound before uvicorn starts (as uvicorn binds it), so that an address in use
-    is one clear error (exit 2) rather than uvicorn's log line and its exit code 3."""
-    sock = socket.socket(family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    is one clear error (exit 2) rather than uvicorn's log line and its exit code 3. An IPv6 address
+    may be given as in a URL, `[::1]`."""
+    address = host.strip().removeprefix("[").removesuffix("]")
+    sock = socket.socket(family=socket.AF_INET6 if ":" in address else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock.bind((address, port))
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

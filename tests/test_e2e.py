@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,6 +146,50 @@ def test_serve_on_a_busy_port_is_a_clean_error(azurite: str, key: str, container
     assert result.returncode == 2, err
     assert err.startswith(f"blobwriter: error: cannot listen on 127.0.0.1:{port}: ") and "in use" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "7O71"])
+def test_serve_with_a_port_that_is_not_one_is_a_usage_error(port: str) -> None:
+    """QA ops: a port past 65535 or below 0 was a traceback (OverflowError from bind) and exit 1."""
+    result = subprocess.run([sys.executable, "-m", "blobwriter", "serve", "--port", port], cwd=ROOT,
+                            capture_output=True, timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert f"argument --port: '{port}' is not a port number (0 to 65535)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def test_serve_logs_where_it_listens_even_on_port_0(azurite: str, key: str, container: str, host: str) -> None:
+    """QA ops: uvicorn says where it listens only for sockets it binds itself, and serve binds its own, so
+    nothing said it; with --port 0 the port was unknowable. `[::1]`, an address as URLs write it, was
+    refused ("Name or service not known")."""
+    if host == "[::1]":
+        try:
+            socket.socket(socket.AF_INET6).bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", "serve", "--host", host, "--port", "0"],
+                               env=azurite_env(azurite, key, container), cwd=ROOT, stderr=subprocess.PIPE)
+    stuck = threading.Timer(120, process.kill)  # a safety bound on the wait for the line, not a measurement
+    stuck.start()
+    try:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            line = raw.decode()
+            if " Serving on " in line:
+                break
+        else:
+            pytest.fail("serve exited without saying where it listens")
+        url = line.split(" Serving on ")[1].split()[0]
+        assert url.startswith(f"http://{host}:") and not url.endswith(":0"), line
+        assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        stuck.cancel()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 def test_serve_refuses_to_start_without_a_key(azurite: str, container: str) -> None:
