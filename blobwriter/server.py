@@ -62,8 +62,10 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
     check_exposure(settings, host, insecure_no_key)
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
     app = create_app(settings, check_api_key=True)
+    # log_config=None: uvicorn's lines go through the root logger as blobwriter's do (cli.py), one format
+    # with timestamps, instead of uvicorn's own "INFO:     ..." without them.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(settings.stop_timeout) + 5)
+                            log_config=None, timeout_graceful_shutdown=int(settings.stop_timeout) + 5)
     sock = listen(host, port)
     server = _server_class(_url(sock))(config)
     try:

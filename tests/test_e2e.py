@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -162,7 +163,7 @@ def test_serve_with_a_port_that_is_not_one_is_a_usage_error(port: str) -> None:
 def test_serve_logs_where_it_listens_even_on_port_0(azurite: str, key: str, container: str, host: str) -> None:
     """QA ops: uvicorn says where it listens only for sockets it binds itself, and serve binds its own, so
     nothing said it; with --port 0 the port was unknowable. `[::1]`, an address as URLs write it, was
-    refused ("Name or service not known")."""
+    refused ("Name or service not known"). uvicorn's own lines had another format, without a time."""
     if host == "[::1]":
         try:
             socket.socket(socket.AF_INET6).bind(("::1", 0))
@@ -174,17 +175,23 @@ def test_serve_logs_where_it_listens_even_on_port_0(azurite: str, key: str, cont
     stuck.start()
     try:
         assert process.stderr is not None
+        lines = []
         for raw in process.stderr:
-            line = raw.decode()
-            if " Serving on " in line:
+            lines.append(raw.decode())
+            if " Serving on " in lines[-1]:
                 break
         else:
             pytest.fail("serve exited without saying where it listens")
-        url = line.split(" Serving on ")[1].split()[0]
-        assert url.startswith(f"http://{host}:") and not url.endswith(":0"), line
+        url = lines[-1].split(" Serving on ")[1].split()[0]
+        assert url.startswith(f"http://{host}:") and not url.endswith(":0"), lines[-1]
         assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
         process.send_signal(signal.SIGTERM)
+        lines += [raw.decode() for raw in process.stderr]
         assert process.wait(60) == 0
+        # One format for every line, uvicorn's included (they were "INFO:     ...", with no time).
+        logged = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) [a-z.]+: ")
+        assert all(logged.match(line) for line in lines), lines
+        assert any("uvicorn" in line for line in lines), lines
     finally:
         stuck.cancel()
         if process.poll() is None:
