@@ -74,7 +74,9 @@ def _storage_errors(what: str, where: str) -> Iterator[None]:
         yield
     except HttpResponseError as exc:
         code = getattr(exc, "error_code", None)
-        code = str(code) if code is not None else None
+        # The service's code as it sent it: the SDK makes most codes a StorageErrorCode, whose str() is
+        # "StorageErrorCode.SERVER_BUSY", not "ServerBusy" (the appender's rules compare the service's).
+        code = str(getattr(code, "value", code)) if code is not None else None
         status = exc.status_code
         detail = f"{status} {code}" if code else f"{status}"
         raise StoreError(redact(f"{what} at {where} failed: {detail}: {_reason(exc)}"), code=code,

@@ -206,6 +206,24 @@ async def test_health_recovers_once_an_unhealable_errors_entries_are_given_up_on
     assert writer.metrics.failed == 5 and writer.metrics.written == 5
 
 
+async def test_storage_error_codes_are_the_services_own(make_settings: Callable[..., Settings],
+                                                       azurite_upstream: str) -> None:
+    """QA ops: the SDK turns most error codes into StorageErrorCode members, and str() of one is
+    "StorageErrorCode.OPERATION_TIMED_OUT": 500 OperationTimedOut was not taken for throttling (the
+    window stayed wide, the throttled count 0), and messages and health showed the enum's name."""
+    plan = FaultPlan(refuse_share=1.0, refuse_status=500, refuse_code="OperationTimedOut")
+    async with StorageProxy(azurite_upstream, plan) as proxy:
+        writer = LogWriter(make_settings(storage=through(proxy), retry_backoff_max=0.2))
+        await writer.start()
+        await writer.write(day_entry())
+        while not writer.metrics.retries:
+            await asyncio.sleep(0.01)
+        health = await writer.health()
+        await writer.stop(timeout=0)
+    assert writer.metrics.throttled >= 1 and writer.metrics.failed == 1
+    assert "500 OperationTimedOut: " in health["storage_error"], health
+
+
 async def test_a_block_blob_in_the_way_rolls_to_the_next_part(make_settings: Callable[..., Settings]) -> None:
     """409 InvalidBlobType (a block blob has the part's name): the writer moves to the next part."""
     settings = make_settings()
