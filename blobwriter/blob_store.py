@@ -190,8 +190,12 @@ class AppendBlobStore:
             log.info("Created container %s", self.description)
         except StoreError as exc:
             # Exists already: fine. An identity scoped to one existing container may not create
-            # containers (403): fine too, if it exists.
-            if exc.code != "ContainerAlreadyExists" and exc.status not in (403, 409):
+            # containers (403): fine too, if it exists and storage knows the credentials; a wrong
+            # account key or signature is refused the same way, and would go unnoticed until the first
+            # append, so the probe tells them apart.
+            if exc.status == 403:
+                await self.check()
+            elif exc.code != "ContainerAlreadyExists" and exc.status != 409:
                 raise
 
     async def close(self) -> None:
