@@ -220,6 +220,8 @@ class AppendBlobStore:
                 if exc.status != 404:
                     raise
                 if exc.code == "ContainerNotFound":
+                    log.warning("Container %s not found while appending to %s: creating it again (if it was "
+                                "deleted, every blob it held is gone)", self.description, name)
                     await self.open()
                 await self._create(blob, name)
         raise StoreError(f"appending to {name} at {self.description} failed: the blob keeps disappearing",

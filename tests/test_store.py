@@ -24,6 +24,7 @@ from tests.support.proxy import FaultPlan, StorageProxy
 from tests.support.readback import (
     blob_bytes,
     committed_blocks,
+    container_client,
     frames_in,
     list_blobs,
     read_back,
@@ -499,3 +500,22 @@ async def test_the_probe_passes_for_a_container_sas_and_fails_for_a_wrong_key(
     finally:
         await store.close()
 
+
+async def test_a_container_deleted_while_writing_is_created_again_with_a_warning(
+        make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
+    """QA ops: the container deleted under a running writer was created again with only an INFO line
+    ("Created container"), although everything written before was gone."""
+    settings = make_settings()
+    store = AppendBlobStore(settings)
+    make = frame_maker(settings)
+    try:
+        await store.open()
+        await store.append(NAME, make(1))
+        async with container_client(settings) as container:
+            await container.delete_container()
+        with caplog.at_level("INFO", logger="blobwriter.store"):
+            await store.append(NAME, make(2))
+    finally:
+        await store.close()
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "creating it again" in r.getMessage()]
+    assert len(warned) == 1 and "every blob it held is gone" in warned[0].getMessage()
