@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import signal
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import uvicorn
 
-from .api import create_app
+from .api import WriterHolder, create_app
 from .config import Settings
 from .errors import ConfigError
 
@@ -64,10 +65,13 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
     app = create_app(settings, check_api_key=True)
     # log_config=None: uvicorn's lines go through the root logger as blobwriter's do (cli.py), one format
     # with timestamps, instead of uvicorn's own "INFO:     ..." without them.
+    # Open requests get as long to finish as the flush takes (a caller waiting for its entries is answered
+    # by it), and a little more.
+    graceful = int(settings.stop_timeout + settings.storage_timeout) + 5
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                            log_config=None, timeout_graceful_shutdown=int(settings.stop_timeout) + 5)
+                            log_config=None, timeout_graceful_shutdown=graceful)
     sock = listen(host, port)
-    server = _server_class(_url(sock))(config)
+    server = _server_class(_url(sock), app.state.writer_holder)(config)
     try:
         server.run(sockets=[sock])
     finally:
@@ -88,9 +92,13 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{address}]:{port}" if sock.family == socket.AF_INET6 else f"http://{address}:{port}"
 
 
-def _server_class(url: str) -> type[uvicorn.Server]:
+def _server_class(url: str, holder: WriterHolder) -> type[uvicorn.Server]:
     """uvicorn's Server, except that
     - it says where it listens once started (uvicorn says so only for sockets it binds itself);
+    - it starts writing out the queue as soon as it begins shutting down, while open requests finish
+      (uvicorn would stop the app only after them): a caller waiting for its entries (?wait=true, ack:
+      written) gets its 200, or its 503 if the flush could not write them, instead of being cancelled
+      at timeout_graceful_shutdown (a 500 and a traceback) with the flush only starting then;
     - a signal it stopped on gracefully is not raised again once it has stopped (uvicorn does, so the
       process died of SIGTERM, or exited 130 on SIGINT, however the flush went): `serve` exits with its
       own code, 0 or ENTRIES_FAILED. A second Ctrl-C still forces the exit."""
@@ -102,6 +110,19 @@ def _server_class(url: str) -> type[uvicorn.Server]:
             await super().startup(sockets)
             if self.started:
                 log.info("Serving on %s (SIGTERM or Ctrl-C writes what is queued, then stops)", url)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            writer = holder.writer
+            if writer is not None and writer.queue_depth:
+                log.info("Writing %d queued log entries before exit (retrying for up to %gs, stop_timeout)",
+                         writer.queue_depth, writer.settings.stop_timeout)
+            flush = asyncio.ensure_future(holder.stop())
+            try:
+                await super().shutdown(sockets)
+            finally:
+                await flush
+            if self.force_exit:  # uvicorn then skips the app's shutdown, whose cancellation is a traceback
+                await self.lifespan.shutdown()  # quick: the writer is stopped
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.should_exit and sig == signal.SIGINT:

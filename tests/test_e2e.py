@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,6 +123,35 @@ def test_serve_exits_1_when_accepted_entries_were_not_written(azurite: str, key:
     # Each entry reported once, frames given up on together in one line (before: a line per frame, 20 here).
     assert sum(reported) == 200 and len(reported) < 20, reported
     assert "Traceback" not in err
+
+
+def test_sigterm_answers_a_caller_waiting_for_its_entries_from_the_flush(key: str, container: str) -> None:
+    """QA ops: storage down, a ?wait=true caller waiting, SIGTERM. uvicorn waited for the request until
+    timeout_graceful_shutdown, then cancelled it: a 500, a traceback ("Exception in ASGI application")
+    and "Future exception was never retrieved", and only then did the writer's flush begin. The flush
+    now starts with the shutdown and the caller gets its 503 from it."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = unused.getsockname()[1]  # nothing listens here once closed
+    env = azurite_env(f"http://127.0.0.1:{dead}/devstoreaccount1", key, container, BLOBWRITER_STOP_TIMEOUT="1",
+                      BLOBWRITER_STORAGE_TIMEOUT="1")
+    server = Server(env)
+    answers: list[httpx.Response] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            waiting = threading.Thread(target=lambda: answers.append(
+                client.post("/api/logs", params={"wait": "true"}, json=[entry() for _ in range(5)])))
+            waiting.start()
+            while client.get("/api/health").json()["queue_depth"] < 5:  # the caller's entries are queued
+                time.sleep(0.05)
+            code, err = server.terminate()
+            waiting.join(120)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert [a.status_code for a in answers] == [503], [a.text for a in answers]
+    assert "were not written" in answers[0].json()["error"]
+    assert code == 1 and "Traceback" not in err and "never retrieved" not in err, err
 
 
 def test_serve_checks_the_api_key_like_functions(serve: Any) -> None:
