@@ -308,7 +308,9 @@ class Appender:
         m = self._metrics
         m.appends += 1
         m.append_seconds.observe(time.monotonic() - started)
-        lane.failures = 0
+        if lane.failures:  # its warnings end here: say so
+            log.info("Appending to %s part %d works again, after %d failed attempts", lane.date, part, lane.failures)
+            lane.failures = 0
         lane.rolled_for = None
         lane.window = min(float(self._max_in_flight), lane.window + 1 / lane.window)
         if not any(other.failures for other in self._lanes.values()):

@@ -224,6 +224,24 @@ async def test_storage_error_codes_are_the_services_own(make_settings: Callable[
     assert "500 OperationTimedOut: " in health["storage_error"], health
 
 
+async def test_appends_that_work_again_after_failures_say_so(make_settings: Callable[..., Settings],
+                                                            azurite_upstream: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """QA ops: an outage logs a warning per failed append, and its end logged nothing: the log could not
+    tell an operator whether storage had come back. One INFO line now marks it."""
+    async with StorageProxy(azurite_upstream, FaultPlan(down=True)) as proxy:
+        async with LogWriter(make_settings(storage=through(proxy), retry_backoff_max=0.2)) as writer:
+            with caplog.at_level("INFO", logger="blobwriter.writer"):
+                waiting = asyncio.create_task(writer.write(day_entry(), wait=True))
+                while writer.metrics.retries < 2:
+                    await asyncio.sleep(0.01)
+                proxy.plan = FaultPlan()
+                await asyncio.wait_for(waiting, LIVENESS)
+    back = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+    assert len(back) == 1 and back[0].startswith(f"Appending to {DAY} part 0 works again, after "), back
+    assert int(back[0].split("after ")[1].split()[0]) == writer.metrics.retries
+
+
 async def test_a_block_blob_in_the_way_rolls_to_the_next_part(make_settings: Callable[..., Settings]) -> None:
     """409 InvalidBlobType (a block blob has the part's name): the writer moves to the next part."""
     settings = make_settings()
