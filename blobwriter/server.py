@@ -72,10 +72,17 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
                             log_config=None, timeout_graceful_shutdown=graceful)
     sock = listen(host, port)
     server = _server_class(_url(sock), app.state.writer_holder)(config)
+    # A hangup (the terminal or SSH session that started serve closing) stops it as SIGTERM does, flushing
+    # the queue: by default it would end the process at once, every queued entry lost without a word.
+    # Unless it is ignored (nohup): then it stays ignored.
+    hangup = signal.getsignal(signal.SIGHUP)
+    if hangup is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, server.handle_exit)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        signal.signal(signal.SIGHUP, hangup)
     if not server.started:  # as uvicorn.run: the app's startup failed (logged above)
         raise SystemExit(STARTUP_FAILURE)
     writer = app.state.writer_holder.writer

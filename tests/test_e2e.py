@@ -83,10 +83,11 @@ def test_posted_entries_are_read_back_once_after_sigterm(serve: Any, sample_entr
     assert b"1000 entries" in verify.stdout and b"OK" in verify.stdout
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_serve_exits_0_once_every_accepted_entry_is_written(serve: Any, sig: int) -> None:
     """QA ops: uvicorn raised the signal again after its graceful shutdown, so `serve` died of SIGTERM
-    (-15, a shell's 143) or exited 130 on Ctrl-C, whether or not the flush wrote everything."""
+    (-15, a shell's 143) or exited 130 on Ctrl-C, whether or not the flush wrote everything. A hangup
+    (the terminal that started serve closing) killed it at once: every queued entry lost, no word."""
     server, env = serve(BLOBWRITER_BATCH_TIMEOUT="5")
     batch = [entry(timestamp="2026-11-24T10:00:00Z") for _ in range(50)]
     with httpx.Client(base_url=server.url, timeout=30) as client:
