@@ -53,7 +53,8 @@ def check_exposure(settings: Settings, host: str, insecure_no_key: bool) -> None
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_level: str = "info",
           insecure_no_key: bool = False) -> None:
-    """Run the API under uvicorn until SIGINT/SIGTERM; the writer flushes on shutdown."""
+    """Run the API under uvicorn until SIGINT, SIGTERM or SIGHUP; the writer flushes on shutdown. Returns
+    once every accepted entry is written; raises SystemExit(ENTRIES_FAILED) if any was not."""
     try:
         import uvicorn
     except ImportError:
@@ -63,11 +64,11 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
     check_exposure(settings, host, insecure_no_key)
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
     app = create_app(settings, check_api_key=True)
-    # log_config=None: uvicorn's lines go through the root logger as blobwriter's do (cli.py), one format
-    # with timestamps, instead of uvicorn's own "INFO:     ..." without them.
     # Open requests get as long to finish as the flush takes (a caller waiting for its entries is answered
     # by it), and a little more.
     graceful = int(settings.stop_timeout + settings.storage_timeout) + 5
+    # log_config=None: uvicorn's lines go through the root logger as blobwriter's do (cli.py), one format
+    # with timestamps, instead of uvicorn's own "INFO:     ..." without them.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                             log_config=None, timeout_graceful_shutdown=graceful)
     sock = listen(host, port)
@@ -82,7 +83,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
         server.run(sockets=[sock])
     finally:
         sock.close()
-        signal.signal(signal.SIGHUP, hangup)
+        if hangup is not signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, hangup if hangup is not None else signal.SIG_DFL)
     if not server.started:  # as uvicorn.run: the app's startup failed (logged above)
         raise SystemExit(STARTUP_FAILURE)
     writer = app.state.writer_holder.writer
@@ -108,7 +110,8 @@ def _server_class(url: str, holder: WriterHolder) -> type[uvicorn.Server]:
       at timeout_graceful_shutdown (a 500 and a traceback) with the flush only starting then;
     - a signal it stopped on gracefully is not raised again once it has stopped (uvicorn does, so the
       process died of SIGTERM, or exited 130 on SIGINT, however the flush went): `serve` exits with its
-      own code, 0 or ENTRIES_FAILED. A second Ctrl-C still forces the exit."""
+      own code, 0 or ENTRIES_FAILED. A second Ctrl-C stops waiting for open requests, not for the flush
+      (stop_timeout bounds it)."""
 
     import uvicorn
 
