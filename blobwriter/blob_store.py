@@ -141,6 +141,7 @@ class AppendBlobStore:
         self._credential: Any = None
         self._session: Any = None
         self.description = f"container {settings.container!r}"
+        self._container_seen = False  # open() found or made the container: if it goes missing, it was deleted
 
     def _client(self) -> Any:
         if self._container is not None:
@@ -197,6 +198,7 @@ class AppendBlobStore:
                 await self.check()
             elif exc.code != "ContainerAlreadyExists" and exc.status != 409:
                 raise
+        self._container_seen = True
 
     async def close(self) -> None:
         if self._service is not None:
@@ -220,8 +222,9 @@ class AppendBlobStore:
                 if exc.status != 404:
                     raise
                 if exc.code == "ContainerNotFound":
-                    log.warning("Container %s not found while appending to %s: creating it again (if it was "
-                                "deleted, every blob it held is gone)", self.description, name)
+                    if self._container_seen:  # not only "storage was down when open() ran"
+                        log.warning("Container %s not found while appending to %s: creating it again (if it "
+                                    "was deleted, every blob it held is gone)", self.description, name)
                     await self.open()
                 await self._create(blob, name)
         raise StoreError(f"appending to {name} at {self.description} failed: the blob keeps disappearing",
