@@ -629,7 +629,8 @@ def _drain(r: dict[str, Any], add: Any) -> None:
     add("|---|---:|")
     add(f"| entries queued at SIGTERM (written before it) | {_n(m.get('queue_depth'))} ({_n(m.get('written'))}) |")
     add(f"| time from SIGTERM to exit | {_n(d.get('exit_s'), 2)} s (stop_timeout {d['stop_timeout_s']:.0f} s) |")
-    add(f"| exit code | {d.get('exit_code')} (uvicorn re-raises the signal after its shutdown: -15 is SIGTERM) |")
+    add(f"| exit code | {d.get('exit_code')} (0: every accepted entry written; 1: some were not; -15: a version "
+        "before serve set its own exit code) |")
     add(f"| read back (entries, frames, retried copies dropped, problems) | {_n(d['stored']['entries'])}, "
         f"{_n(d['stored']['frames'])}, {d['stored']['duplicate_frames']}, {d['stored']['problem_count']} |")
     add(f"| server log lines reporting entries NOT written | {len(d.get('server_log', []))} |")

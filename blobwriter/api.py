@@ -309,6 +309,7 @@ class WriterHolder:
         self._sigterm_installed = False
         self._previous_sigterm: Any = None
         self._lock = asyncio.Lock()
+        self._stopping: asyncio.Future[None] | None = None
 
     async def get(self) -> LogWriter:
         if self.writer is None or self.writer.state == WriterState.NEW:
@@ -322,6 +323,13 @@ class WriterHolder:
         return self.writer
 
     async def stop(self) -> None:
+        """Stop the writer, writing out its queue, once: a second call (serve starts the flush when it
+        begins shutting down, the lifespan's end asks again) waits for the first."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         if self.writer is not None:
             await self.writer.stop()
         self._remove_sigterm()

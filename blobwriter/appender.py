@@ -125,7 +125,8 @@ class Appender:
         self._idle = asyncio.Event()
         self._idle.set()
         self.in_flight = 0
-        self.storage_error: str | None = None  # the last append failure, until an append succeeds
+        # The last append failure, until an append succeeds or every failing frame is given up on.
+        self.storage_error: str | None = None
         self._last_round = False  # stop() has no time left: nothing is retried (last_round)
 
     # -- encoding (runs in a worker thread) -----------------------------------------------------
@@ -307,7 +308,9 @@ class Appender:
         m = self._metrics
         m.appends += 1
         m.append_seconds.observe(time.monotonic() - started)
-        lane.failures = 0
+        if lane.failures:  # its warnings end here: say so
+            log.info("Appending to %s part %d works again, after %d failed attempts", lane.date, part, lane.failures)
+            lane.failures = 0
         lane.rolled_for = None
         lane.window = min(float(self._max_in_flight), lane.window + 1 / lane.window)
         if not any(other.failures for other in self._lanes.values()):
@@ -346,10 +349,16 @@ class Appender:
         lane.failures += 1
         delay = min(self._retry_backoff_max, FIRST_BACKOFF * 2 ** (lane.failures - 1)) * random.uniform(0.5, 1)
         lane.resume_at = max(lane.resume_at, now + delay)
-        log.warning("Append of %d frames to %s part %d failed (%s); retrying in %.1fs",
-                    len(frames), lane.date, part, exc, delay)
+        sent = len(frames)
         if not throttled and status is not None and status < 500:  # cannot heal by waiting alone
-            return self._give_up_on_old(frames, now, exc)
+            frames = self._give_up_on_old(frames, now, exc)
+            if not frames and not lane.ready and lane.in_flight == 1:  # the lane's last append: nothing is failing now
+                lane.failures = 0
+                if not any(other.failures for other in self._lanes.values()):
+                    self.storage_error = None
+                return frames
+        log.warning("Append of %d frames to %s part %d failed (%s); retrying in %.1fs",
+                    sent, lane.date, part, exc, delay)
         return frames
 
     def _give_up_on_old(self, frames: list[Frame], now: float, exc: StoreError) -> list[Frame]:

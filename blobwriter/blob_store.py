@@ -74,7 +74,9 @@ def _storage_errors(what: str, where: str) -> Iterator[None]:
         yield
     except HttpResponseError as exc:
         code = getattr(exc, "error_code", None)
-        code = str(code) if code is not None else None
+        # The service's code as it sent it: the SDK makes most codes a StorageErrorCode, whose str() is
+        # "StorageErrorCode.SERVER_BUSY", not "ServerBusy" (the appender's rules compare the service's).
+        code = str(getattr(code, "value", code)) if code is not None else None
         status = exc.status_code
         detail = f"{status} {code}" if code else f"{status}"
         raise StoreError(redact(f"{what} at {where} failed: {detail}: {_reason(exc)}"), code=code,
@@ -139,6 +141,7 @@ class AppendBlobStore:
         self._credential: Any = None
         self._session: Any = None
         self.description = f"container {settings.container!r}"
+        self._container_seen = False  # open() found or made the container: if it goes missing, it was deleted
 
     def _client(self) -> Any:
         if self._container is not None:
@@ -188,9 +191,14 @@ class AppendBlobStore:
             log.info("Created container %s", self.description)
         except StoreError as exc:
             # Exists already: fine. An identity scoped to one existing container may not create
-            # containers (403): fine too, if it exists.
-            if exc.code != "ContainerAlreadyExists" and exc.status not in (403, 409):
+            # containers (403): fine too, if it exists and storage knows the credentials; a wrong
+            # account key or signature is refused the same way, and would go unnoticed until the first
+            # append, so the probe tells them apart.
+            if exc.status == 403:
+                await self.check()
+            elif exc.code != "ContainerAlreadyExists" and exc.status != 409:
                 raise
+        self._container_seen = True
 
     async def close(self) -> None:
         if self._service is not None:
@@ -214,6 +222,9 @@ class AppendBlobStore:
                 if exc.status != 404:
                     raise
                 if exc.code == "ContainerNotFound":
+                    if self._container_seen:  # not only "storage was down when open() ran"
+                        log.warning("Container %s not found while appending to %s: creating it again (if it "
+                                    "was deleted, every blob it held is gone)", self.description, name)
                     await self.open()
                 await self._create(blob, name)
         raise StoreError(f"appending to {name} at {self.description} failed: the blob keeps disappearing",

@@ -38,6 +38,13 @@ def _iso_date(text: str) -> Date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free port: `serve` logs the one it got) to 65535."""
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blobwriter",
@@ -67,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP API locally (uvicorn)",
                                 description="Serve POST /api/logs, GET /api/health and GET /api/metrics.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=7071, help="port (default: 7071, like `func start`)")
+    serve.add_argument("--port", type=_port, default=7071,
+                       help="port (default: 7071, like `func start`; 0: any free port, logged at start)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--insecure-no-key", action="store_true",
                        help="listen beyond loopback without BLOBWRITER_API_KEY (anyone who can reach the "

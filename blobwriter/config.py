@@ -290,6 +290,10 @@ def _read_file(path: Path) -> dict[str, Any]:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"Config file {str(path)!r} does not exist.") from None
+    except OSError as exc:  # a directory, no permission...
+        raise ConfigError(f"Config file {str(path)!r} cannot be read: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {str(path)!r} is not UTF-8 (byte {exc.start}).") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -88,6 +88,7 @@ class LogWriter:
         self._opener: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[str | None] | None = None
         self._probed: tuple[float, str | None] | None = None  # (when, error or None) of the last probe
+        self._unlogged: dict[str, int] = {}  # why -> entries reported failed and not yet logged (_report_failed)
         self._state = WriterState.NEW
 
     def _make_appender(self) -> Appender:
@@ -173,6 +174,7 @@ class LogWriter:
         reason = "the writer stopped before storage accepted them"
         await self._appender.abort(reason)
         self._fail_items(self._queue.take(len(self._queue.pending)), reason)
+        self._log_failed()
         self._state = WriterState.STOPPED
         await self.store.close()
 
@@ -454,8 +456,7 @@ class LogWriter:
             error = WriteFailedError(f"{entries} entries were not written: {outcome}")
             for waiter in waiters:
                 waiter.fail(error)
-            self.metrics.failed += entries
-            log.error("%d accepted log entries were NOT written: %s", entries, outcome)
+            self._report_failed(entries, str(outcome))
         self._queue.settle(carry)
 
     # -- index frames ----------------------------------------------------------------------
@@ -480,6 +481,23 @@ class LogWriter:
     def _fail_items(self, items: list[Item], reason: str) -> None:
         if items:
             entries = self._queue.fail(items, reason)[0]
-            self.metrics.failed += entries
-            log.error("%d accepted log entries were NOT written: %s (last storage error: %s)",
-                      entries, reason, self._appender.storage_error)
+            self._report_failed(entries, f"{reason} (last storage error: {self._appender.storage_error})")
+
+    def _report_failed(self, entries: int, why: str) -> None:
+        """Count entries reported failed, and log them: one line per reason and turn of the event loop, so
+        frames given up on together (a failed append of many frames, stop()'s last round) are one line,
+        not one per frame. (May run in an encoding thread: a frame out of attempt numbers.)"""
+        self.metrics.failed += entries
+        first = not self._unlogged
+        self._unlogged[why] = self._unlogged.get(why, 0) + entries
+        if first:
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._log_failed)
+            else:
+                self._log_failed()
+
+    def _log_failed(self) -> None:
+        unlogged, self._unlogged = self._unlogged, {}
+        for why, entries in unlogged.items():
+            log.error("%d accepted log entries were NOT written: %s", entries, why)

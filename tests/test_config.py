@@ -300,6 +300,17 @@ def test_missing_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml", env={})
 
 
+def test_a_config_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    """QA ops: `--config /tmp` (a directory) ended in an IsADirectoryError traceback, exit 1; so did a
+    file that is not UTF-8 (UnicodeDecodeError)."""
+    with pytest.raises(ConfigError, match=r"cannot be read: Is a directory\.$"):
+        load_settings(tmp_path, env={})
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"logging:\n  container: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 \(byte 25\)"):
+        load_settings(latin1, env={})
+
+
 def test_key_in_file_never_echoed(tmp_path: Path) -> None:
     bad = b64(os.urandom(24))
     path = write_yaml(tmp_path, f"logging:\n  encryption_key: {bad}\n")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,12 +32,11 @@ class Server:
         )
         wait_for_port(self.port)
 
-    def terminate(self, timeout: float = 60) -> tuple[int, str]:
-        """SIGTERM; uvicorn shuts down gracefully, then re-raises the signal, so -15 is a clean exit."""
-        self.process.send_signal(signal.SIGTERM)
+    def terminate(self, timeout: float = 60, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        """Send `sig` (SIGTERM); return the exit code and stderr."""
+        self.process.send_signal(sig)
         _, err = self.process.communicate(timeout=timeout)
-        code = self.process.returncode
-        return (0 if code == -signal.SIGTERM else code), err.decode(errors="replace")
+        return self.process.returncode, err.decode(errors="replace")
 
 
 @pytest.fixture
@@ -81,6 +83,78 @@ def test_posted_entries_are_read_back_once_after_sigterm(serve: Any, sample_entr
     assert b"1000 entries" in verify.stdout and b"OK" in verify.stdout
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
+def test_serve_exits_0_once_every_accepted_entry_is_written(serve: Any, sig: int) -> None:
+    """QA ops: uvicorn raised the signal again after its graceful shutdown, so `serve` died of SIGTERM
+    (-15, a shell's 143) or exited 130 on Ctrl-C, whether or not the flush wrote everything. A hangup
+    (the terminal that started serve closing) killed it at once: every queued entry lost, no word."""
+    server, env = serve(BLOBWRITER_BATCH_TIMEOUT="5")
+    batch = [entry(timestamp="2026-11-24T10:00:00Z") for _ in range(50)]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.post("/api/logs", json=batch).json() == {"accepted": 50}
+    code, err = server.terminate(sig=sig)
+    assert code == 0, err
+    read = run_cli(env, "read", "--date", "2026-11-24", timeout=120)
+    assert {orjson.loads(line)["id"] for line in read.stdout.splitlines()} == {e["id"] for e in batch}
+
+
+def test_serve_exits_1_when_accepted_entries_were_not_written(azurite: str, key: str, container: str) -> None:
+    """Storage never answers and stop_timeout passes: the entries are reported failed, frames given up on
+    together in one log line, and the exit code says so (before: the same death by SIGTERM as a clean
+    flush, and an ERROR line per frame: 25,000 for a full default queue)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = unused.getsockname()[1]  # nothing listens here once closed
+    env = azurite_env(f"http://127.0.0.1:{dead}/devstoreaccount1", key, container, BLOBWRITER_STOP_TIMEOUT="1",
+                      BLOBWRITER_STORAGE_TIMEOUT="1", BLOBWRITER_BATCH_TIMEOUT="0.1")
+    server = Server(env)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            batch = [entry() for _ in range(200)]  # 20 frames at batch_size 10
+            assert client.post("/api/logs", json=batch).json() == {"accepted": 200}
+        code, err = server.terminate()
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert code == 1, err
+    lines = err.splitlines()
+    assert "200 of the 200 log entries accepted were NOT written" in lines[-1]
+    reported = [int(line.split(" ERROR blobwriter.writer: ")[1].split()[0]) for line in lines
+                if "accepted log entries were NOT written" in line]
+    # Each entry reported once, frames given up on together in one line (before: a line per frame, 20 here).
+    assert sum(reported) == 200 and len(reported) < 20, reported
+    assert "Traceback" not in err
+
+
+def test_sigterm_answers_a_caller_waiting_for_its_entries_from_the_flush(key: str, container: str) -> None:
+    """QA ops: storage down, a ?wait=true caller waiting, SIGTERM. uvicorn waited for the request until
+    timeout_graceful_shutdown, then cancelled it: a 500, a traceback ("Exception in ASGI application")
+    and "Future exception was never retrieved", and only then did the writer's flush begin. The flush
+    now starts with the shutdown and the caller gets its 503 from it."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = unused.getsockname()[1]  # nothing listens here once closed
+    env = azurite_env(f"http://127.0.0.1:{dead}/devstoreaccount1", key, container, BLOBWRITER_STOP_TIMEOUT="1",
+                      BLOBWRITER_STORAGE_TIMEOUT="1")
+    server = Server(env)
+    answers: list[httpx.Response] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            waiting = threading.Thread(target=lambda: answers.append(
+                client.post("/api/logs", params={"wait": "true"}, json=[entry() for _ in range(5)])))
+            waiting.start()
+            while client.get("/api/health").json()["queue_depth"] < 5:  # the caller's entries are queued
+                time.sleep(0.05)
+            code, err = server.terminate()
+            waiting.join(120)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert [a.status_code for a in answers] == [503], [a.text for a in answers]
+    assert "were not written" in answers[0].json()["error"]
+    assert code == 1 and "Traceback" not in err and "never retrieved" not in err, err
+
+
 def test_serve_checks_the_api_key_like_functions(serve: Any) -> None:
     server, _ = serve(BLOBWRITER_API_KEY="local-secret")
     with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -104,6 +178,56 @@ def test_serve_on_a_busy_port_is_a_clean_error(azurite: str, key: str, container
     assert result.returncode == 2, err
     assert err.startswith(f"blobwriter: error: cannot listen on 127.0.0.1:{port}: ") and "in use" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "7O71"])
+def test_serve_with_a_port_that_is_not_one_is_a_usage_error(port: str) -> None:
+    """QA ops: a port past 65535 or below 0 was a traceback (OverflowError from bind) and exit 1."""
+    result = subprocess.run([sys.executable, "-m", "blobwriter", "serve", "--port", port], cwd=ROOT,
+                            capture_output=True, timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert f"argument --port: '{port}' is not a port number (0 to 65535)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def test_serve_logs_where_it_listens_even_on_port_0(azurite: str, key: str, container: str, host: str) -> None:
+    """QA ops: uvicorn says where it listens only for sockets it binds itself, and serve binds its own, so
+    nothing said it; with --port 0 the port was unknowable. `[::1]`, an address as URLs write it, was
+    refused ("Name or service not known"). uvicorn's own lines had another format, without a time."""
+    if host == "[::1]":
+        try:
+            socket.socket(socket.AF_INET6).bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", "serve", "--host", host, "--port", "0"],
+                               env=azurite_env(azurite, key, container), cwd=ROOT, stderr=subprocess.PIPE)
+    stuck = threading.Timer(120, process.kill)  # a safety bound on the wait for the line, not a measurement
+    stuck.start()
+    try:
+        assert process.stderr is not None
+        lines = []
+        for raw in process.stderr:
+            lines.append(raw.decode())
+            if " Serving on " in lines[-1]:
+                break
+        else:
+            pytest.fail("serve exited without saying where it listens")
+        url = lines[-1].split(" Serving on ")[1].split()[0]
+        assert url.startswith(f"http://{host}:") and not url.endswith(":0"), lines[-1]
+        assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        lines += [raw.decode() for raw in process.stderr]
+        assert process.wait(60) == 0
+        # One format for every line, uvicorn's included (they were "INFO:     ...", with no time).
+        logged = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) [a-z.]+: ")
+        assert all(logged.match(line) for line in lines), lines
+        assert any("uvicorn" in line for line in lines), lines
+    finally:
+        stuck.cancel()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 def test_serve_refuses_to_start_without_a_key(azurite: str, container: str) -> None:

@@ -24,6 +24,7 @@ from tests.support.proxy import FaultPlan, StorageProxy
 from tests.support.readback import (
     blob_bytes,
     committed_blocks,
+    container_client,
     frames_in,
     list_blobs,
     read_back,
@@ -464,3 +465,58 @@ def test_a_write_that_stops_part_way_leaves_no_torn_frame(tmp_path: Path, key: s
     assert outcome["error"] and "File too large" in outcome["error"], outcome  # the append failed, and said so
     assert outcome["after"] == outcome["before"], outcome  # no byte of it stayed
     assert outcome["entries"] == 50 and outcome["problems"] == [], outcome
+
+
+async def test_the_probe_passes_for_a_container_sas_and_fails_for_a_wrong_key(
+        azurite: str, key: str, container: str, caplog: pytest.LogCaptureFixture) -> None:
+    """QA ops: a wrong account key went unnoticed at start (the container's 403 was taken for an identity
+    scoped to an existing container): open() now asks the probe, which a container SAS (rwacl, all the
+    writer needs, and which may not read the container's properties) still passes."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from blobwriter.writer import LogWriter
+    from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
+
+    values = {"encryption_key": key, "container": container, "batch_timeout": 0.1}
+    sas = generate_container_sas(ACCOUNT, container, ACCOUNT_KEY, expiry=datetime.now(UTC) + timedelta(hours=1),
+                                 permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
+                                                                    list=True))
+    owner = AppendBlobStore(Settings.from_values({**values, "storage": connection_string(azurite)}))
+    await owner.open()  # the container exists; the SAS cannot create it
+    await owner.close()
+    scoped = Settings.from_values({**values, "storage": f"BlobEndpoint={azurite};SharedAccessSignature={sas}"})
+    async with LogWriter(scoped) as writer:
+        await writer.write({"id": "sas"}, wait=True)
+        health = await writer.health()
+    assert health["ok"] is True and health["storage_error"] is None, health
+
+    wrong = connection_string(azurite).replace(ACCOUNT_KEY, "A" * 86 + "==")
+    store = AppendBlobStore(Settings.from_values({**values, "storage": wrong}))
+    try:
+        with pytest.raises(StoreError, match="403"):
+            await store.open()
+    finally:
+        await store.close()
+
+
+async def test_a_container_deleted_while_writing_is_created_again_with_a_warning(
+        make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
+    """QA ops: the container deleted under a running writer was created again with only an INFO line
+    ("Created container"), although everything written before was gone."""
+    settings = make_settings()
+    store = AppendBlobStore(settings)
+    make = frame_maker(settings)
+    try:
+        with caplog.at_level("INFO", logger="blobwriter.store"):
+            await store.append(NAME, make(1))  # never opened (storage was down at start): created, no alarm
+            assert not [r for r in caplog.records if r.levelname == "WARNING"]
+            await store.open()
+            async with container_client(settings) as container:
+                await container.delete_container()
+            await store.append(NAME, make(2))
+    finally:
+        await store.close()
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "creating it again" in r.getMessage()]
+    assert len(warned) == 1 and "every blob it held is gone" in warned[0].getMessage()

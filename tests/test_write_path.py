@@ -182,6 +182,66 @@ async def test_an_unhealable_error_fails_its_entries_in_time_and_never_blocks_an
     assert_each_once(found, [e["id"] for e in other])
 
 
+async def test_health_recovers_once_an_unhealable_errors_entries_are_given_up_on(
+        make_settings: Callable[..., Settings], azurite_upstream: str) -> None:
+    """403 on one date's blob: health is 503 while its entries are retried, and ok again once they are
+    reported failed and nothing else fails (it stayed 503 for the process's life, an idle writer
+    whose other dates were written)."""
+    def to_day(request: web.BaseRequest) -> bool:
+        return is_append(request) and f"/{DAY}/" in request.path
+
+    async with StorageProxy(azurite_upstream, FaultPlan(refuse_share=1.0, only=to_day)) as proxy:
+        settings = make_settings(storage=through(proxy), give_up_after=1.0, retry_backoff_max=0.2)
+        async with LogWriter(settings) as writer:
+            refused = asyncio.create_task(writer.write_many([day_entry() for _ in range(5)], wait=True))
+            while not writer.metrics.retries:
+                await asyncio.sleep(0.01)
+            failing = await writer.health()
+            with pytest.raises(WriteFailedError, match="give_up_after"):
+                await asyncio.wait_for(refused, LIVENESS)
+            await writer.write_many([day_entry(OTHER_DAY) for _ in range(5)], wait=True)
+            after = await writer.health()
+    assert failing["ok"] is False and "403" in failing["storage_error"]
+    assert after["ok"] is True and after["storage_error"] is None, after
+    assert writer.metrics.failed == 5 and writer.metrics.written == 5
+
+
+async def test_storage_error_codes_are_the_services_own(make_settings: Callable[..., Settings],
+                                                       azurite_upstream: str) -> None:
+    """QA ops: the SDK turns most error codes into StorageErrorCode members, and str() of one is
+    "StorageErrorCode.OPERATION_TIMED_OUT": 500 OperationTimedOut was not taken for throttling (the
+    window stayed wide, the throttled count 0), and messages and health showed the enum's name."""
+    plan = FaultPlan(refuse_share=1.0, refuse_status=500, refuse_code="OperationTimedOut")
+    async with StorageProxy(azurite_upstream, plan) as proxy:
+        writer = LogWriter(make_settings(storage=through(proxy), retry_backoff_max=0.2))
+        await writer.start()
+        await writer.write(day_entry())
+        while not writer.metrics.retries:
+            await asyncio.sleep(0.01)
+        health = await writer.health()
+        await writer.stop(timeout=0)
+    assert writer.metrics.throttled >= 1 and writer.metrics.failed == 1
+    assert "500 OperationTimedOut: " in health["storage_error"], health
+
+
+async def test_appends_that_work_again_after_failures_say_so(make_settings: Callable[..., Settings],
+                                                            azurite_upstream: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """QA ops: an outage logs a warning per failed append, and its end logged nothing: the log could not
+    tell an operator whether storage had come back. One INFO line now marks it."""
+    async with StorageProxy(azurite_upstream, FaultPlan(down=True)) as proxy:
+        async with LogWriter(make_settings(storage=through(proxy), retry_backoff_max=0.2)) as writer:
+            with caplog.at_level("INFO", logger="blobwriter.writer"):
+                waiting = asyncio.create_task(writer.write(day_entry(), wait=True))
+                while writer.metrics.retries < 2:
+                    await asyncio.sleep(0.01)
+                proxy.plan = FaultPlan()
+                await asyncio.wait_for(waiting, LIVENESS)
+    back = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+    assert len(back) == 1 and back[0].startswith(f"Appending to {DAY} part 0 works again, after "), back
+    assert int(back[0].split("after ")[1].split()[0]) == writer.metrics.retries
+
+
 async def test_a_block_blob_in_the_way_rolls_to_the_next_part(make_settings: Callable[..., Settings]) -> None:
     """409 InvalidBlobType (a block blob has the part's name): the writer moves to the next part."""
     settings = make_settings()
