@@ -15,6 +15,7 @@ import asyncio
 import enum
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from operator import itemgetter
@@ -89,6 +90,7 @@ class LogWriter:
         self._probe: asyncio.Task[str | None] | None = None
         self._probed: tuple[float, str | None] | None = None  # (when, error or None) of the last probe
         self._unlogged: dict[str, int] = {}  # why -> entries reported failed and not yet logged (_report_failed)
+        self._unlogged_lock = threading.Lock()  # _report_failed may run in an encoding thread
         self._state = WriterState.NEW
 
     def _make_appender(self) -> Appender:
@@ -487,9 +489,10 @@ class LogWriter:
         """Count entries reported failed, and log them: one line per reason and turn of the event loop, so
         frames given up on together (a failed append of many frames, stop()'s last round) are one line,
         not one per frame. (May run in an encoding thread: a frame out of attempt numbers.)"""
-        self.metrics.failed += entries
-        first = not self._unlogged
-        self._unlogged[why] = self._unlogged.get(why, 0) + entries
+        with self._unlogged_lock:
+            self.metrics.failed += entries
+            first = not self._unlogged
+            self._unlogged[why] = self._unlogged.get(why, 0) + entries
         if first:
             loop = self._loop
             if loop is not None and not loop.is_closed():
@@ -498,6 +501,7 @@ class LogWriter:
                 self._log_failed()
 
     def _log_failed(self) -> None:
-        unlogged, self._unlogged = self._unlogged, {}
+        with self._unlogged_lock:
+            unlogged, self._unlogged = self._unlogged, {}
         for why, entries in unlogged.items():
             log.error("%d accepted log entries were NOT written: %s", entries, why)
