@@ -92,7 +92,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
     if written < accepted:  # reported failed (logged above), or still queued after a forced exit
         log.error("Stopped; %d of the %d log entries accepted were NOT written", accepted - written, accepted)
         raise SystemExit(ENTRIES_FAILED)
-    log.info("Stopped; %d log entries accepted, all written", accepted)
+    log.info("Stopped; %d log %s accepted, all written", accepted, "entry" if accepted == 1 else "entries")
 
 
 def _url(sock: socket.socket) -> str:
