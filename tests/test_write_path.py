@@ -161,14 +161,16 @@ async def test_stop_that_times_out_reports_every_entry_and_releases_every_waiter
     assert writer.queue_depth == 0
 
 
+def _appends_to_day(request: web.BaseRequest) -> bool:
+    """The appends to DAY's blob (the one date a proxy refuses)."""
+    return is_append(request) and f"/{DAY}/" in request.path
+
+
 async def test_an_unhealable_error_fails_its_entries_in_time_and_never_blocks_another_date(
         make_settings: Callable[..., Settings], azurite_upstream: str) -> None:
     """403 on one date's blob (a role missing): its entries are reported failed after give_up_after;
     the other date's entries are written meanwhile."""
-    def to_day(request: web.BaseRequest) -> bool:
-        return is_append(request) and f"/{DAY}/" in request.path
-
-    async with StorageProxy(azurite_upstream, FaultPlan(refuse_share=1.0, only=to_day)) as proxy:
+    async with StorageProxy(azurite_upstream, FaultPlan(refuse_share=1.0, only=_appends_to_day)) as proxy:
         settings = make_settings(storage=through(proxy), give_up_after=1.0, retry_backoff_max=0.2)
         async with LogWriter(settings) as writer:
             refused = asyncio.create_task(writer.write_many([day_entry() for _ in range(30)], wait=True))
@@ -187,10 +189,7 @@ async def test_health_recovers_once_an_unhealable_errors_entries_are_given_up_on
     """403 on one date's blob: health is 503 while its entries are retried, and ok again once they are
     reported failed and nothing else fails (it stayed 503 for the process's life, an idle writer
     whose other dates were written)."""
-    def to_day(request: web.BaseRequest) -> bool:
-        return is_append(request) and f"/{DAY}/" in request.path
-
-    async with StorageProxy(azurite_upstream, FaultPlan(refuse_share=1.0, only=to_day)) as proxy:
+    async with StorageProxy(azurite_upstream, FaultPlan(refuse_share=1.0, only=_appends_to_day)) as proxy:
         settings = make_settings(storage=through(proxy), give_up_after=1.0, retry_backoff_max=0.2)
         async with LogWriter(settings) as writer:
             refused = asyncio.create_task(writer.write_many([day_entry() for _ in range(5)], wait=True))
