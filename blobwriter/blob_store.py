@@ -240,11 +240,7 @@ class AppendBlobStore:
                 raise
 
     async def parts(self, date: str) -> list[str]:
-        container = self._client()
-        with _storage_errors(f"listing the blobs of {date}", self.description):
-            names = [b.name async for b in container.list_blobs(
-                name_starts_with=layout.listing_prefix(self.prefix, date))]
-        return layout.sort_parts(names, self.prefix, date)
+        return list(await self.sizes(date))  # one listing gives both: names in reading order, and sizes
 
     async def sizes(self, date: str) -> dict[str, int]:
         container = self._client()
