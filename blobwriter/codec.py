@@ -367,10 +367,20 @@ class FrameScanner:
 
 
 def header_within(frame: bytes) -> int | None:
-    """Where a valid header lies inside a frame's bytes after its own (None: nowhere). An intact frame has
-    none but by a 2^-64 chance (magic, CRC, version and length all valid in ciphertext); a header whose
-    length claims the frames after it (forged: a CRC is no MAC) covers theirs."""
-    return _find_header(frame, 1)
+    """Where a header lies inside a frame's bytes after its own (None: nowhere): a valid one, or the start
+    of one cut off by the frame's end (the magic, then a version that readers open if that byte is there).
+    An intact frame has neither but by a ~2^-26 chance (the magic among its last 67 bytes); a header whose
+    length claims the frames after it, or only the first bytes of the next one (forged: a CRC is no MAC),
+    covers theirs."""
+    found = _find_header(frame, 1)
+    if found is not None:
+        return found
+    at = frame.find(MAGIC, max(1, len(frame) - HEADER_SIZE + 1))
+    while at >= 0:
+        if at + len(MAGIC) == len(frame) or frame[at + len(MAGIC)] in VERSIONS:
+            return at
+        at = frame.find(MAGIC, at + 1)
+    return None
 
 
 def _find_header(buffer: bytes | bytearray, start: int) -> int | None:

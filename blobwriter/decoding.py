@@ -138,15 +138,16 @@ def decode_batch(decoder: Decoder, blob: str, date: str, frames: Sequence[bytes]
         try:
             plaintext = decoder.decode(header, data, blob=blob, date=date)
         except UnknownKeyError as exc:
-            # Its length is trusted only if no frame header lies inside it: 68 forged bytes with a valid CRC
-            # and a key id nobody has would otherwise hide the genuine frames they claim as theirs.
+            # Its length is trusted only if no frame header lies inside it, whole or cut off by its end: 68
+            # forged bytes with a valid CRC and a key id nobody has would otherwise hide the genuine frames
+            # they claim as theirs.
             inner = header_within(data)
             if inner is None:
                 outcomes.append(Outcome(UNKNOWN_KEY, None, str(exc)))
             else:
                 outcomes.append(Outcome(FAILED, None, f"not a frame: its header names no configured key and a "
-                                                      f"length that covers another frame's header, {inner} bytes "
-                                                      "on (forged or damaged)"))
+                                                      f"length that covers another frame's header (or its start), "
+                                                      f"{inner} bytes on (forged or damaged)"))
             continue
         except FrameError as exc:
             outcomes.append(Outcome(FAILED, None, str(exc)))

@@ -204,44 +204,85 @@ async def test_wrong_or_missing_key_is_one_clear_error(tmp_path: Path) -> None:
     assert back.returncode == 0 and set(back.counts) == {i for day in DATES for i in ids[day]}
 
 
+def forged_header(length: int) -> bytes:
+    """68 bytes a CRC accepts (no MAC): a key id nobody has, and `length` bytes of ciphertext claimed."""
+    from blobwriter.codec import HEADER
+
+    head = HEADER.pack(MAGIC, 2, 1, 0, os.urandom(8), os.urandom(16), 1, 5, 100, bytes(12), length, 0)
+    head = head[:HEADER_SIZE - 4]
+    return head + zlib.crc32(head).to_bytes(4, "big")
+
+
+def blob_client(settings: Settings, blob: str) -> Any:
+    from azure.storage.blob import BlobClient
+
+    return BlobClient.from_connection_string(settings.require("storage"), settings.container, blob)
+
+
+def replace_blob(settings: Settings, blob: str, data: bytes) -> None:
+    with blob_client(settings, blob) as client:
+        client.delete_blob()
+        client.create_append_blob()
+        client.append_block(data)
+
+
+async def six_frames(settings: Settings, day: str, name: str = "forged") -> tuple[list[dict[str, Any]], str, bytes]:
+    """Thirty entries written as six frames of five to one blob: the entries, the blob and its bytes."""
+    entries = make_entries(30, name, day=day)
+    async with LogWriter(settings) as writer:
+        for start in range(0, 30, 5):
+            await writer.write_many(entries[start:start + 5], wait=True)
+    blob = writer_blob("", day, writer.writer_id, 0)
+    with blob_client(settings, blob) as client:
+        return entries, blob, client.download_blob().readall()
+
+
+def read_back(settings: Settings, day: str, entries: list[dict[str, Any]], blob: str) -> list[tuple[int, str]]:
+    """`blobwriter read` of the day (a subprocess): every entry exactly once, and what it reported of `blob`."""
+    env = serve_env(settings.require("storage"), settings.encryption_key.to_text(), settings.container)
+    back = read_ids(env, day)
+    assert back.returncode == 1 and dict(back.counts) == {e["id"]: 1 for e in entries}, back.stderr
+    return problems(back.stderr.encode())[blob]
+
+
 async def test_a_forged_header_with_an_unknown_key_hides_no_genuine_frame(make_settings: Any) -> None:
     """A CRC is no MAC: 68 bytes with a valid CRC, a key id nobody has and a length that claims the frames
     after it made `read` skip those genuine frames as one "no configured key" frame (QA round 9, security
     F10). Its length is trusted only when no frame header lies inside it; a genuine frame of another key
     is still skipped whole and named by its key id. Real Azurite, the CLI reading."""
-    from azure.storage.blob import ContainerClient
-
-    from blobwriter.codec import HEADER, key_id
+    from blobwriter.codec import key_id
 
     day = "2026-04-09"
     settings, other = make_settings(batch_size=5), make_settings(encryption_key=keygen(), batch_size=5)
-    entries = make_entries(30, "forged", day=day)
-    async with LogWriter(settings) as writer:
-        for start in range(0, 30, 5):  # six frames of five entries
-            await writer.write_many(entries[start:start + 5], wait=True)
-    async with LogWriter(other) as stranger:
-        await stranger.write_many(make_entries(5, "stranger", day=day), wait=True)
-    blob = writer_blob("", day, writer.writer_id, 0)
-    strange = writer_blob("", day, stranger.writer_id, 0)
-    with ContainerClient.from_connection_string(settings.require("storage"), settings.container) as container:
-        data = container.download_blob(blob).readall()
-        foreign = container.download_blob(strange).readall()
-        container.delete_blob(strange)
-        spans = list(frames_in(data))
-        genuine = foreign[:next(iter(frames_in(foreign)))[1].frame_length]  # the stranger's first frame, whole
-        at, cover_end = spans[2][0], spans[5][0]  # the forged header claims frames 3, 4 and 5 as its ciphertext
-        head = HEADER.pack(MAGIC, 2, 1, 0, os.urandom(8), os.urandom(16), 1, 5, 100, bytes(12),
-                           cover_end - at, 0)[:HEADER_SIZE - 4]
-        forged = head + zlib.crc32(head).to_bytes(4, "big")
-        tampered = data[:at] + forged + data[at:spans[5][0]] + genuine + data[spans[5][0]:]
-        client = container.get_blob_client(blob)
+    entries, blob, data = await six_frames(settings, day)
+    _, strange, foreign = await six_frames(other, day, "stranger")
+    with blob_client(other, strange) as client:
         client.delete_blob()
-        client.create_append_blob()
-        client.append_block(tampered)
-    env = serve_env(settings.require("storage"), settings.encryption_key.to_text(), settings.container)
-    back = read_ids(env, day)
-    assert back.returncode == 1 and dict(back.counts) == {e["id"]: 1 for e in entries}, back.stderr
-    reported = problems(back.stderr.encode())[blob]
+    spans = list(frames_in(data))
+    genuine = foreign[:next(iter(frames_in(foreign)))[1].frame_length]  # the stranger's first frame, whole
+    at, cover_end = spans[2][0], spans[5][0]  # the forged header claims frames 3, 4 and 5 as its ciphertext
+    forged = forged_header(cover_end - at)
+    replace_blob(settings, blob, data[:at] + forged + data[at:spans[5][0]] + genuine + data[spans[5][0]:])
+    reported = read_back(settings, day, entries, blob)
     assert [offset for offset, _ in reported] == [at, spans[5][0] + HEADER_SIZE], reported
     assert "not a frame" in reported[0][1] and "covers another frame's header" in reported[0][1]
     assert reported[1][1] == f"no configured key has key id {key_id(other.encryption_key).hex()}"
+
+
+@pytest.mark.parametrize("covered", [4, 5, 40, HEADER_SIZE - 1])
+async def test_a_forged_header_that_claims_only_the_start_of_the_next_header_hides_no_frame(
+        make_settings: Any, covered: int) -> None:
+    """The rest of F10 (QA round 9): a forged header whose length ends inside the next genuine frame's
+    header (its first `covered` bytes, after random bytes up to the 16 of a tag) held no whole header, so
+    its length was trusted and that genuine frame was skipped with it. The start of a header cut off by
+    the frame's end (its magic, and a version readers open where that byte is there) counts as a header
+    inside it too. Real Azurite, the CLI reading: every entry comes back; the forged bytes are damage."""
+    day = "2026-04-10"
+    settings = make_settings(batch_size=5)
+    entries, blob, data = await six_frames(settings, day)
+    at = frames_in(data)[3][0]
+    filler = os.urandom(max(0, 16 - covered)).replace(MAGIC[:1], b"\0")
+    replace_blob(settings, blob, data[:at] + forged_header(len(filler) + covered) + filler + data[at:])
+    reported = read_back(settings, day, entries, blob)
+    assert [offset for offset, _ in reported] == [at], reported
+    assert "not a frame" in reported[0][1] and "covers another frame's header" in reported[0][1]
