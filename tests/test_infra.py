@@ -1340,6 +1340,31 @@ def test_requirements_in_matches_the_package_dependencies() -> None:
     assert "requirements.in" in funcignore and "requirements.txt" not in funcignore
 
 
+def test_make_lock_keeps_the_pyarrow_line_deploy_md_adds() -> None:
+    """`make lock` rewrote requirements.txt from requirements.in alone and dropped the pyarrow line that
+    DEPLOY.md has a deployment with the scheduled export add: its next deploy lost the export. The lock
+    script now resolves an OPTIONAL package again while requirements.txt has it (in pyproject.toml's
+    range), and writes it at the end: both the committed file and the one DEPLOY.md makes of it are
+    exactly what the script writes for their pins, whatever order pip reports them in. (pip's resolve
+    needs the package registry and is not run here: `scripts/lock_requirements.py --check` does.)"""
+    import tomllib
+
+    lock = _script("lock_requirements")
+    committed = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    appended = re.findall(r"^echo '([^']+)' >> requirements\.txt", _deploy_section("### Scheduled export"), re.M)
+    deployed = committed + "".join(f"{line}\n" for line in appended)
+
+    def pins(text: str) -> list[tuple[str, str]]:
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return [(name, version) for name, version in (line.split("==") for line in lines)]
+
+    assert lock.optional_in(committed) == [] and lock.optional_in(deployed) == ["pyarrow"]
+    assert lock.render(sorted(pins(committed), reverse=True)) == committed
+    assert lock.render(sorted(pins(deployed), reverse=True)) == deployed  # the line kept, where DEPLOY.md puts it
+    query = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert lock.optional_requirements(["pyarrow"]) == [r for r in query["query"] if r.startswith("pyarrow")]
+
+
 def test_deploy_md_adds_pyarrow_to_requirements_txt_as_an_exact_pin() -> None:
     """The scheduled export needs pyarrow in the deployment. requirements.txt holds exact pins only (the test
     above), so the line DEPLOY.md appends must be one too: the version tested here, inside the query extra's
