@@ -1188,6 +1188,19 @@ def test_func_azurite_ports_do_not_collide_with_make_run() -> None:
     assert named <= set(values), f"not in local.settings.json.example: {sorted(named - set(values))}"
 
 
+def test_azurite_key_is_written_once_for_scripts_tests_and_benchmarks() -> None:
+    """Azurite's development key was written in scripts/run_local.py and tests/support/azurite.py (and the
+    benchmarks took the tests'): scripts/devlocal.py holds it now, and the rest import it from there
+    (local.settings.json.example, JSON, is checked against it above)."""
+    from scripts.devlocal import AZURITE_ACCOUNT_KEY
+
+    written = sorted(str(path.relative_to(ROOT)) for folder in ("blobwriter", "scripts", "tests", "bench", "examples")
+                     for path in (ROOT / folder).rglob("*.py")
+                     if AZURITE_ACCOUNT_KEY[:24] in path.read_text(encoding="utf-8"))
+    assert written == ["scripts/devlocal.py"]
+    assert ACCOUNT_KEY is AZURITE_ACCOUNT_KEY and _script("run_local").AZURITE_ACCOUNT_KEY == AZURITE_ACCOUNT_KEY
+
+
 def test_make_run_serves_on_the_azurite_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     # AZURITE_BLOB_PORT moved Azurite, but the server (and the printed read command) kept
     # UseDevelopmentStorage=true, which always means 10000: nothing was written where Azurite listened.
