@@ -42,7 +42,7 @@ from .errors import (
     WriterStoppedError,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .privacy import Privacy
+from .privacy import Privacy, check_paths
 from .writer import LogWriter, WriterState
 
 log = logging.getLogger("blobwriter.api")
@@ -155,9 +155,10 @@ def query_of(scope: Scope) -> dict[str, list[str]]:
     return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
 
 
-def privacy_override(query: dict[str, list[str]]) -> Privacy | None:
+def privacy_override(query: dict[str, list[str]], received_at_field: str | None = None) -> Privacy | None:
     """A request's own privacy controls (query parameters), which can only keep less than the settings:
-    ?metadata_only=true, ?drop=a.b,c, ?mask=request.messages.*.content, ?truncate_bytes=N."""
+    ?metadata_only=true, ?drop=a.b,c, ?mask=request.messages.*.content, ?truncate_bytes=N. A path is refused
+    as the settings refuse it (`privacy.check_kept`; `received_at_field` is the writer's)."""
     if not any(name in query for name in ("metadata_only", "drop", "mask", "truncate_bytes")):
         return None
     metadata_only = False
@@ -176,6 +177,7 @@ def privacy_override(query: dict[str, list[str]]) -> Privacy | None:
     paths = {name: tuple(p.strip() for v in query.get(name, []) for p in v.split(",") if p.strip())
              for name in ("drop", "mask")}
     try:
+        check_paths((*paths["drop"], *paths["mask"]), received_at_field)
         return Privacy(drop=paths["drop"], mask=paths["mask"], truncate_bytes=truncate, metadata_only=metadata_only)
     except ValueError as exc:
         raise HTTPError(400, f"privacy parameters: {exc}") from None
@@ -187,6 +189,7 @@ class IngestEndpoint:
     def __init__(self, settings: Settings, writer: Callable[[], Awaitable[LogWriter]], check_key: bool) -> None:
         self._max_body = settings.max_body_bytes
         self._ack_written = settings.ack == "written"
+        self._received_at_field = settings.received_at_field
         self._body_timeout = settings.body_timeout
         self._max_bodies = settings.max_concurrent_bodies
         self._reading = 0  # bodies being read now
@@ -218,7 +221,7 @@ class IngestEndpoint:
         if coding != b"identity":
             raise HTTPError(415, f"unsupported Content-Encoding {coding.decode('latin-1')[:40]!r}; send the body "
                                  "uncompressed", {"Accept-Encoding": "identity"})
-        privacy = privacy_override(query)
+        privacy = privacy_override(query, self._received_at_field)
         declared = headers.get(b"content-length")
         size = int(declared) if declared is not None and declared.isdigit() else None
         if size is not None and size > self._max_body:

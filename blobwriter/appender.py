@@ -55,6 +55,18 @@ ROLL_ALWAYS = {"BlockCountExceedsLimit", "MaxBlobSizeConditionNotMet"}  # this p
 THROTTLE_CODES = {"ServerBusy", "OperationTimedOut"}
 
 
+def resume_time(now: float, failures: int, backoff_max: float, jitter: float, paused_until: float = 0.0,
+                give_up_at: float | None = None) -> float:
+    """When a lane that has failed `failures` times in a row may append again (monotonic time): after
+    FIRST_BACKOFF doubled with each failure, up to `backoff_max`, times `jitter` (0.5 to 1, so that writers
+    failing together spread out), and not before an earlier pause ends; but never after `give_up_at`, when
+    the oldest frame an unhealable error holds reaches give_up_after: the attempt that gives it up then
+    comes on time, not up to one whole backoff step late."""
+    backoff = min(backoff_max, FIRST_BACKOFF * 2.0 ** min(failures - 1, 64)) * jitter  # 2.0 ** 1024 overflows
+    resume = max(paused_until, now + backoff)
+    return resume if give_up_at is None else max(now, min(resume, give_up_at))
+
+
 class Landed(NamedTuple):
     """Where a frame landed: the blob's name and the frame's offset in it."""
 
@@ -347,18 +359,22 @@ class Appender:
                 lane.window = max(1.0, lane.window / 2)
                 lane.last_cut = now
         lane.failures += 1
-        delay = min(self._retry_backoff_max, FIRST_BACKOFF * 2 ** (lane.failures - 1)) * random.uniform(0.5, 1)
-        lane.resume_at = max(lane.resume_at, now + delay)
         sent = len(frames)
+        give_up_at = None
         if not throttled and status is not None and status < 500:  # cannot heal by waiting alone
             frames = self._give_up_on_old(frames, now, exc)
-            if not frames and not lane.ready and lane.in_flight == 1:  # the lane's last append: nothing is failing now
-                lane.failures = 0
-                if not any(other.failures for other in self._lanes.values()):
-                    self.storage_error = None
-                return frames
-        log.warning("Append of %d frames to %s part %d failed (%s); retrying in %.1fs",
-                    sent, lane.date, part, exc, delay)
+            failing = [f.failing_since for f in (*frames, *lane.ready) if f.failing_since is not None]
+            give_up_at = min(failing) + self._give_up_after if failing else None
+        lane.resume_at = resume_time(now, lane.failures, self._retry_backoff_max, random.uniform(0.5, 1),
+                                     lane.resume_at, give_up_at)
+        if not frames and not lane.ready and lane.in_flight == 1:  # the lane's last append, given up: nothing fails
+            lane.failures = 0
+            if not any(other.failures for other in self._lanes.values()):
+                self.storage_error = None
+            return frames
+        delay = lane.resume_at - now
+        log.warning("Append of %d frames to %s part %d failed (%s); retrying in %.1fs", sent, lane.date, part, exc,
+                    delay)
         return frames
 
     def _give_up_on_old(self, frames: list[Frame], now: float, exc: StoreError) -> list[Frame]:

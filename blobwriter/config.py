@@ -27,7 +27,7 @@ from .casts import Cast, StorageKind, storage_kind
 from .errors import ConfigError
 from .keys import SecretKey
 from .limits import APPEND_BLOCK_LIMIT, BLOCKS_PER_BLOB_LIMIT, FRAME_OVERHEAD_BYTES, KiB, MiB
-from .privacy import parse_path
+from .privacy import check_kept
 
 log = logging.getLogger("blobwriter.config")
 
@@ -151,14 +151,13 @@ class Settings:
             raise ConfigError(
                 f"Config 'max_queue_size' ({self.max_queue_size}) must be at least batch_size ({self.batch_size})."
             )
-        protected = {"timestamp", self.received_at_field} - {None}
         for name in ("drop_fields", "mask_fields"):
             for path in getattr(self, name):
-                if parse_path(path)[0] in protected | {"*"}:
-                    why = ("'timestamp' (it decides the entry's blob) and received_at_field are kept; a path "
-                           "cannot start with them or with '*'.")
-                    raise ConfigError(f"Config '{name}' has path {path!r}: {why}",
-                                      public=f"Config '{name}' has an invalid path: {why}")
+                try:
+                    check_kept(path, self.received_at_field)
+                except ValueError as why:
+                    raise ConfigError(f"Config '{name}' has path {path!r}: {why}.",
+                                      public=f"Config '{name}' has an invalid path: {why}.") from None
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:

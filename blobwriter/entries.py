@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .errors import EntryError, EntryTooLargeError
-from .privacy import NO_PRIVACY, Privacy
+from .privacy import NO_PRIVACY, Privacy, check_paths
 
 # Each distinct date of a call costs its own frame and blob lane (and, for a new date, storage
 # requests to create the blob): a guard against one call fanning out over thousands of dates. Not a
@@ -292,6 +292,8 @@ class Admission:
         # The clock is read once per call, and only when something needs it.
         self.now = now or (datetime.now(UTC) if rules.timed else _NOT_READ)
         self.privacy = rules.privacy.narrowed(privacy)
+        if privacy is not None:  # a call's own paths are refused as the settings' are
+            check_paths((*privacy.drop, *privacy.mask), rules.received_at_field)
         # Values parsed from JSON text cannot hold NaN or infinity (the parsers refuse them); values
         # from Python can, and orjson would silently write them as null.
         self.check_numbers = check_numbers

@@ -25,7 +25,7 @@ A request (or a `LogWriter.write` call) may narrow the configured controls, neve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,26 @@ def parse_path(text: str) -> Path:
         raise ValueError("a path is dot-separated field names (or '*'), without empty segments or spaces around "
                          "them, e.g. request.messages.*.content")
     return segments
+
+
+def check_kept(path: str, received_at_field: str | None = None) -> None:
+    """ValueError (with the reason) unless `path` may be dropped or masked: the one rule for the settings, a
+    request's query parameters and a `write()` call. It may not start with `timestamp` (it decides the
+    entry's blob), with the `received_at_field` (the server stamps it after the controls, so a control there
+    would only seem to work) or with `*` (every field, those too)."""
+    if parse_path(path)[0] in (TIMESTAMP, WILDCARD, received_at_field):
+        stamp = f" ({received_at_field!r})" if received_at_field else ""
+        raise ValueError(f"'timestamp' (it decides the entry's blob) and received_at_field{stamp} are always kept; "
+                         "a path cannot start with them or with '*'")
+
+
+def check_paths(paths: Iterable[str], received_at_field: str | None = None) -> None:
+    """ValueError naming the first of `paths` that `check_kept` refuses."""
+    for path in paths:
+        try:
+            check_kept(path, received_at_field)
+        except ValueError as exc:
+            raise ValueError(f"path {path!r}: {exc}") from None
 
 
 def compile_path(path: Path) -> Steps:
@@ -83,9 +103,7 @@ class Privacy:
             if isinstance(paths, str):
                 raise TypeError(f"Privacy({name}=...) takes a list of paths, e.g. {name}=[{paths!r}], not one string")
             object.__setattr__(self, name, tuple(paths))
-        for path in (*self.drop, *self.mask):
-            if parse_path(path)[0] in (TIMESTAMP, WILDCARD):
-                raise ValueError(f"path {path!r}: 'timestamp' decides the entry's blob and is always kept")
+        check_paths((*self.drop, *self.mask))
         if self.truncate_bytes is not None and self.truncate_bytes < 1:
             raise ValueError("truncate_bytes must be at least 1")
         object.__setattr__(self, "_drop", tuple(compile_path(parse_path(p)) for p in self.drop))

@@ -1,5 +1,6 @@
 """What `make run` (run_local.py) and `make func-azurite` (func_azurite.py) share: ports, the
-development key, and running child processes until Ctrl-C or SIGTERM."""
+development key, Azurite's account, and running child processes until Ctrl-C or SIGTERM. The tests
+and benchmarks take Azurite's account from here too (tests/support/azurite.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Azurite's well-known development account and key (public, the same in every Azurite; written here only,
+# and in local.settings.json.example, which tests/test_infra.py checks against this).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def port_open(port: int) -> bool:

@@ -19,16 +19,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devlocal import ROOT, dev_key, port_open, run_until_interrupted, wait_for_ports
+from devlocal import (
+    AZURITE_ACCOUNT,
+    AZURITE_ACCOUNT_KEY,
+    ROOT,
+    dev_key,
+    port_open,
+    run_until_interrupted,
+    wait_for_ports,
+)
 
 LOCAL = ROOT / ".local"
 KEY_FILE = LOCAL / "dev.key"
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
 DEFAULT_AZURITE_PORT = 10000  # what UseDevelopmentStorage=true points at
 AZURITE_PORT = int(os.environ.get("AZURITE_BLOB_PORT", str(DEFAULT_AZURITE_PORT)))
-# Azurite's well-known development account (public, the same in every Azurite)
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 HOST = os.environ.get("BLOBWRITER_HOST", "127.0.0.1")
 PORT = int(os.environ.get("BLOBWRITER_PORT", "7071"))
 

@@ -1188,6 +1188,19 @@ def test_func_azurite_ports_do_not_collide_with_make_run() -> None:
     assert named <= set(values), f"not in local.settings.json.example: {sorted(named - set(values))}"
 
 
+def test_azurite_key_is_written_once_for_scripts_tests_and_benchmarks() -> None:
+    """Azurite's development key was written in scripts/run_local.py and tests/support/azurite.py (and the
+    benchmarks took the tests'): scripts/devlocal.py holds it now, and the rest import it from there
+    (local.settings.json.example, JSON, is checked against it above)."""
+    from scripts.devlocal import AZURITE_ACCOUNT_KEY
+
+    written = sorted(str(path.relative_to(ROOT)) for folder in ("blobwriter", "scripts", "tests", "bench", "examples")
+                     for path in (ROOT / folder).rglob("*.py")
+                     if AZURITE_ACCOUNT_KEY[:24] in path.read_text(encoding="utf-8"))
+    assert written == ["scripts/devlocal.py"]
+    assert ACCOUNT_KEY is AZURITE_ACCOUNT_KEY and _script("run_local").AZURITE_ACCOUNT_KEY == AZURITE_ACCOUNT_KEY
+
+
 def test_make_run_serves_on_the_azurite_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     # AZURITE_BLOB_PORT moved Azurite, but the server (and the printed read command) kept
     # UseDevelopmentStorage=true, which always means 10000: nothing was written where Azurite listened.
@@ -1338,6 +1351,31 @@ def test_requirements_in_matches_the_package_dependencies() -> None:
         "make install must install the serve extra"
     funcignore = (ROOT / ".funcignore").read_text(encoding="utf-8").split()
     assert "requirements.in" in funcignore and "requirements.txt" not in funcignore
+
+
+def test_make_lock_keeps_the_pyarrow_line_deploy_md_adds() -> None:
+    """`make lock` rewrote requirements.txt from requirements.in alone and dropped the pyarrow line that
+    DEPLOY.md has a deployment with the scheduled export add: its next deploy lost the export. The lock
+    script now resolves an OPTIONAL package again while requirements.txt has it (in pyproject.toml's
+    range), and writes it at the end: both the committed file and the one DEPLOY.md makes of it are
+    exactly what the script writes for their pins, whatever order pip reports them in. (pip's resolve
+    needs the package registry and is not run here: `scripts/lock_requirements.py --check` does.)"""
+    import tomllib
+
+    lock = _script("lock_requirements")
+    committed = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    appended = re.findall(r"^echo '([^']+)' >> requirements\.txt", _deploy_section("### Scheduled export"), re.M)
+    deployed = committed + "".join(f"{line}\n" for line in appended)
+
+    def pins(text: str) -> list[tuple[str, str]]:
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return [(name, version) for name, version in (line.split("==") for line in lines)]
+
+    assert lock.optional_in(committed) == [] and lock.optional_in(deployed) == ["pyarrow"]
+    assert lock.render(sorted(pins(committed), reverse=True)) == committed
+    assert lock.render(sorted(pins(deployed), reverse=True)) == deployed  # the line kept, where DEPLOY.md puts it
+    query = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert lock.optional_requirements(["pyarrow"]) == [r for r in query["query"] if r.startswith("pyarrow")]
 
 
 def test_deploy_md_adds_pyarrow_to_requirements_txt_as_an_exact_pin() -> None:

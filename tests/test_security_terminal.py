@@ -96,3 +96,19 @@ async def test_errors_and_notes_that_quote_entries_show_escapes(make_settings: C
     assert stats.returncode == 0 and "trudy\\u001b]0;pwned\\u0007" in stats.stderr, stats.stderr
     for result in (cast, stats):
         assert not ACTIVE.findall(result.stderr), result.stderr
+
+
+def test_printable_keeps_newlines_only_when_asked_and_escapes_the_rest_alike() -> None:
+    """One rule for both modes (output.py had a second regex for `lines`, which could drift from the first):
+    every character a terminal acts on is escaped, except that `lines=True` keeps a newline as it is."""
+    from blobwriter.query.output import printable
+
+    for code in (c for c in range(0x110000) if not 0xD800 <= c < 0xE000):
+        char = chr(code)
+        escaped = printable(char)
+        assert (escaped != char) == bool(ACTIVE.match(char) or char == "\n"), hex(code)
+        assert printable(char, lines=True) == (char if char == "\n" else escaped), hex(code)
+    text = "a\x1b[2J\nb\u202ec\r\nd\n"
+    assert printable(text) == "a\\x1b[2J\\nb\\u202ec\\r\\nd\\n"
+    assert printable(text, lines=True) == "a\\x1b[2J\nb\\u202ec\\r\nd\n"
+    assert printable("plain\nlines", lines=True) == "plain\nlines"

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from blobwriter.api import create_app
+from blobwriter.appender import resume_time
 from blobwriter.codec import Encoder
 from blobwriter.config import Settings
 from blobwriter.errors import EntryTooLargeError, QueueFullError, StoreError, WriteFailedError
@@ -182,6 +183,60 @@ async def test_an_unhealable_error_fails_its_entries_in_time_and_never_blocks_an
     assert writer.metrics.failed == 30 and writer.metrics.written == 30
     found, report = await read_back(make_settings(), [DAY, OTHER_DAY])
     assert_each_once(found, [e["id"] for e in other])
+
+
+def _give_up_schedule(give_up_after: float, backoff_max: float, jitter: float, capped: bool) -> tuple[float, int]:
+    """When (seconds after the first failure) and at which attempt an unhealable error's frame is given up
+    on, if every attempt failed at once (a request that takes no time) and the lane waited resume_time."""
+    now, failures, paused = 0.0, 0, 0.0
+    while now < give_up_after:  # each failed attempt checks the frame's age, as Appender._give_up_on_old does
+        failures += 1
+        paused = now = resume_time(now, failures, backoff_max, jitter, paused, give_up_after if capped else None)
+    return now, failures + 1
+
+
+@pytest.mark.parametrize("give_up_after", [1.0, 5.0, 300.0])
+@pytest.mark.parametrize("backoff_max", [0.2, 30.0])
+@pytest.mark.parametrize("jitter", [0.5, 0.77, 1.0])
+def test_the_last_wait_before_giving_up_ends_at_give_up_after(give_up_after: float, backoff_max: float,
+                                                              jitter: float) -> None:
+    """The retry that gives an unhealable error's frames up came up to a whole backoff step after
+    give_up_after (QA: 10.2 s for 5 s): the wait before it is now cut to the time left, so they are
+    given up when give_up_after has passed plus one request's duration, whatever the jitter."""
+    at, attempts = _give_up_schedule(give_up_after, backoff_max, jitter, capped=True)
+    assert at == give_up_after
+    late, late_attempts = _give_up_schedule(give_up_after, backoff_max, jitter, capped=False)  # as before
+    assert late >= at and late_attempts == attempts
+    if (give_up_after, backoff_max, jitter) == (5.0, 30.0, 1.0):
+        assert late == 7.5  # 0.5 + 1 + 2 + 4: the step of 4 s began at 3.5 s
+
+
+def test_resume_time_keeps_the_backoff_rules() -> None:
+    assert [resume_time(0.0, n, 30.0, 1.0) for n in (1, 2, 3, 7, 8)] == [0.5, 1.0, 2.0, 30.0, 30.0]
+    assert resume_time(10.0, 1, 30.0, 0.5) == 10.25  # jitter
+    assert resume_time(10.0, 1, 30.0, 1.0, paused_until=20.0) == 20.0  # an earlier, longer pause holds
+    assert resume_time(10.0, 1, 30.0, 1.0, paused_until=20.0, give_up_at=15.0) == 15.0  # but not past the deadline
+    assert resume_time(10.0, 3, 30.0, 1.0, give_up_at=5.0) == 10.0  # a frame past it: at once, to give it up
+    assert resume_time(0.0, 5000, 30.0, 1.0) == 30.0  # ~8 hours of 30 s retries: 2 ** 1024 overflowed a float
+
+
+async def test_an_unhealable_error_waits_no_longer_than_give_up_after_in_all(
+        make_settings: Callable[..., Settings], azurite_upstream: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Through a proxy that refuses DAY's appends (403), against Azurite: the waits the writer logged
+    between its attempts add up to at most give_up_after (each attempt starts no earlier than its wait
+    ends, and the last wait ends at the deadline), so the attempt after them gives the entry up. Before,
+    the last wait was a whole backoff step whatever time was left (a total of 7.5 s for 2 s here, say)."""
+    async with StorageProxy(azurite_upstream, FaultPlan(refuse_share=1.0, only=_appends_to_day)) as proxy:
+        settings = make_settings(storage=through(proxy), give_up_after=2.0)
+        with caplog.at_level("WARNING", logger="blobwriter.writer"):
+            async with LogWriter(settings) as writer:
+                with pytest.raises(WriteFailedError, match="give_up_after"):
+                    await asyncio.wait_for(writer.write(day_entry(), wait=True), LIVENESS)
+    waits = [float(r.args[-1]) for r in caplog.records  # type: ignore[index, arg-type]
+             if r.getMessage().startswith("Append of 1 frames") and "retrying in" in r.getMessage()]
+    assert proxy.counts["refuse"] == len(waits) + 1 >= 3  # the last attempt gives up instead of waiting
+    assert sum(waits) <= 2.0 or math.isclose(sum(waits), 2.0), waits
+    assert writer.metrics.failed == 1 and writer.metrics.retries == len(waits) + 1
 
 
 async def test_health_recovers_once_an_unhealable_errors_entries_are_given_up_on(

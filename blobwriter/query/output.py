@@ -31,7 +31,6 @@ Formatter = Callable[[Any], str]
 # controls that reorder what follows, and the line and paragraph separators. Entries come from
 # anyone who can post one, so a table (the format for people) shows each as an escape instead.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-_UNPRINTABLE_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -43,8 +42,11 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str, *, lines: bool = False) -> str:
     """`text` safe to print on a terminal: each control character as an escape (`\\n`, `\\x1b`, `\\u202e`);
     with `lines`, newlines are kept (a message of several lines, such as DuckDB's errors)."""
-    unprintable = _UNPRINTABLE_BUT_NEWLINE if lines else _UNPRINTABLE
-    return unprintable.sub(_escape, text) if unprintable.search(text) else text
+    if not _UNPRINTABLE.search(text):
+        return text
+    if lines:
+        return "\n".join(_UNPRINTABLE.sub(_escape, line) for line in text.split("\n"))
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def _default(value: Any) -> Any:

@@ -8,10 +8,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from scripts.devlocal import AZURITE_ACCOUNT as ACCOUNT
+from scripts.devlocal import AZURITE_ACCOUNT_KEY as ACCOUNT_KEY
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-ACCOUNT = "devstoreaccount1"
-# Azurite's well-known development account key (public, the same in every Azurite).
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def connection_string(blob_endpoint: str) -> str:
