@@ -315,10 +315,10 @@ def test_destination_forms() -> None:
     assert isinstance(emulator, BlobDestination)
     assert (emulator.container_name, emulator.prefix, emulator._account_url, emulator._sas) == (
         "exports", "", "http://127.0.0.1:10000/devstoreaccount1", "sv=1&sig=x")
-    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;Container=exp;Prefix=/p/")
+    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=a2V5;Container=exp;Prefix=/p/")
     assert isinstance(string, BlobDestination)
     assert (string.container_name, string.prefix) == ("exp", "p/")
-    assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;"
+    assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=a2V5;"
 
 
 def nested(depth: int) -> Any:
@@ -524,3 +524,54 @@ async def test_id_field_drops_a_retry_across_midnight_as_read_does(make_settings
                      "ORDER BY ALL").fetchall()
     assert got == [("2026-11-24", "x"), ("2026-11-24", "y"), ("2026-11-25", "z")]
     assert sorted(orjson.loads(line)["id"] for line in read.stdout.splitlines()) == ["x", "y", "z"]
+
+
+async def test_an_account_key_that_is_not_base64_is_one_line_naming_the_destination(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """An --out whose AccountKey is not base64 failed with the SDK's bare "Incorrect padding"; the
+    `storage` setting's check says it at load, and the destination's now says the same, key unshown."""
+    settings = make_settings(storage=str(tmp_path / "store"))
+    await store_entries(settings, [{"id": "k1", "timestamp": "2026-11-25T10:00:00Z"}])
+    key = "not-base64"  # the SDK failed to decode it at the first request: "Incorrect padding"
+    bad = f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};BlobEndpoint=http://127.0.0.1:1/x;"
+    env = cli_env(settings)
+    export = run_cli("export", "--date", "2026-11-25", "--out", bad + "Container=exports", env=env, cwd=str(tmp_path))
+    storage = run_cli("read", "--date", "2026-11-25", env={**env, "BLOBWRITER_STORAGE": bad}, cwd=str(tmp_path))
+    for result, name in ((export, "export destination"), (storage, "storage")):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr == (f"blobwriter: error: Config '{name}' has an AccountKey that is not base64 (the value "
+                                 "is not shown): copy the storage account's access key whole (it ends in '==').\n")
+        assert key not in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "store"]
+
+
+def test_the_logs_own_container_is_refused(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,
+                                           tmp_path: Path) -> None:
+    """DEPLOY.md says never to export into the logs container (plaintext beside the encrypted logs, under
+    the same RBAC), and nothing refused it: same account endpoint and container, however either is written."""
+    settings, _ = sample_store
+    logs = settings.container
+    client = BlobServiceClient.from_connection_string(connection_string(azurite))
+    before = _list(client, logs)
+    sas = generate_container_sas(ACCOUNT, logs, account_key=ACCOUNT_KEY,
+                                 permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    port = azurite.rsplit(":", 1)[1].split("/")[0]
+    day = "2026-11-25"
+    for out in (f"{connection_string(azurite)}Container={logs}",
+                f"{connection_string(azurite)}Container={logs};Prefix=plain/text",
+                f"{azurite}/{logs}/plain?{sas}",
+                f"http://LOCALHOST:{port}/{ACCOUNT}/{logs}/?{sas}"):
+        result = export(settings, out, first=day, last=day, code=2)
+        assert result.stderr.startswith("blobwriter: error: the export destination "), result.stderr
+        assert f"/{logs}" in result.stderr and "is the logs' own container" in result.stderr, result.stderr
+        assert "sig=" not in result.stderr and ACCOUNT_KEY not in result.stderr
+    assert _list(client, logs) == before
+    # Another container of the same account is fine (the test above), and so is a directory beside the logs' one.
+    local = Settings.from_values({"storage": str(tmp_path / "store"), "encryption_key": keygen()})
+    (tmp_path / "store").mkdir()
+    for out in (tmp_path / "store", tmp_path / "store" / "lake", tmp_path / "lake" / ".." / "store"):
+        result = export(local, str(out), first=day, last=day, code=2)
+        assert "is the logs' own directory" in result.stderr, result.stderr
+    assert list((tmp_path / "store").iterdir()) == []
+    export(local, str(tmp_path / "lake"), first=day, last=day)

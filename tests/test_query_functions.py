@@ -203,3 +203,18 @@ def test_closed_days() -> None:
     assert closed_days(datetime(2026, 11, 27, 1, 30, tzinfo=UTC))[-1] == "2026-11-26"
     assert [date.fromisoformat(d) for d in days] == [date(2026, 11, 19) + timedelta(days=n) for n in range(7)]
 
+
+
+async def test_the_logs_own_container_is_refused(function_app: Callable[..., ModuleType], azurite: str,
+                                                 container: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Exporting into the logs' own container (DEPLOY.md: never) is refused when the app is indexed and by
+    every run, before anything is written."""
+    with caplog.at_level(logging.ERROR, logger="blobwriter.export"):
+        module = function_app(BLOBWRITER_EXPORT_DESTINATION=f"{azurite}/{container}/plain")
+    [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
+    assert "is the logs' own container" in record.getMessage()
+    handler = timer_function(module).get_user_function()
+    with pytest.raises(ConfigError, match="is the logs' own container"):
+        await handler(timer_request())
+    client = BlobServiceClient.from_connection_string(connection_string(azurite))
+    assert not client.get_container_client(container).exists()  # nothing made: not even the logs' container

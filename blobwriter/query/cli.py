@@ -200,7 +200,7 @@ async def _export(args: argparse.Namespace, settings: Settings, dates: list[str]
     from .destination import open_destination
     from .export import export_range
 
-    destination = open_destination(args.out)
+    destination = open_destination(args.out, settings)
     source = RangeSource(settings, dates, Progress("export", dates))
     try:
         await export_range(source, destination, args.format, rows_per_file=args.rows_per_file)

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .. import casts
 from ..blob_store import SDK_RETRIES, _public_url, _storage_errors
 from ..casts import storage_kind
+from ..config import Settings
 from ..errors import ConfigError, StoreError
 from ..store import _os_errors
 
@@ -81,8 +82,20 @@ class Destination(Protocol):
         """Release connections."""
 
 
-def open_destination(text: str) -> Destination:
-    """The destination a `--out` / export_destination value names."""
+def open_destination(text: str, logs: Settings | None = None) -> Destination:
+    """The destination a `--out` / export_destination value names; given the settings of the `logs` it
+    exports, one in the logs' own container (or directory) is refused: plaintext beside the encrypted
+    logs, readable by whoever may read them (docs/DEPLOY.md)."""
+    destination = _parse_destination(text)
+    if logs is not None and logs.storage and _same_place(destination, logs):
+        raise ConfigError(f"the export destination {destination.description} is the logs' own "
+                          f"{'directory' if isinstance(destination, DirectoryDestination) else 'container'}: "
+                          "an export is plaintext, so it goes to a container (better, an account) of its own, "
+                          "with its own readers (docs/DEPLOY.md, 'Exports')")
+    return destination
+
+
+def _parse_destination(text: str) -> Destination:
     text = text.strip()
     if not text:
         raise ConfigError("the export destination is empty")
@@ -105,8 +118,12 @@ def open_destination(text: str) -> Destination:
         if not extra.get("container"):
             raise ConfigError("the export destination is a connection string without ';Container=NAME': "
                               "name the container to export to (e.g. UseDevelopmentStorage=true;Container=exports)")
+        connection_string = ";".join(rest) + ";"
+        # As the `storage` setting's is checked at load: a malformed one, or an AccountKey that is not base64,
+        # is one line naming the destination (not the SDK's "Incorrect padding" at the first request).
+        casts.connection_string("export destination", connection_string)
         return BlobDestination(container=_container(extra["container"]), prefix=_prefix(extra.get("prefix", "")),
-                               connection_string=";".join(rest) + ";")
+                               connection_string=connection_string)
     parts = urlsplit(text)
     segments = [s for s in parts.path.split("/") if s]
     host = parts.hostname or ""
@@ -147,6 +164,46 @@ def _prefix(prefix: str) -> str:
     it ('..', '.', '//'): the blobs would land elsewhere, even in another container."""
     prefix = prefix.strip().strip("/")
     return casts.prefix("export destination prefix", prefix) if prefix else ""
+
+
+def _same_place(destination: Destination, logs: Settings) -> bool:
+    """Whether `destination` is in the logs' container (same account endpoint, same container: any prefix), or,
+    for logs in a directory, in that directory. Compared as endpoints, never as the (secret) strings."""
+    storage = logs.require("storage")
+    if isinstance(destination, DirectoryDestination):
+        if logs.storage_kind != "directory":
+            return False
+        root, there = Path(storage).resolve(), destination.root.resolve()
+        return there == root or root in there.parents
+    if not isinstance(destination, BlobDestination) or logs.storage_kind == "directory":
+        return False
+    by_string = logs.storage_kind == "connection_string"
+    logs_url = _endpoint_url(storage if by_string else None, None if by_string else storage)
+    return (destination.container_name == logs.container
+            and _normalised(destination.endpoint_url()) == _normalised(logs_url))
+
+
+def _endpoint_url(connection_string: str | None, account_url: str | None) -> str:
+    """An account's blob endpoint URL: the account URL, or the one the SDK reads from a connection string."""
+    if connection_string is None:
+        return account_url or ""
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(connection_string)
+    url: str = client.url
+    client.close()
+    return url
+
+
+def _normalised(url: str) -> str:
+    """A blob endpoint as compared: lower-case host, explicit port, no query (a SAS), no trailing slash;
+    `localhost` as 127.0.0.1 (Azurite's two names)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    host = "127.0.0.1" if host == "localhost" else host
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{host}:{port}/{parts.path.strip('/')}"
 
 
 def _is_ip(host: str) -> bool:
@@ -250,8 +307,11 @@ class BlobDestination:
         self._container: Any = None
         self._credential: Any = None
         self._ready = False
-        where = account_url or "storage account"
-        self.description = f"{where.rstrip('/')}/{container}/{self.prefix}".rstrip("/")
+        self.description = f"{_public_url(self.endpoint_url())}/{container}/{self.prefix}".rstrip("/")
+
+    def endpoint_url(self) -> str:
+        """The account's blob endpoint URL, as the SDK reads it from the connection string (no request)."""
+        return _endpoint_url(self._connection_string, self._account_url)
 
     async def _client(self) -> Any:
         if self._container is None:

@@ -73,7 +73,7 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
         raise
     days = closed_days(now or datetime.now(UTC))
     try:
-        destination = open_destination(target)
+        destination = open_destination(target, settings)
     except ConfigError as exc:
         log.error("Scheduled export failed: BLOBWRITER_EXPORT_DESTINATION is not a destination: %s", exc)
         raise
