@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import gzip
 import io
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import uuid
 from collections import Counter
@@ -35,6 +37,7 @@ from blobwriter.config import Settings
 from blobwriter.query.destination import BlobDestination, DirectoryDestination, open_destination
 from tests.conftest import connection_string, free_port
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
+from tests.support.proxy import StorageProxy
 from tests.support.query import day_of, store_entries
 from tests.support.readback import cli_env, frames_in, run_cli
 
@@ -388,7 +391,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_staging(sample_store: tuple[Setti
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"blobwriter: error: writing {out}/.staging-")
     assert "File too large" in result.stderr and "Traceback" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [f"date={day}"]  # no staging, no marker
+    assert sorted(p.name for p in out.iterdir()) == ["_blobwriter", f"date={day}"]  # no staging,
+    assert [p.name for p in (out / "_blobwriter").iterdir()] == ["exporting"]  # no marker,
+    assert list((out / "_blobwriter" / "exporting").iterdir()) == []  # and the day's lock released
     assert (out / f"date={day}" / "part-0000.parquet").read_bytes() == b"the old partition"
 
 
@@ -575,3 +580,80 @@ def test_the_logs_own_container_is_refused(sample_store: tuple[Settings, list[di
         assert "is the logs' own directory" in result.stderr, result.stderr
     assert list((tmp_path / "store").iterdir()) == []
     export(local, str(tmp_path / "lake"), first=day, last=day)
+
+
+class HoldingProxy(StorageProxy):
+    """Forwards to Azurite, but holds each Put Block List (an export's swap) until `release` is set."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    async def _handle(self, request: Any) -> Any:
+        if request.method == "PUT" and request.query.get("comp") == "blocklist":
+            self.holding.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.05)
+        return await super()._handle(request)
+
+
+def test_a_second_export_of_the_same_day_fails_while_the_first_swaps(
+        sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str, azurite_upstream: str) -> None:
+    """Two exports of a day to one container raced: one's swap committed over the other's staged blocks, or
+    deleted its new parts as stale, so rows went missing (or the day's marker) until the next export. Now
+    the first holds a lease on the day's lock blob from staging to marker, and the second says so (exit 2)."""
+    settings, entries = sample_store
+    container = f"x{uuid.uuid4().hex[:20]}"
+    day = "2026-11-27"
+    expected = sorted(e["id"] for e in by_day(entries)[day])
+    proxy = HoldingProxy(azurite_upstream).start_in_thread()
+    try:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "blobwriter", "export", "--date", day, "--rows-per-file", "50",
+             "--out", f"{connection_string(proxy.url + '/' + ACCOUNT)}Container={container}"],
+            env=cli_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.holding.wait(120)  # the first is in its swap, its marker removed
+            second = export(settings, f"{connection_string(azurite)}Container={container}", first=day, last=day,
+                            code=2)
+            client = BlobServiceClient.from_connection_string(connection_string(azurite))
+            lock = client.get_blob_client(container, f"_blobwriter/exporting/{day}.lock").get_blob_properties().lease
+            assert (lock.state, lock.duration) == ("leased", "fixed")  # a crashed export's runs out
+        finally:
+            proxy.release.set()
+            _, first_err = first.communicate(timeout=120)
+    finally:
+        proxy.stop_thread()
+    assert first.returncode == 0, first_err
+    assert second.stderr == (f"blobwriter: error: another export of {day} to {azurite}/{container} is running (it "
+                             f"holds the lease on _blobwriter/exporting/{day}.lock): try again when it has finished "
+                             "(one that stopped without finishing lets go of it within 60 s)\n")
+    names = _list(client, container)
+    assert names == sorted([f"_blobwriter/exported/{day}.json",
+                            *(f"date={day}/part-{i:04d}.parquet" for i in range(-(-len(expected) // 50)))])
+    rows = [row for name in names if name.endswith(".parquet")
+            for row in pq.read_table(io.BytesIO(client.get_blob_client(container, name).download_blob().readall()))
+            .column("id").to_pylist()]
+    assert sorted(rows) == expected  # each row exactly once
+    export(settings, f"{connection_string(azurite)}Container={container}", first=day, last=day)  # the lock is gone
+
+
+def test_a_directory_export_is_refused_while_another_process_holds_the_day(
+        sample_store: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    settings, entries = sample_store
+    day = "2026-11-27"
+    lock = tmp_path / "lake" / "_blobwriter" / "exporting" / f"{day}.lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:  # what a running export holds (its PID inside)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        result = export(settings, str(tmp_path / "lake"), first=day, last=day, code=2)
+    assert result.stderr == (f"blobwriter: error: another export of {day} to {tmp_path / 'lake'} is running (process "
+                             f"4242 holds {lock}): try again when it has finished\n")
+    assert not (tmp_path / "lake" / f"date={day}").exists()
+    export(settings, str(tmp_path / "lake"), first=day, last=day)  # released: exported, and no lock left behind
+    assert sorted(pq.read_table(tmp_path / "lake" / f"date={day}").column("id").to_pylist()) == sorted(
+        e["id"] for e in by_day(entries)[day])
+    assert list(lock.parent.iterdir()) == []

@@ -218,3 +218,26 @@ async def test_the_logs_own_container_is_refused(function_app: Callable[..., Mod
         await handler(timer_request())
     client = BlobServiceClient.from_connection_string(connection_string(azurite))
     assert not client.get_container_client(container).exists()  # nothing made: not even the logs' container
+
+
+async def test_a_day_another_export_is_writing_is_left_to_the_next_run(
+        make_settings: Callable[..., Settings], azurite: str, caplog: pytest.LogCaptureFixture) -> None:
+    """While another export of a day holds its lock (a `blobwriter export` of it, or an overlapping run), the
+    scheduled run does not race it: it warns, exports the other days, and the next run exports that one."""
+    exports = f"x{uuid.uuid4().hex[:20]}"
+    settings = make_settings(export_destination=f"{connection_string(azurite)}Container={exports}")
+    days, now = ["2026-11-24", "2026-11-25"], datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    await store_entries(settings, [{"id": f"{d}-{i}", "timestamp": f"{d}T10:00:00Z"} for d in days for i in range(5)])
+    client = BlobServiceClient.from_connection_string(connection_string(azurite)).get_container_client(exports)
+    client.create_container()
+    lock = client.get_blob_client(f"_blobwriter/exporting/{days[1]}.lock")
+    lock.upload_blob(b"")
+    lease = lock.acquire_lease(60)  # what the other export holds
+    with caplog.at_level(logging.WARNING, logger="blobwriter.export"):
+        run = await run_scheduled_export(settings, now)
+    assert (run.exported, run.busy) == ({days[0]: 5}, [days[1]])
+    assert any(r.getMessage().startswith(f"Not exporting {days[1]} now: another export of {days[1]} to ")
+               for r in caplog.records)
+    assert not client.get_blob_client(f"date={days[1]}/part-0000.parquet").exists()
+    lease.release()
+    assert (await run_scheduled_export(settings, now)).exported == {days[1]: 5}

@@ -19,6 +19,7 @@ import datetime as dt
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -27,7 +28,7 @@ import orjson
 
 from .. import __version__
 from ..store import _os_errors
-from .destination import Destination, Partition
+from .destination import DayLock, Destination, Partition
 from .source import RangeSource
 from .table import MAX_STRUCT_FIELDS, Conversion, Schema, abatches_of, arrow
 
@@ -108,52 +109,58 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
         source.progress.note("pass 2 of 2: writing")
     partition: Partition | None = None
     writer: _PartWriter | None = None
-    try:
-        async for batch in abatches_of(source.lines([day])):
-            if partition is None:
-                partition = await destination.partition(partition_name(day))
-            start = 0
-            while start < len(batch):
-                if writer is None:
-                    name = part_name(len(result.files), fmt)
-                    writer = _PartWriter(partition.path(name), fmt, conversion, result.renamed)
-                    result.files.append(name)
-                piece = batch[start:start + rows_per_file - writer.rows]
-                writer.write(piece)
-                start += len(piece)
-                result.entries += len(piece)
-                if writer.rows >= rows_per_file:
-                    result.bytes += writer.close()
-                    await partition.add(writer.path.name)
-                    writer = None
-        if writer is not None:
-            assert partition is not None
-            result.bytes += writer.close()
-            await partition.add(writer.path.name)
-            writer = None
-        if partition is not None:
-            await destination.remove_marker(day)  # a swap cut short must not pass for the old, whole export
-            await partition.commit()
-    except BaseException:
+    async with AsyncExitStack() as locked:
+        lock: DayLock | None = None
         try:
+            async for batch in abatches_of(source.lines([day])):
+                if partition is None:
+                    # From staging to the marker: another export of the day would swap in meanwhile (ExportBusy).
+                    lock = await locked.enter_async_context(destination.lock(day))
+                    partition = await destination.partition(partition_name(day))
+                start = 0
+                while start < len(batch):
+                    if writer is None:
+                        name = part_name(len(result.files), fmt)
+                        writer = _PartWriter(partition.path(name), fmt, conversion, result.renamed)
+                        result.files.append(name)
+                    piece = batch[start:start + rows_per_file - writer.rows]
+                    writer.write(piece)
+                    start += len(piece)
+                    result.entries += len(piece)
+                    if writer.rows >= rows_per_file:
+                        result.bytes += writer.close()
+                        await partition.add(writer.path.name)
+                        writer = None
             if writer is not None:
-                writer.discard()
-        finally:
+                assert partition is not None
+                result.bytes += writer.close()
+                await partition.add(writer.path.name)
+                writer = None
             if partition is not None:
-                await partition.abort()
-        raise
-    if conversion is not None:
-        result.misfits, result.unknown = conversion.misfits, conversion.unknown
-    result.damaged_frames = len(source.problems) - problems_before
-    if result.written:
-        # The marker says whether the partition is incomplete: whoever reads the lake, and the scheduled
-        # export, can tell a day with damaged frames skipped from a whole one. `sources` (each of the day's
-        # blobs and its size when the export began) tells the scheduled export whether the day changed since.
-        marker = {"date": day, "format": fmt, "entries": result.entries, "damaged_frames": result.damaged_frames,
-                  "files": result.files, "bytes": result.bytes,
-                  "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                  "blobwriter": __version__, "sources": sources}
-        await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+                assert lock is not None
+                await lock.check()  # still ours: no other export of the day has swapped in since
+                await destination.remove_marker(day)  # a swap cut short must not pass for the old, whole export
+                await partition.commit()
+        except BaseException:
+            try:
+                if writer is not None:
+                    writer.discard()
+            finally:
+                if partition is not None:
+                    await partition.abort()
+            raise
+        if conversion is not None:
+            result.misfits, result.unknown = conversion.misfits, conversion.unknown
+        result.damaged_frames = len(source.problems) - problems_before
+        if result.written:
+            # The marker says whether the partition is incomplete: whoever reads the lake, and the scheduled
+            # export, can tell a day with damaged frames skipped from a whole one. `sources` (each of the day's
+            # blobs and its size when the export began) tells the scheduled export whether the day changed since.
+            marker = {"date": day, "format": fmt, "entries": result.entries, "damaged_frames": result.damaged_frames,
+                      "files": result.files, "bytes": result.bytes,
+                      "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      "blobwriter": __version__, "sources": sources}
+            await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
     return result
 
 
