@@ -24,6 +24,7 @@ from blobwriter.config import Settings
 from blobwriter.errors import ConfigError
 from blobwriter.query import MissingExtraError
 from blobwriter.query.schedule import LOOKBACK_DAYS, SCHEDULE, closed_days, run_scheduled_export
+from blobwriter.query.source import RangeSource
 from tests.conftest import connection_string
 from tests.support.query import store_entries
 from tests.support.readback import frames_in
@@ -241,3 +242,29 @@ async def test_a_day_another_export_is_writing_is_left_to_the_next_run(
     assert not client.get_blob_client(f"date={days[1]}/part-0000.parquet").exists()
     lease.release()
     assert (await run_scheduled_export(settings, now)).exported == {days[1]: 5}
+
+
+async def test_a_changed_day_is_listed_once(make_settings: Callable[..., Settings], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day with a marker was listed to compare with it, then again by the export to record its blobs:
+    the first listing is the one recorded now, so a run lists each day's blobs once."""
+    settings = make_settings(export_destination=str(tmp_path / "lake"))
+    day, now = "2026-11-25", datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    await store_entries(settings, [{"id": f"c{i}", "timestamp": f"{day}T10:00:00Z"} for i in range(5)])
+    listed: list[str] = []
+    real_sizes = RangeSource.sizes
+
+    async def sizes(self: RangeSource, listed_day: str) -> dict[str, int]:
+        listed.append(listed_day)
+        return await real_sizes(self, listed_day)
+
+    monkeypatch.setattr(RangeSource, "sizes", sizes)
+    assert (await run_scheduled_export(settings, now)).exported == {day: 5}
+    assert listed.count(day) == 1
+    await store_entries(settings, [{"id": "late", "timestamp": f"{day}T23:00:00Z"}])
+    listed.clear()
+    run = await run_scheduled_export(settings, now)
+    assert (run.again, run.exported) == ([day], {day: 6})
+    assert listed.count(day) == 1
+    marker = json.loads((tmp_path / "lake" / "_blobwriter" / "exported" / f"{day}.json").read_bytes())
+    assert marker["sources"] == await real_sizes(RangeSource(settings, [day]), day)  # what was listed is recorded

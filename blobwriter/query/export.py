@@ -84,15 +84,17 @@ def part_name(index: int, fmt: str) -> str:
 
 
 async def export_day(source: RangeSource, destination: Destination, day: str, fmt: str, *,
-                     rows_per_file: int = ROWS_PER_FILE) -> DayExport:
+                     rows_per_file: int = ROWS_PER_FILE, sources: dict[str, int] | None = None) -> DayExport:
     """Replace `day`'s partition at the destination with the day's entries; a day without entries
-    leaves the destination as it is (nothing to replace it with)."""
+    leaves the destination as it is (nothing to replace it with). `sources`: the day's blobs and their
+    sizes (source.sizes) if the caller has just listed them, as the scheduled export has."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (allowed: {', '.join(FORMATS)})")
     result = DayExport(day)
     problems_before = len(source.problems)
     # Listed before reading: whatever is appended meanwhile makes the next scheduled run see a change.
-    sources = await source.sizes(day)
+    if sources is None:
+        sources = await source.sizes(day)
     conversion: Conversion | None = None
     if fmt == "parquet":
         arrow()

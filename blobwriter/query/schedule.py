@@ -85,6 +85,7 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
     try:
         for day in days:
             marker = await destination.read_marker(day)
+            now_stored: dict[str, int] | None = None  # listed once: the export records this listing
             if marker is not None:
                 recorded = _sources(marker)
                 now_stored = await source.sizes(day)
@@ -99,7 +100,7 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
                 log.info("Exporting %s again: its blobs changed since it was exported (entries written for it "
                          "late)", day)
             try:
-                result = await export_day(source, destination, day, FORMAT)
+                result = await export_day(source, destination, day, FORMAT, sources=now_stored)
             except ExportBusy as exc:  # a `blobwriter export` of the day, or a run that overlaps this one
                 done.busy.append(day)
                 log.warning("Not exporting %s now: %s; the next run looks at it again", day, exc)
