@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import gzip
 import io
@@ -15,7 +14,6 @@ import struct
 import subprocess
 import sys
 import termios
-import threading
 import time
 import uuid
 from collections import Counter
@@ -37,7 +35,7 @@ from blobwriter.config import Settings
 from blobwriter.query.destination import BlobDestination, DirectoryDestination, open_destination
 from tests.conftest import connection_string, free_port
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
-from tests.support.proxy import StorageProxy
+from tests.support.proxy import HoldingProxy
 from tests.support.query import day_of, store_entries
 from tests.support.readback import cli_env, frames_in, run_cli
 
@@ -582,20 +580,9 @@ def test_the_logs_own_container_is_refused(sample_store: tuple[Settings, list[di
     export(local, str(tmp_path / "lake"), first=day, last=day)
 
 
-class HoldingProxy(StorageProxy):
-    """Forwards to Azurite, but holds each Put Block List (an export's swap) until `release` is set."""
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(upstream)
-        self.holding = threading.Event()
-        self.release = threading.Event()
-
-    async def _handle(self, request: Any) -> Any:
-        if request.method == "PUT" and request.query.get("comp") == "blocklist":
-            self.holding.set()
-            while not self.release.is_set():
-                await asyncio.sleep(0.05)
-        return await super()._handle(request)
+def is_commit(request: Any) -> bool:
+    """A Put Block List: an export's swap."""
+    return bool(request.method == "PUT" and request.query.get("comp") == "blocklist")
 
 
 def test_a_second_export_of_the_same_day_fails_while_the_first_swaps(
@@ -607,7 +594,7 @@ def test_a_second_export_of_the_same_day_fails_while_the_first_swaps(
     container = f"x{uuid.uuid4().hex[:20]}"
     day = "2026-11-27"
     expected = sorted(e["id"] for e in by_day(entries)[day])
-    proxy = HoldingProxy(azurite_upstream).start_in_thread()
+    proxy = HoldingProxy(azurite_upstream, is_commit).start_in_thread()
     try:
         first = subprocess.Popen(
             [sys.executable, "-m", "blobwriter", "export", "--date", day, "--rows-per-file", "50",
@@ -657,3 +644,70 @@ def test_a_directory_export_is_refused_while_another_process_holds_the_day(
     assert sorted(pq.read_table(tmp_path / "lake" / f"date={day}").column("id").to_pylist()) == sorted(
         e["id"] for e in by_day(entries)[day])
     assert list(lock.parent.iterdir()) == []
+
+
+def interrupt(args: list[str], env: dict[str, str], proxy: HoldingProxy) -> subprocess.CompletedProcess[str]:
+    """Run `python -m blobwriter ARGS`, send it SIGINT (Ctrl-C) while `proxy` holds one of its requests, then
+    let the proxy go on."""
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", *args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.holding.wait(120), process.communicate(timeout=120)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        proxy.release.set()
+        if process.poll() is None:
+            process.kill()
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def is_get_of(day: str) -> Callable[[Any], bool]:
+    """A read of one of `day`'s log blobs."""
+    return lambda request: bool(request.method == "GET" and f"/{day}/" in request.path)
+
+
+@pytest.mark.parametrize("stage", ["reading", "swapping"])
+def test_ctrl_c_says_what_the_export_left(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,
+                                          azurite_upstream: str, stage: str) -> None:
+    """Ctrl-C stopped an export with exit 130 and nothing said: was the day's partition the old one, half
+    swapped, or the new one? Now one line says it, true to where the export was."""
+    settings, entries = sample_store
+    container = f"x{uuid.uuid4().hex[:20]}"
+    out = f"{connection_string(azurite)}Container={container}"
+    first, day = "2026-11-25", "2026-11-26"
+    export(settings, out, first=first, last=day)  # the partitions an interrupted re-export finds
+    client = BlobServiceClient.from_connection_string(connection_string(azurite)).get_container_client(container)
+    before = {b.name: b.etag for b in client.list_blobs()}
+    env = cli_env(settings)
+    if stage == "reading":  # the second day's logs, read through the proxy, are held
+        proxy = HoldingProxy(azurite_upstream, is_get_of(day)).start_in_thread()
+        env["BLOBWRITER_STORAGE"] = connection_string(f"{proxy.url}/{ACCOUNT}")
+    else:  # the second day's swap, at the destination through the proxy, is held
+        proxy = HoldingProxy(azurite_upstream,
+                             lambda r: is_commit(r) and f"/date={day}/" in r.path).start_in_thread()
+        out = f"{connection_string(f'{proxy.url}/{ACCOUNT}')}Container={container}"
+    try:
+        result = interrupt(["export", "--date", first, "--until", day, "--out", out, "--rows-per-file", "100"], env,
+                           proxy)
+    finally:
+        proxy.stop_thread()
+    assert result.returncode == 130, result.stderr
+    last = result.stderr.splitlines()[-1]
+    after = {b.name: b.etag for b in client.list_blobs()}
+    parts = -(-len(by_day(entries)[first]) // 100)  # the first day was exported again, whole
+    assert sorted(b for b in after if b.startswith(f"date={first}/")) == [
+        f"date={first}/part-{i:04d}.parquet" for i in range(parts)]
+    if stage == "reading":
+        assert last == f"blobwriter: interrupted; {first} exported; the day being exported, {day}, was left as it was"
+        assert {k: v for k, v in after.items() if day in k} == {k: v for k, v in before.items() if day in k}
+    else:
+        assert last == (f"blobwriter: interrupted; {first} exported; {day} was being swapped in: its marker is "
+                        f"removed (not claimed complete), so export {day} again")
+        assert f"_blobwriter/exported/{day}.json" not in after
+    # The day's lock went with the export: it can be exported again at once, and then it is whole.
+    export(settings, f"{connection_string(azurite)}Container={container}", first=day, last=day)
+    rows = [row for name in (b.name for b in client.list_blobs()) if name.startswith(f"date={day}/")
+            for row in pq.read_table(io.BytesIO(client.get_blob_client(name).download_blob().readall()))
+            .column("id").to_pylist()]
+    assert sorted(rows) == sorted(e["id"] for e in by_day(entries)[day])

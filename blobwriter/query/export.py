@@ -53,6 +53,9 @@ class DayExport:
     damaged_frames: int = 0  # skipped: their entries are missing from the partition
     too_wide: bool = False  # more distinct top-level fields than table.MAX_STRUCT_FIELDS: entry_json only
     renamed: dict[str, str] = field(default_factory=dict)  # field -> its column (it had the partition key's name)
+    # How far it went, for what Ctrl-C leaves: "reading" (the destination as it was), "swapping" (the day's marker
+    # removed, its partition being replaced), "done".
+    stage: str = "reading"
 
     @property
     def written(self) -> bool:
@@ -84,13 +87,15 @@ def part_name(index: int, fmt: str) -> str:
 
 
 async def export_day(source: RangeSource, destination: Destination, day: str, fmt: str, *,
-                     rows_per_file: int = ROWS_PER_FILE, sources: dict[str, int] | None = None) -> DayExport:
+                     rows_per_file: int = ROWS_PER_FILE, sources: dict[str, int] | None = None,
+                     result: DayExport | None = None) -> DayExport:
     """Replace `day`'s partition at the destination with the day's entries; a day without entries
     leaves the destination as it is (nothing to replace it with). `sources`: the day's blobs and their
-    sizes (source.sizes) if the caller has just listed them, as the scheduled export has."""
+    sizes (source.sizes) if the caller has just listed them, as the scheduled export has. `result`: the
+    DayExport to fill in (the caller's, to see how far an interrupted export went)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (allowed: {', '.join(FORMATS)})")
-    result = DayExport(day)
+    result = result or DayExport(day)
     problems_before = len(source.problems)
     # Listed before reading: whatever is appended meanwhile makes the next scheduled run see a change.
     if sources is None:
@@ -104,6 +109,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             schema.observe(batch)
         if schema.entries == 0:
             source.record_last()  # no second pass: this one's damage (or unknown keys) is the day's
+            result.stage = "done"
             return result
         conversion = Conversion(schema.arrow_schema(raw=True), raw=True)
         result.too_wide = schema.too_wide
@@ -141,6 +147,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             if partition is not None:
                 assert lock is not None
                 await lock.check()  # still ours: no other export of the day has swapped in since
+                result.stage = "swapping"
                 await destination.remove_marker(day)  # a swap cut short must not pass for the old, whole export
                 await partition.commit()
         except BaseException:
@@ -163,21 +170,24 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
                       "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                       "blobwriter": __version__, "sources": sources}
             await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+    result.stage = "done"
     return result
 
 
 async def export_range(source: RangeSource, destination: Destination, fmt: str, *,
-                       rows_per_file: int = ROWS_PER_FILE, log: IO[str] | None = None) -> list[DayExport]:
-    """Export every day of the source's range, one partition per day; a line per day on `log`."""
+                       rows_per_file: int = ROWS_PER_FILE, log: IO[str] | None = None,
+                       done: list[DayExport] | None = None) -> list[DayExport]:
+    """Export every day of the source's range, one partition per day; a line per day on `log`. Each day's
+    DayExport is added to `done` as the day starts (the caller's list: how far an interrupted export went)."""
     log = log or sys.stderr
-    done = []
+    done = [] if done is None else done
 
     def say(line: str) -> None:
         source.progress.write(line, log)
 
     for day in source.dates:
-        result = await export_day(source, destination, day, fmt, rows_per_file=rows_per_file)
-        done.append(result)
+        done.append(DayExport(day))
+        result = await export_day(source, destination, day, fmt, rows_per_file=rows_per_file, result=done[-1])
         if result.written:
             where = f"{destination.description.rstrip('/')}/{partition_name(day)}"
             say(f"{day}: {result.entries:,} {'entry' if result.entries == 1 else 'entries'} -> {where} "
@@ -198,6 +208,23 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
                 fields = ", ".join(f"{path} ({n})" for path, n in counts.most_common(5))
                 say(f"{day}: note: values of {fields} {what}")
     return done
+
+
+def interrupted(done: Sequence[DayExport]) -> str:
+    """What an export stopped by Ctrl-C left, from its days' DayExports (export_range's `done`)."""
+    finished = [d.day for d in done if d.stage == "done"]
+    said = []
+    if finished:
+        said.append(f"{finished[0]} exported" if len(finished) == 1 else f"{finished[0]} to {finished[-1]} exported")
+    current = done[-1] if done and done[-1].stage != "done" else None
+    if current is None:
+        said.append("no day was being exported" if finished else "nothing was exported")
+    elif current.stage == "swapping":
+        said.append(f"{current.day} was being swapped in: its marker is removed (not claimed complete), so export "
+                    f"{current.day} again")
+    else:
+        said.append(f"the day being exported, {current.day}, was left as it was")
+    return "; ".join(said)
 
 
 class _PartWriter:
