@@ -54,7 +54,7 @@ def _export_settings() -> Settings | None:
     from blobwriter.query.destination import open_destination
 
     try:
-        open_destination(settings.export_destination)  # parsed only: no request, no optional package
+        open_destination(settings.export_destination, settings)  # parsed only: no request, no optional package
     except ConfigError as exc:  # said now, not first at the next :15; each run fails (and logs) until fixed
         logging.getLogger("blobwriter.export").error(
             "BLOBWRITER_EXPORT_DESTINATION is not a destination; every scheduled export will fail: %s", exc)

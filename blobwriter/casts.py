@@ -111,7 +111,7 @@ def storage(name: str, value: Any) -> str:
             "'AccountName=...;AccountKey=...' (the value is not shown)."
         )
     if storage_kind(text) == "connection_string":
-        _check_connection_string(name, text)
+        connection_string(name, text)
     elif storage_kind(text) == "account_url":
         _check_account_url(name, text)
     return text
@@ -138,9 +138,10 @@ def _check_account_url(name: str, text: str) -> None:
             "AccountKey=...;BlobEndpoint=...').")
 
 
-def _check_connection_string(name: str, text: str) -> None:
-    """Parsed now, as the SDK will parse it (no request is made): a malformed one is a ConfigError at
-    load, not a ValueError from the first append (which, under Functions, is a 500 on every route)."""
+def connection_string(name: str, text: str) -> None:
+    """A connection string (the `storage` setting's, an export destination's) parsed now, as the SDK will
+    parse it (no request is made): a malformed one is a ConfigError at load, not a ValueError from the first
+    append (which, under Functions, is a 500 on every route)."""
     from azure.storage.blob import BlobServiceClient
 
     try:

@@ -107,13 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not settings.keys:
             settings.require("encryption_key")
         dates = date_range(args.date, args.until)
-        return asyncio.run(_read(settings, dates, verify=args.command == "verify",
-                                 as_json=getattr(args, "json", False)))
+        try:
+            return asyncio.run(_read(settings, dates, verify=args.command == "verify",
+                                     as_json=getattr(args, "json", False)))
+        except KeyboardInterrupt:
+            return query_cli.Interrupted(
+                "the range was not verified to its end: no verdict" if args.command == "verify"
+                else "the entries printed are only part of the range").say()
     except (BlobwriterError, ValueError) as exc:
         print(f"blobwriter: error: {printable(str(exc), lines=True)}", file=sys.stderr)  # DuckDB's errors quote entries
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return query_cli.EXIT_INTERRUPTED
 
 
 async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: bool) -> int:

@@ -18,9 +18,12 @@ import orjson
 import pytest
 
 from blobwriter.config import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, connection_string
+from tests.support.azurite import ACCOUNT
+from tests.support.proxy import HoldingProxy
 from tests.support.query import store_entries
 from tests.support.readback import cli_env, run_cli
+from tests.test_query_export import interrupt, is_get_of
 
 DAY = "2026-11-26"
 
@@ -135,3 +138,25 @@ def test_rows_per_file_is_a_positive_number_in_ascii_digits(rows: str) -> None:
     result = run_cli("export", "--date", DAY, "--format", "jsonl", "--out", "unused", "--rows-per-file", rows)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "argument --rows-per-file" in result.stderr and "positive number of rows" in result.stderr
+
+
+@pytest.mark.parametrize("args, note", [
+    (["read", "--date", DAY], "the entries printed are only part of the range"),
+    (["verify", "--date", DAY], "the range was not verified to its end: no verdict"),
+    (["stats", "--date", DAY], "nothing was printed"),
+    (["sql", "--date", DAY, "SELECT count(*) FROM logs"], "the answer is incomplete (any rows printed are only "
+                                                          "part of it)"),
+])
+def test_ctrl_c_is_one_line_and_exit_130(sample_store: tuple[Settings, list[dict[str, Any]]], azurite_upstream: str,
+                                         args: list[str], note: str) -> None:
+    """Ctrl-C ended these with exit 130 and not a word; now one line says what was left (the export's own
+    are in test_query_export)."""
+    settings, _ = sample_store
+    proxy = HoldingProxy(azurite_upstream, is_get_of(DAY)).start_in_thread()
+    try:
+        result = interrupt(args, cli_env(settings, BLOBWRITER_STORAGE=connection_string(f"{proxy.url}/{ACCOUNT}")),
+                           proxy)
+    finally:
+        proxy.stop_thread()
+    assert (result.returncode, result.stderr.splitlines()[-1:]) == (130, [f"blobwriter: interrupted; {note}"])
+    assert "Traceback" not in result.stderr and result.stdout == ""

@@ -35,6 +35,7 @@ from blobwriter.config import Settings
 from blobwriter.query.destination import BlobDestination, DirectoryDestination, open_destination
 from tests.conftest import connection_string, free_port
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
+from tests.support.proxy import HoldingProxy
 from tests.support.query import day_of, store_entries
 from tests.support.readback import cli_env, frames_in, run_cli
 
@@ -315,10 +316,10 @@ def test_destination_forms() -> None:
     assert isinstance(emulator, BlobDestination)
     assert (emulator.container_name, emulator.prefix, emulator._account_url, emulator._sas) == (
         "exports", "", "http://127.0.0.1:10000/devstoreaccount1", "sv=1&sig=x")
-    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;Container=exp;Prefix=/p/")
+    string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=a2V5;Container=exp;Prefix=/p/")
     assert isinstance(string, BlobDestination)
     assert (string.container_name, string.prefix) == ("exp", "p/")
-    assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;"
+    assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=a2V5;"
 
 
 def nested(depth: int) -> Any:
@@ -388,7 +389,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_staging(sample_store: tuple[Setti
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"blobwriter: error: writing {out}/.staging-")
     assert "File too large" in result.stderr and "Traceback" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [f"date={day}"]  # no staging, no marker
+    assert sorted(p.name for p in out.iterdir()) == ["_blobwriter", f"date={day}"]  # no staging,
+    assert [p.name for p in (out / "_blobwriter").iterdir()] == ["exporting"]  # no marker,
+    assert list((out / "_blobwriter" / "exporting").iterdir()) == []  # and the day's lock released
     assert (out / f"date={day}" / "part-0000.parquet").read_bytes() == b"the old partition"
 
 
@@ -524,3 +527,187 @@ async def test_id_field_drops_a_retry_across_midnight_as_read_does(make_settings
                      "ORDER BY ALL").fetchall()
     assert got == [("2026-11-24", "x"), ("2026-11-24", "y"), ("2026-11-25", "z")]
     assert sorted(orjson.loads(line)["id"] for line in read.stdout.splitlines()) == ["x", "y", "z"]
+
+
+async def test_an_account_key_that_is_not_base64_is_one_line_naming_the_destination(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """An --out whose AccountKey is not base64 failed with the SDK's bare "Incorrect padding"; the
+    `storage` setting's check says it at load, and the destination's now says the same, key unshown."""
+    settings = make_settings(storage=str(tmp_path / "store"))
+    await store_entries(settings, [{"id": "k1", "timestamp": "2026-11-25T10:00:00Z"}])
+    key = "not-base64"  # the SDK failed to decode it at the first request: "Incorrect padding"
+    bad = f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};BlobEndpoint=http://127.0.0.1:1/x;"
+    env = cli_env(settings)
+    export = run_cli("export", "--date", "2026-11-25", "--out", bad + "Container=exports", env=env, cwd=str(tmp_path))
+    storage = run_cli("read", "--date", "2026-11-25", env={**env, "BLOBWRITER_STORAGE": bad}, cwd=str(tmp_path))
+    for result, name in ((export, "export destination"), (storage, "storage")):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr == (f"blobwriter: error: Config '{name}' has an AccountKey that is not base64 (the value "
+                                 "is not shown): copy the storage account's access key whole (it ends in '==').\n")
+        assert key not in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "store"]
+
+
+def test_the_logs_own_container_is_refused(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,
+                                           tmp_path: Path) -> None:
+    """DEPLOY.md says never to export into the logs container (plaintext beside the encrypted logs, under
+    the same RBAC), and nothing refused it: same account endpoint and container, however either is written."""
+    settings, _ = sample_store
+    logs = settings.container
+    client = BlobServiceClient.from_connection_string(connection_string(azurite))
+    before = _list(client, logs)
+    sas = generate_container_sas(ACCOUNT, logs, account_key=ACCOUNT_KEY,
+                                 permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    port = azurite.rsplit(":", 1)[1].split("/")[0]
+    day = "2026-11-25"
+    for out in (f"{connection_string(azurite)}Container={logs}",
+                f"{connection_string(azurite)}Container={logs};Prefix=plain/text",
+                f"{azurite}/{logs}/plain?{sas}",
+                f"http://LOCALHOST:{port}/{ACCOUNT}/{logs}/?{sas}"):
+        result = export(settings, out, first=day, last=day, code=2)
+        assert result.stderr.startswith("blobwriter: error: the export destination "), result.stderr
+        assert f"/{logs}" in result.stderr and "is the logs' own container" in result.stderr, result.stderr
+        assert "sig=" not in result.stderr and ACCOUNT_KEY not in result.stderr
+    assert _list(client, logs) == before
+    # Another container of the same account is fine (the test above), and so is a directory beside the logs' one.
+    local = Settings.from_values({"storage": str(tmp_path / "store"), "encryption_key": keygen()})
+    (tmp_path / "store").mkdir()
+    for out in (tmp_path / "store", tmp_path / "store" / "lake", tmp_path / "lake" / ".." / "store"):
+        result = export(local, str(out), first=day, last=day, code=2)
+        assert "is the logs' own directory" in result.stderr, result.stderr
+    assert list((tmp_path / "store").iterdir()) == []
+    export(local, str(tmp_path / "lake"), first=day, last=day)
+
+
+def is_commit(request: Any) -> bool:
+    """A Put Block List: an export's swap."""
+    return bool(request.method == "PUT" and request.query.get("comp") == "blocklist")
+
+
+def test_a_second_export_of_the_same_day_fails_while_the_first_swaps(
+        sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str, azurite_upstream: str) -> None:
+    """Two exports of a day to one container raced: one's swap committed over the other's staged blocks, or
+    deleted its new parts as stale, so rows went missing (or the day's marker) until the next export. Now
+    the first holds a lease on the day's lock blob from staging to marker, and the second says so (exit 2)."""
+    settings, entries = sample_store
+    container = f"x{uuid.uuid4().hex[:20]}"
+    day = "2026-11-27"
+    expected = sorted(e["id"] for e in by_day(entries)[day])
+    proxy = HoldingProxy(azurite_upstream, is_commit).start_in_thread()
+    try:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "blobwriter", "export", "--date", day, "--rows-per-file", "50",
+             "--out", f"{connection_string(proxy.url + '/' + ACCOUNT)}Container={container}"],
+            env=cli_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.holding.wait(120)  # the first is in its swap, its marker removed
+            second = export(settings, f"{connection_string(azurite)}Container={container}", first=day, last=day,
+                            code=2)
+            client = BlobServiceClient.from_connection_string(connection_string(azurite))
+            lock = client.get_blob_client(container, f"_blobwriter/exporting/{day}.lock").get_blob_properties().lease
+            assert (lock.state, lock.duration) == ("leased", "fixed")  # a crashed export's runs out
+        finally:
+            proxy.release.set()
+            _, first_err = first.communicate(timeout=120)
+    finally:
+        proxy.stop_thread()
+    assert first.returncode == 0, first_err
+    assert second.stderr == (f"blobwriter: error: another export of {day} to {azurite}/{container} is running (it "
+                             f"holds the lease on _blobwriter/exporting/{day}.lock): try again when it has finished "
+                             "(one that stopped without finishing lets go of it within 60 s)\n")
+    names = _list(client, container)
+    assert names == sorted([f"_blobwriter/exported/{day}.json",
+                            *(f"date={day}/part-{i:04d}.parquet" for i in range(-(-len(expected) // 50)))])
+    rows = [row for name in names if name.endswith(".parquet")
+            for row in pq.read_table(io.BytesIO(client.get_blob_client(container, name).download_blob().readall()))
+            .column("id").to_pylist()]
+    assert sorted(rows) == expected  # each row exactly once
+    export(settings, f"{connection_string(azurite)}Container={container}", first=day, last=day)  # the lock is gone
+
+
+def test_a_directory_export_is_refused_while_another_process_holds_the_day(
+        sample_store: tuple[Settings, list[dict[str, Any]]], tmp_path: Path) -> None:
+    settings, entries = sample_store
+    day = "2026-11-27"
+    lock = tmp_path / "lake" / "_blobwriter" / "exporting" / f"{day}.lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:  # what a running export holds (its PID inside)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        result = export(settings, str(tmp_path / "lake"), first=day, last=day, code=2)
+    assert result.stderr == (f"blobwriter: error: another export of {day} to {tmp_path / 'lake'} is running (process "
+                             f"4242 holds {lock}): try again when it has finished\n")
+    assert not (tmp_path / "lake" / f"date={day}").exists()
+    export(settings, str(tmp_path / "lake"), first=day, last=day)  # released: exported, and no lock left behind
+    assert sorted(pq.read_table(tmp_path / "lake" / f"date={day}").column("id").to_pylist()) == sorted(
+        e["id"] for e in by_day(entries)[day])
+    assert list(lock.parent.iterdir()) == []
+
+
+def interrupt(args: list[str], env: dict[str, str], proxy: HoldingProxy) -> subprocess.CompletedProcess[str]:
+    """Run `python -m blobwriter ARGS`, send it SIGINT (Ctrl-C) while `proxy` holds one of its requests, then
+    let the proxy go on."""
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", *args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.holding.wait(120), process.communicate(timeout=120)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        proxy.release.set()
+        if process.poll() is None:
+            process.kill()
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def is_get_of(day: str) -> Callable[[Any], bool]:
+    """A read of one of `day`'s log blobs."""
+    return lambda request: bool(request.method == "GET" and f"/{day}/" in request.path)
+
+
+@pytest.mark.parametrize("stage", ["reading", "swapping"])
+def test_ctrl_c_says_what_the_export_left(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,
+                                          azurite_upstream: str, stage: str) -> None:
+    """Ctrl-C stopped an export with exit 130 and nothing said: was the day's partition the old one, half
+    swapped, or the new one? Now one line says it, true to where the export was."""
+    settings, entries = sample_store
+    container = f"x{uuid.uuid4().hex[:20]}"
+    out = f"{connection_string(azurite)}Container={container}"
+    first, day = "2026-11-25", "2026-11-26"
+    export(settings, out, first=first, last=day)  # the partitions an interrupted re-export finds
+    client = BlobServiceClient.from_connection_string(connection_string(azurite)).get_container_client(container)
+    before = {b.name: b.etag for b in client.list_blobs()}
+    env = cli_env(settings)
+    if stage == "reading":  # the second day's logs, read through the proxy, are held
+        proxy = HoldingProxy(azurite_upstream, is_get_of(day)).start_in_thread()
+        env["BLOBWRITER_STORAGE"] = connection_string(f"{proxy.url}/{ACCOUNT}")
+    else:  # the second day's swap, at the destination through the proxy, is held
+        proxy = HoldingProxy(azurite_upstream,
+                             lambda r: is_commit(r) and f"/date={day}/" in r.path).start_in_thread()
+        out = f"{connection_string(f'{proxy.url}/{ACCOUNT}')}Container={container}"
+    try:
+        result = interrupt(["export", "--date", first, "--until", day, "--out", out, "--rows-per-file", "100"], env,
+                           proxy)
+    finally:
+        proxy.stop_thread()
+    assert result.returncode == 130, result.stderr
+    last = result.stderr.splitlines()[-1]
+    after = {b.name: b.etag for b in client.list_blobs()}
+    parts = -(-len(by_day(entries)[first]) // 100)  # the first day was exported again, whole
+    assert sorted(b for b in after if b.startswith(f"date={first}/")) == [
+        f"date={first}/part-{i:04d}.parquet" for i in range(parts)]
+    if stage == "reading":
+        assert last == f"blobwriter: interrupted; {first} exported; the day being exported, {day}, was left as it was"
+        assert {k: v for k, v in after.items() if day in k} == {k: v for k, v in before.items() if day in k}
+    else:
+        assert last == (f"blobwriter: interrupted; {first} exported; {day} was being swapped in: its marker is "
+                        f"removed (not claimed complete), so export {day} again")
+        assert f"_blobwriter/exported/{day}.json" not in after
+    # The day's lock went with the export: it can be exported again at once, and then it is whole.
+    export(settings, f"{connection_string(azurite)}Container={container}", first=day, last=day)
+    rows = [row for name in (b.name for b in client.list_blobs()) if name.startswith(f"date={day}/")
+            for row in pq.read_table(io.BytesIO(client.get_blob_client(name).download_blob().readall()))
+            .column("id").to_pylist()]
+    assert sorted(rows) == sorted(e["id"] for e in by_day(entries)[day])

@@ -24,6 +24,7 @@ from blobwriter.config import Settings
 from blobwriter.errors import ConfigError
 from blobwriter.query import MissingExtraError
 from blobwriter.query.schedule import LOOKBACK_DAYS, SCHEDULE, closed_days, run_scheduled_export
+from blobwriter.query.source import RangeSource
 from tests.conftest import connection_string
 from tests.support.query import store_entries
 from tests.support.readback import frames_in
@@ -203,3 +204,67 @@ def test_closed_days() -> None:
     assert closed_days(datetime(2026, 11, 27, 1, 30, tzinfo=UTC))[-1] == "2026-11-26"
     assert [date.fromisoformat(d) for d in days] == [date(2026, 11, 19) + timedelta(days=n) for n in range(7)]
 
+
+
+async def test_the_logs_own_container_is_refused(function_app: Callable[..., ModuleType], azurite: str,
+                                                 container: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Exporting into the logs' own container (DEPLOY.md: never) is refused when the app is indexed and by
+    every run, before anything is written."""
+    with caplog.at_level(logging.ERROR, logger="blobwriter.export"):
+        module = function_app(BLOBWRITER_EXPORT_DESTINATION=f"{azurite}/{container}/plain")
+    [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
+    assert "is the logs' own container" in record.getMessage()
+    handler = timer_function(module).get_user_function()
+    with pytest.raises(ConfigError, match="is the logs' own container"):
+        await handler(timer_request())
+    client = BlobServiceClient.from_connection_string(connection_string(azurite))
+    assert not client.get_container_client(container).exists()  # nothing made: not even the logs' container
+
+
+async def test_a_day_another_export_is_writing_is_left_to_the_next_run(
+        make_settings: Callable[..., Settings], azurite: str, caplog: pytest.LogCaptureFixture) -> None:
+    """While another export of a day holds its lock (a `blobwriter export` of it, or an overlapping run), the
+    scheduled run does not race it: it warns, exports the other days, and the next run exports that one."""
+    exports = f"x{uuid.uuid4().hex[:20]}"
+    settings = make_settings(export_destination=f"{connection_string(azurite)}Container={exports}")
+    days, now = ["2026-11-24", "2026-11-25"], datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    await store_entries(settings, [{"id": f"{d}-{i}", "timestamp": f"{d}T10:00:00Z"} for d in days for i in range(5)])
+    client = BlobServiceClient.from_connection_string(connection_string(azurite)).get_container_client(exports)
+    client.create_container()
+    lock = client.get_blob_client(f"_blobwriter/exporting/{days[1]}.lock")
+    lock.upload_blob(b"")
+    lease = lock.acquire_lease(60)  # what the other export holds
+    with caplog.at_level(logging.WARNING, logger="blobwriter.export"):
+        run = await run_scheduled_export(settings, now)
+    assert (run.exported, run.busy) == ({days[0]: 5}, [days[1]])
+    assert any(r.getMessage().startswith(f"Not exporting {days[1]} now: another export of {days[1]} to ")
+               for r in caplog.records)
+    assert not client.get_blob_client(f"date={days[1]}/part-0000.parquet").exists()
+    lease.release()
+    assert (await run_scheduled_export(settings, now)).exported == {days[1]: 5}
+
+
+async def test_a_changed_day_is_listed_once(make_settings: Callable[..., Settings], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day with a marker was listed to compare with it, then again by the export to record its blobs:
+    the first listing is the one recorded now, so a run lists each day's blobs once."""
+    settings = make_settings(export_destination=str(tmp_path / "lake"))
+    day, now = "2026-11-25", datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    await store_entries(settings, [{"id": f"c{i}", "timestamp": f"{day}T10:00:00Z"} for i in range(5)])
+    listed: list[str] = []
+    real_sizes = RangeSource.sizes
+
+    async def sizes(self: RangeSource, listed_day: str) -> dict[str, int]:
+        listed.append(listed_day)
+        return await real_sizes(self, listed_day)
+
+    monkeypatch.setattr(RangeSource, "sizes", sizes)
+    assert (await run_scheduled_export(settings, now)).exported == {day: 5}
+    assert listed.count(day) == 1
+    await store_entries(settings, [{"id": "late", "timestamp": f"{day}T23:00:00Z"}])
+    listed.clear()
+    run = await run_scheduled_export(settings, now)
+    assert (run.again, run.exported) == ([day], {day: 6})
+    assert listed.count(day) == 1
+    marker = json.loads((tmp_path / "lake" / "_blobwriter" / "exported" / f"{day}.json").read_bytes())
+    assert marker["sources"] == await real_sizes(RangeSource(settings, [day]), day)  # what was listed is recorded

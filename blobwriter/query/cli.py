@@ -127,18 +127,41 @@ def add_commands(commands: Any, date: Callable[[str], Date]) -> None:
                         help="start a new part file after N rows (default: 250000)")
 
 
+EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
+class Interrupted:
+    """What a command stopped by Ctrl-C leaves behind, said in one line on stderr (exit 130): each command
+    keeps `note` true as it goes."""
+
+    def __init__(self, note: str | Callable[[], str]) -> None:
+        self.note = note
+
+    def say(self) -> int:
+        note = self.note() if callable(self.note) else self.note
+        print(f"blobwriter: interrupted; {note}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run one of COMMANDS; BlobwriterError/ValueError propagate to `blobwriter`'s handler (exit 2)."""
     dates = date_range(args.date, args.until)
     handlers = {"stats": _stats, "sql": _sql, "export": _export}
+    # stats prints only once the whole range is read (no await after it): Ctrl-C stops it before, or not at all.
+    notes = {"stats": "nothing was printed",
+             "sql": "the answer is incomplete (any rows printed are only part of it)",
+             "export": "nothing was exported"}
+    interrupted = Interrupted(notes[args.command])
     try:
-        return asyncio.run(handlers[args.command](args, settings, dates))
+        return asyncio.run(handlers[args.command](args, settings, dates, interrupted))
     except BrokenPipeError:  # `| head`: the consumer stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:
+        return interrupted.say()
 
 
-async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str]) -> int:
+async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str], _: Interrupted) -> int:
     from .fields import FieldMap
     from .stats import MEASURES, Condition, Stats
 
@@ -177,7 +200,7 @@ async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str])
     return source.finish()
 
 
-async def _sql(args: argparse.Namespace, settings: Settings, dates: list[str]) -> int:
+async def _sql(args: argparse.Namespace, settings: Settings, dates: list[str], _: Interrupted) -> int:
     from .sql import run_sql
 
     source = RangeSource(settings, dates, Progress("sql", dates))
@@ -196,14 +219,17 @@ async def _sql(args: argparse.Namespace, settings: Settings, dates: list[str]) -
     return source.finish()
 
 
-async def _export(args: argparse.Namespace, settings: Settings, dates: list[str]) -> int:
+async def _export(args: argparse.Namespace, settings: Settings, dates: list[str], interrupted: Interrupted) -> int:
     from .destination import open_destination
-    from .export import export_range
+    from .export import DayExport, export_range
+    from .export import interrupted as left
 
-    destination = open_destination(args.out)
+    destination = open_destination(args.out, settings)
     source = RangeSource(settings, dates, Progress("export", dates))
+    done: list[DayExport] = []
+    interrupted.note = lambda: left(done)
     try:
-        await export_range(source, destination, args.format, rows_per_file=args.rows_per_file)
+        await export_range(source, destination, args.format, rows_per_file=args.rows_per_file, done=done)
     finally:
         source.progress.close()
         await destination.close()

@@ -16,6 +16,14 @@ the swap and written after it, so a swap cut short (Ctrl-C, a killed process, a 
 be deleted) leaves the day without a marker: not claimed complete, and exported again by the next
 scheduled run.
 
+One export of a day at a time per destination: an export holds the day's lock from the moment it
+stages the partition until its marker is written, and a second export of the same day to the same
+destination fails at once (`ExportBusy`) instead of swapping in while the first does, which could
+delete the first one's new files. In a container the lock is a lease on
+`_blobwriter/exporting/<day>.lock` (LEASE_SECONDS, renewed while the export runs, so one stopped
+without releasing it blocks the day for LEASE_SECONDS at most); in a directory it is a `flock` on the
+same file (released by the system when the process ends, however it ends).
+
 Every failure of the destination leaves it as a `StoreError`, through the stores' own error
 boundaries (`_os_errors`, `_storage_errors`), so that `blobwriter export` reports it in one line
 (exit 2) like a failure of the source; retries are bounded as the source's are (seconds, not minutes).
@@ -25,12 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import ipaddress
 import os
 import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -38,10 +49,13 @@ from urllib.parse import urlsplit, urlunsplit
 from .. import casts
 from ..blob_store import SDK_RETRIES, _public_url, _storage_errors
 from ..casts import storage_kind
+from ..config import Settings
 from ..errors import ConfigError, StoreError
 from ..store import _os_errors
 
 MARKERS: Final = "_blobwriter/exported"  # one small JSON per exported day, outside the partitions
+LOCKS: Final = "_blobwriter/exporting"  # <day>.lock while a day is exported
+LEASE_SECONDS: Final = 60  # a lock's lease (Azure takes 15 to 60): renewed every quarter of it
 BLOCK_BYTES: Final = 8 << 20
 CONNECT_SECONDS: Final = 10.0  # as the source's connection_timeout: an unreachable destination fails in seconds
 
@@ -62,8 +76,20 @@ class Partition(Protocol):
         """Drop what was staged; the old partition stays as it was."""
 
 
+class ExportBusy(StoreError):
+    """Another export of the same day to the same destination holds the day's lock."""
+
+
+class DayLock(Protocol):
+    async def check(self) -> None:
+        """Raise if the lock was lost (a lease that could not be renewed in time): no swap without it."""
+
+
 class Destination(Protocol):
     description: str
+
+    def lock(self, day: str) -> AbstractAsyncContextManager[DayLock]:
+        """Hold `day`'s lock at this destination, or raise ExportBusy if another export holds it."""
 
     async def partition(self, name: str) -> Partition:
         """Stage a new version of the partition `name` (e.g. `date=2026-11-24`)."""
@@ -81,8 +107,20 @@ class Destination(Protocol):
         """Release connections."""
 
 
-def open_destination(text: str) -> Destination:
-    """The destination a `--out` / export_destination value names."""
+def open_destination(text: str, logs: Settings | None = None) -> Destination:
+    """The destination a `--out` / export_destination value names; given the settings of the `logs` it
+    exports, one in the logs' own container (or directory) is refused: plaintext beside the encrypted
+    logs, readable by whoever may read them (docs/DEPLOY.md)."""
+    destination = _parse_destination(text)
+    if logs is not None and logs.storage and _same_place(destination, logs):
+        raise ConfigError(f"the export destination {destination.description} is the logs' own "
+                          f"{'directory' if isinstance(destination, DirectoryDestination) else 'container'}: "
+                          "an export is plaintext, so it goes to a container (better, an account) of its own, "
+                          "with its own readers (docs/DEPLOY.md, 'Exports')")
+    return destination
+
+
+def _parse_destination(text: str) -> Destination:
     text = text.strip()
     if not text:
         raise ConfigError("the export destination is empty")
@@ -105,8 +143,12 @@ def open_destination(text: str) -> Destination:
         if not extra.get("container"):
             raise ConfigError("the export destination is a connection string without ';Container=NAME': "
                               "name the container to export to (e.g. UseDevelopmentStorage=true;Container=exports)")
+        connection_string = ";".join(rest) + ";"
+        # As the `storage` setting's is checked at load: a malformed one, or an AccountKey that is not base64,
+        # is one line naming the destination (not the SDK's "Incorrect padding" at the first request).
+        casts.connection_string("export destination", connection_string)
         return BlobDestination(container=_container(extra["container"]), prefix=_prefix(extra.get("prefix", "")),
-                               connection_string=";".join(rest) + ";")
+                               connection_string=connection_string)
     parts = urlsplit(text)
     segments = [s for s in parts.path.split("/") if s]
     host = parts.hostname or ""
@@ -149,6 +191,46 @@ def _prefix(prefix: str) -> str:
     return casts.prefix("export destination prefix", prefix) if prefix else ""
 
 
+def _same_place(destination: Destination, logs: Settings) -> bool:
+    """Whether `destination` is in the logs' container (same account endpoint, same container: any prefix), or,
+    for logs in a directory, in that directory. Compared as endpoints, never as the (secret) strings."""
+    storage = logs.require("storage")
+    if isinstance(destination, DirectoryDestination):
+        if logs.storage_kind != "directory":
+            return False
+        root, there = Path(storage).resolve(), destination.root.resolve()
+        return there == root or root in there.parents
+    if not isinstance(destination, BlobDestination) or logs.storage_kind == "directory":
+        return False
+    by_string = logs.storage_kind == "connection_string"
+    logs_url = _endpoint_url(storage if by_string else None, None if by_string else storage)
+    return (destination.container_name == logs.container
+            and _normalised(destination.endpoint_url()) == _normalised(logs_url))
+
+
+def _endpoint_url(connection_string: str | None, account_url: str | None) -> str:
+    """An account's blob endpoint URL: the account URL, or the one the SDK reads from a connection string."""
+    if connection_string is None:
+        return account_url or ""
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(connection_string)
+    url: str = client.url
+    client.close()
+    return url
+
+
+def _normalised(url: str) -> str:
+    """A blob endpoint as compared: lower-case host, explicit port, no query (a SAS), no trailing slash;
+    `localhost` as 127.0.0.1 (Azurite's two names)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    host = "127.0.0.1" if host == "localhost" else host
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{host}:{port}/{parts.path.strip('/')}"
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -163,6 +245,20 @@ class DirectoryDestination:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.description = str(root)
+
+    @asynccontextmanager
+    async def lock(self, day: str) -> AsyncIterator[DayLock]:
+        path = self.root / LOCKS / f"{day}.lock"
+        with _os_errors(f"creating the export directory {self.root}"):
+            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        with _os_errors(f"locking {path}"):
+            descriptor = await asyncio.to_thread(_flock, path, f"{day} to {self.description}")
+        try:
+            yield _HeldLock()
+        finally:
+            with suppress(OSError):
+                os.unlink(path)  # still locked: whoever opened it meanwhile sees it gone (_flock) and retries
+            os.close(descriptor)
 
     async def partition(self, name: str) -> Partition:
         with _os_errors(f"creating the export directory {self.root}"):
@@ -198,6 +294,39 @@ class DirectoryDestination:
 
     async def close(self) -> None:
         return None
+
+
+class _HeldLock:
+    """A lock the system holds for as long as the process (a directory's flock): nothing to check."""
+
+    async def check(self) -> None:
+        return None
+
+
+def _flock(path: Path, what: str) -> int:
+    """An open descriptor of `path` holding its exclusive flock; ExportBusy if another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode("ascii", "replace").strip()
+            os.close(descriptor)
+            raise ExportBusy(f"another export of {what} is running (process {holder or '?'} holds {path}): "
+                             "try again when it has finished") from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        try:
+            same = os.fstat(descriptor).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file its last holder removed after this process opened it
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+            return descriptor
+        os.close(descriptor)
 
 
 class _DirectoryPartition:
@@ -250,8 +379,11 @@ class BlobDestination:
         self._container: Any = None
         self._credential: Any = None
         self._ready = False
-        where = account_url or "storage account"
-        self.description = f"{where.rstrip('/')}/{container}/{self.prefix}".rstrip("/")
+        self.description = f"{_public_url(self.endpoint_url())}/{container}/{self.prefix}".rstrip("/")
+
+    def endpoint_url(self) -> str:
+        """The account's blob endpoint URL, as the SDK reads it from the connection string (no request)."""
+        return _endpoint_url(self._connection_string, self._account_url)
 
     async def _client(self) -> Any:
         if self._container is None:
@@ -290,6 +422,19 @@ class BlobDestination:
                         raise
             self._ready = True
         return self._container
+
+    @asynccontextmanager
+    async def lock(self, day: str) -> AsyncIterator[DayLock]:
+        container = await self._client()
+        name = f"{self.prefix}{LOCKS}/{day}.lock"
+        blob = container.get_blob_client(name)
+        with _storage_errors(f"locking {name}", self.description):
+            lease = await _lease(blob, f"{day} to {self.description}", name)
+        held = _Lease(lease, name, self.description)
+        try:
+            yield held
+        finally:
+            await held.release(blob)
 
     async def partition(self, name: str) -> Partition:
         return _BlobPartition(self, await self._client(), self.prefix + name + "/")
@@ -332,6 +477,68 @@ class BlobDestination:
         if self._credential is not None:
             await self._credential.close()
         self._service = self._container = self._credential = None
+
+
+async def _lease(blob: Any, what: str, name: str) -> Any:
+    """A lease on the lock blob `blob` (created if missing), or ExportBusy if another export holds one."""
+    from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+
+    while True:
+        try:
+            await blob.upload_blob(b"", overwrite=False)  # If-None-Match: *
+        except ResourceExistsError:
+            pass
+        except HttpResponseError as exc:
+            if exc.status_code != 412:  # exists, and leased
+                raise
+        try:
+            return await blob.acquire_lease(lease_duration=LEASE_SECONDS)
+        except ResourceNotFoundError:
+            continue  # its holder deleted it as it finished: create it again
+        except HttpResponseError as exc:
+            if exc.status_code == 409:
+                raise ExportBusy(f"another export of {what} is running (it holds the lease on {name}): try again "
+                                 f"when it has finished (one that stopped without finishing lets go of it within "
+                                 f"{LEASE_SECONDS} s)", code="LeaseAlreadyPresent", status=409) from None
+            raise
+
+
+class _Lease:
+    """A held lease on a lock blob, renewed in the background every quarter of LEASE_SECONDS."""
+
+    def __init__(self, lease: Any, name: str, where: str) -> None:
+        self.lease = lease
+        self.name = name
+        self.where = where
+        self.lost: BaseException | None = None
+        self.task = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 4)
+            try:
+                await self.lease.renew()
+            except Exception as exc:
+                self.lost = exc
+                return
+
+    async def check(self) -> None:
+        if self.lost is None:
+            try:
+                await self.lease.renew()
+            except Exception as exc:
+                self.lost = exc
+        if self.lost is not None:
+            with _storage_errors(f"renewing the lease on {self.name}", self.where):
+                raise self.lost
+
+    async def release(self, blob: Any) -> None:
+        """Delete the lock blob under the lease; if that fails, the lease runs out on its own."""
+        self.task.cancel()
+        with suppress(asyncio.CancelledError):
+            await self.task
+        with suppress(Exception):
+            await blob.delete_blob(lease=self.lease)
 
 
 class _BlobPartition:

@@ -19,6 +19,7 @@ import datetime as dt
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -27,7 +28,7 @@ import orjson
 
 from .. import __version__
 from ..store import _os_errors
-from .destination import Destination, Partition
+from .destination import DayLock, Destination, Partition
 from .source import RangeSource
 from .table import MAX_STRUCT_FIELDS, Conversion, Schema, abatches_of, arrow
 
@@ -52,6 +53,9 @@ class DayExport:
     damaged_frames: int = 0  # skipped: their entries are missing from the partition
     too_wide: bool = False  # more distinct top-level fields than table.MAX_STRUCT_FIELDS: entry_json only
     renamed: dict[str, str] = field(default_factory=dict)  # field -> its column (it had the partition key's name)
+    # How far it went, for what Ctrl-C leaves: "reading" (the destination as it was), "swapping" (the day's marker
+    # removed, its partition being replaced), "done".
+    stage: str = "reading"
 
     @property
     def written(self) -> bool:
@@ -83,15 +87,19 @@ def part_name(index: int, fmt: str) -> str:
 
 
 async def export_day(source: RangeSource, destination: Destination, day: str, fmt: str, *,
-                     rows_per_file: int = ROWS_PER_FILE) -> DayExport:
+                     rows_per_file: int = ROWS_PER_FILE, sources: dict[str, int] | None = None,
+                     result: DayExport | None = None) -> DayExport:
     """Replace `day`'s partition at the destination with the day's entries; a day without entries
-    leaves the destination as it is (nothing to replace it with)."""
+    leaves the destination as it is (nothing to replace it with). `sources`: the day's blobs and their
+    sizes (source.sizes) if the caller has just listed them, as the scheduled export has. `result`: the
+    DayExport to fill in (the caller's, to see how far an interrupted export went)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (allowed: {', '.join(FORMATS)})")
-    result = DayExport(day)
+    result = result or DayExport(day)
     problems_before = len(source.problems)
     # Listed before reading: whatever is appended meanwhile makes the next scheduled run see a change.
-    sources = await source.sizes(day)
+    if sources is None:
+        sources = await source.sizes(day)
     conversion: Conversion | None = None
     if fmt == "parquet":
         arrow()
@@ -101,6 +109,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
             schema.observe(batch)
         if schema.entries == 0:
             source.record_last()  # no second pass: this one's damage (or unknown keys) is the day's
+            result.stage = "done"
             return result
         conversion = Conversion(schema.arrow_schema(raw=True), raw=True)
         result.too_wide = schema.too_wide
@@ -108,67 +117,77 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
         source.progress.note("pass 2 of 2: writing")
     partition: Partition | None = None
     writer: _PartWriter | None = None
-    try:
-        async for batch in abatches_of(source.lines([day])):
-            if partition is None:
-                partition = await destination.partition(partition_name(day))
-            start = 0
-            while start < len(batch):
-                if writer is None:
-                    name = part_name(len(result.files), fmt)
-                    writer = _PartWriter(partition.path(name), fmt, conversion, result.renamed)
-                    result.files.append(name)
-                piece = batch[start:start + rows_per_file - writer.rows]
-                writer.write(piece)
-                start += len(piece)
-                result.entries += len(piece)
-                if writer.rows >= rows_per_file:
-                    result.bytes += writer.close()
-                    await partition.add(writer.path.name)
-                    writer = None
-        if writer is not None:
-            assert partition is not None
-            result.bytes += writer.close()
-            await partition.add(writer.path.name)
-            writer = None
-        if partition is not None:
-            await destination.remove_marker(day)  # a swap cut short must not pass for the old, whole export
-            await partition.commit()
-    except BaseException:
+    async with AsyncExitStack() as locked:
+        lock: DayLock | None = None
         try:
+            async for batch in abatches_of(source.lines([day])):
+                if partition is None:
+                    # From staging to the marker: another export of the day would swap in meanwhile (ExportBusy).
+                    lock = await locked.enter_async_context(destination.lock(day))
+                    partition = await destination.partition(partition_name(day))
+                start = 0
+                while start < len(batch):
+                    if writer is None:
+                        name = part_name(len(result.files), fmt)
+                        writer = _PartWriter(partition.path(name), fmt, conversion, result.renamed)
+                        result.files.append(name)
+                    piece = batch[start:start + rows_per_file - writer.rows]
+                    writer.write(piece)
+                    start += len(piece)
+                    result.entries += len(piece)
+                    if writer.rows >= rows_per_file:
+                        result.bytes += writer.close()
+                        await partition.add(writer.path.name)
+                        writer = None
             if writer is not None:
-                writer.discard()
-        finally:
+                assert partition is not None
+                result.bytes += writer.close()
+                await partition.add(writer.path.name)
+                writer = None
             if partition is not None:
-                await partition.abort()
-        raise
-    if conversion is not None:
-        result.misfits, result.unknown = conversion.misfits, conversion.unknown
-    result.damaged_frames = len(source.problems) - problems_before
-    if result.written:
-        # The marker says whether the partition is incomplete: whoever reads the lake, and the scheduled
-        # export, can tell a day with damaged frames skipped from a whole one. `sources` (each of the day's
-        # blobs and its size when the export began) tells the scheduled export whether the day changed since.
-        marker = {"date": day, "format": fmt, "entries": result.entries, "damaged_frames": result.damaged_frames,
-                  "files": result.files, "bytes": result.bytes,
-                  "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                  "blobwriter": __version__, "sources": sources}
-        await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+                assert lock is not None
+                await lock.check()  # still ours: no other export of the day has swapped in since
+                result.stage = "swapping"
+                await destination.remove_marker(day)  # a swap cut short must not pass for the old, whole export
+                await partition.commit()
+        except BaseException:
+            try:
+                if writer is not None:
+                    writer.discard()
+            finally:
+                if partition is not None:
+                    await partition.abort()
+            raise
+        if conversion is not None:
+            result.misfits, result.unknown = conversion.misfits, conversion.unknown
+        result.damaged_frames = len(source.problems) - problems_before
+        if result.written:
+            # The marker says whether the partition is incomplete: whoever reads the lake, and the scheduled
+            # export, can tell a day with damaged frames skipped from a whole one. `sources` (each of the day's
+            # blobs and its size when the export began) tells the scheduled export whether the day changed since.
+            marker = {"date": day, "format": fmt, "entries": result.entries, "damaged_frames": result.damaged_frames,
+                      "files": result.files, "bytes": result.bytes,
+                      "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      "blobwriter": __version__, "sources": sources}
+            await destination.write_marker(day, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+    result.stage = "done"
     return result
 
 
 async def export_range(source: RangeSource, destination: Destination, fmt: str, *,
-                       rows_per_file: int = ROWS_PER_FILE, log: IO[str] | None = None) -> list[DayExport]:
-    """Export every day of the source's range, one partition per day; a line per day on `log`."""
+                       rows_per_file: int = ROWS_PER_FILE, log: IO[str] | None = None,
+                       done: list[DayExport] | None = None) -> list[DayExport]:
+    """Export every day of the source's range, one partition per day; a line per day on `log`. Each day's
+    DayExport is added to `done` as the day starts (the caller's list: how far an interrupted export went)."""
     log = log or sys.stderr
-    done = []
+    done = [] if done is None else done
 
     def say(line: str) -> None:
         source.progress.write(line, log)
 
     for day in source.dates:
-        result = await export_day(source, destination, day, fmt, rows_per_file=rows_per_file)
-        done.append(result)
+        done.append(DayExport(day))
+        result = await export_day(source, destination, day, fmt, rows_per_file=rows_per_file, result=done[-1])
         if result.written:
             where = f"{destination.description.rstrip('/')}/{partition_name(day)}"
             say(f"{day}: {result.entries:,} {'entry' if result.entries == 1 else 'entries'} -> {where} "
@@ -189,6 +208,23 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
                 fields = ", ".join(f"{path} ({n})" for path, n in counts.most_common(5))
                 say(f"{day}: note: values of {fields} {what}")
     return done
+
+
+def interrupted(done: Sequence[DayExport]) -> str:
+    """What an export stopped by Ctrl-C left, from its days' DayExports (export_range's `done`)."""
+    finished = [d.day for d in done if d.stage == "done"]
+    said = []
+    if finished:
+        said.append(f"{finished[0]} exported" if len(finished) == 1 else f"{finished[0]} to {finished[-1]} exported")
+    current = done[-1] if done and done[-1].stage != "done" else None
+    if current is None:
+        said.append("no day was being exported" if finished else "nothing was exported")
+    elif current.stage == "swapping":
+        said.append(f"{current.day} was being swapped in: its marker is removed (not claimed complete), so export "
+                    f"{current.day} again")
+    else:
+        said.append(f"the day being exported, {current.day}, was left as it was")
+    return "; ".join(said)
 
 
 class _PartWriter:

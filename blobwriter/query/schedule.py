@@ -7,7 +7,8 @@ entries and no marker yet at the destination, or whose blobs changed since its m
 (the marker records each blob's size: entries can be written for a closed day, up to max_past_days
 old, by a client's retry, a writer retrying through an outage, or a backfill). The marker is written
 after the day's partition is swapped in, so a failed run is simply redone by the next one, and a
-re-run replaces the partition.
+re-run replaces the partition. A day that another export is writing at the same time (its lock is
+held: destination.py) is left to the next run, with a warning.
 A day exported with damaged frames skipped (its marker's `damaged_frames`) is not taken as done:
 each run logs an error for it while it is in the look-back, but does not export it again (damage
 stays; re-reading the day every hour would not repair it): after repairing or accepting it,
@@ -54,13 +55,14 @@ class ScheduledRun:
     already: list[str] = field(default_factory=list)  # days with a marker, unchanged since
     again: list[str] = field(default_factory=list)  # days with a marker whose blobs changed since: exported again
     empty: list[str] = field(default_factory=list)  # days without entries (yet)
+    busy: list[str] = field(default_factory=list)  # days another export was writing: left to the next run
     damaged: int = 0  # damaged frames this run skipped
     incomplete: dict[str, int] = field(default_factory=dict)  # day -> damaged frames its export skipped
 
 
 async def run_scheduled_export(settings: Settings, now: datetime | None = None) -> ScheduledRun:
     """Export each closed day not exported yet to settings.export_destination."""
-    from .destination import open_destination
+    from .destination import ExportBusy, open_destination
     from .export import export_day
 
     target: str = settings.require("export_destination")
@@ -73,7 +75,7 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
         raise
     days = closed_days(now or datetime.now(UTC))
     try:
-        destination = open_destination(target)
+        destination = open_destination(target, settings)
     except ConfigError as exc:
         log.error("Scheduled export failed: BLOBWRITER_EXPORT_DESTINATION is not a destination: %s", exc)
         raise
@@ -83,6 +85,7 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
     try:
         for day in days:
             marker = await destination.read_marker(day)
+            now_stored: dict[str, int] | None = None  # listed once: the export records this listing
             if marker is not None:
                 recorded = _sources(marker)
                 now_stored = await source.sizes(day)
@@ -96,7 +99,12 @@ async def run_scheduled_export(settings: Settings, now: datetime | None = None) 
                 done.again.append(day)
                 log.info("Exporting %s again: its blobs changed since it was exported (entries written for it "
                          "late)", day)
-            result = await export_day(source, destination, day, FORMAT)
+            try:
+                result = await export_day(source, destination, day, FORMAT, sources=now_stored)
+            except ExportBusy as exc:  # a `blobwriter export` of the day, or a run that overlaps this one
+                done.busy.append(day)
+                log.warning("Not exporting %s now: %s; the next run looks at it again", day, exc)
+                continue
             if result.written:
                 done.exported[day] = result.entries
                 log.info("Exported %s: %d entries in %d file(s) to %s", day, result.entries, len(result.files),

@@ -219,3 +219,21 @@ class StorageProxy:
             await response.prepare(request)  # type: ignore[arg-type]
             return response
         return web.Response(status=status, body=payload, headers=out_headers)
+
+
+class HoldingProxy(StorageProxy):
+    """Forwards to Azurite, but holds each request `hold` picks until `release` is set; `holding` is set
+    once one is held. A command caught in the middle of a request, every time, with no timing."""
+
+    def __init__(self, upstream: str, hold: Callable[[web.BaseRequest], bool]) -> None:
+        super().__init__(upstream)
+        self.hold = hold
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.hold(request):
+            self.holding.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.05)
+        return await super()._handle(request)
