@@ -346,6 +346,29 @@ async def test_a_cut_tail_leaves_an_open_chain(written: Written, tmp_path: Path)
     assert report.ok and report.open_chains == [writer]
 
 
+@pytest.mark.parametrize("covered", [4, 40])
+async def test_a_forged_length_that_ends_inside_the_next_header_hides_no_frame(written: Written, tmp_path: Path,
+                                                                                covered: int) -> None:
+    """FORMAT.md "Reading", step 3: 68 bytes with a valid CRC, a key id nobody has and a length that takes
+    only the first `covered` bytes of the next genuine header are damage, not an unreadable frame whose
+    length is trusted; reading goes on from their second byte and finds the genuine frame."""
+    date = DATES[0]
+    clean = read_date(written.root, date, [written.key], prefix=PREFIX)
+    victim = first_data_frame(clean, written.writer_ids[0])
+    root = copy_store(written, tmp_path, "forged")
+    path = root / victim.blob
+    data = path.read_bytes()
+    filler = bytes(max(0, 16 - covered))  # a ciphertext has at least the 16 bytes of its tag
+    head = struct.pack(">4sBBH8s16sQII12sI", b"BLWF", 2, 1, 0, bytes(8), bytes(16), 1, 5, 100, bytes(12),
+                       len(filler) + covered)
+    forged = head + struct.pack(">I", zlib.crc32(head))
+    path.write_bytes(data[:victim.offset] + forged + filler + data[victim.offset:])
+    read = read_date(root, date, [written.key], prefix=PREFIX)
+    assert [(d.blob, d.offset) for d in read.damage] == [(victim.blob, victim.offset)], read.damage
+    assert "start of a header" in read.damage[0].reason and not read.unreadable
+    assert Counter(canonical(e) for e in read.entries) == Counter(canonical(e) for e in clean.entries)
+
+
 async def test_another_key_reads_nothing_and_names_the_key(written: Written) -> None:
     read = read_date(written.root, DATES[0], [keygen()], prefix=PREFIX)
     assert read.entries == [] and read.damage == []
