@@ -294,9 +294,16 @@ class FrameScanner:
     `offset` is the blob offset of the first byte fed (0: the blob's start); with `damaged`, scanning
     starts by looking for the next valid header, as after reject() (a reader that decoded ahead
     resumes there: the scanner at offset + 1 of a rejected frame, in damaged mode, is that state).
+
+    Given the configured key ids (`known`), a frame of another key is found only if a valid header,
+    or the end of the bytes, follows it: nothing but its header's CRC vouches for its length (a CRC is
+    no MAC), and 68 forged bytes claiming a length that ends inside the next genuine frame would hide
+    that frame. One that does not end where a frame does is damage, and scanning goes on from its
+    second byte. (A length that claims whole frames is caught where it is decoded: header_within.)
     """
 
-    def __init__(self, offset: int = 0, *, damaged: bool = False) -> None:
+    def __init__(self, offset: int = 0, *, damaged: bool = False, known: Iterable[bytes] | None = None) -> None:
+        self._known = None if known is None else frozenset(known)
         self._buffer = bytearray()
         self._base = offset  # blob offset of buffer[0]
         self._pos = 0  # next frame boundary in the buffer
@@ -360,6 +367,15 @@ class FrameScanner:
                                                    "bytes present")
                     continue
                 return
+            if self._known is not None and header.key_id not in self._known:
+                follow = len(buffer) - end
+                if follow < HEADER_SIZE and not self._eof:
+                    return  # what follows it decides: wait for the next header's bytes
+                if not (_valid_header_at(buffer, end) if follow >= HEADER_SIZE else follow == 0):
+                    self._pos, self._damaged = pos + 1, True
+                    yield Damage(self._base + pos, "not a frame: its header names no configured key and a length "
+                                                   "that does not end where a frame does (forged or damaged)")
+                    continue
             self._pos, self._last_start = end, pos
             with memoryview(buffer) as view:  # one copy, not two (a bytearray slice is a copy already)
                 data = bytes(view[pos:end])
@@ -367,20 +383,19 @@ class FrameScanner:
 
 
 def header_within(frame: bytes) -> int | None:
-    """Where a header lies inside a frame's bytes after its own (None: nowhere): a valid one, or the start
-    of one cut off by the frame's end (the magic, then a version that readers open if that byte is there).
-    An intact frame has neither but by a ~2^-26 chance (the magic among its last 67 bytes); a header whose
-    length claims the frames after it, or only the first bytes of the next one (forged: a CRC is no MAC),
-    covers theirs."""
-    found = _find_header(frame, 1)
-    if found is not None:
-        return found
-    at = frame.find(MAGIC, max(1, len(frame) - HEADER_SIZE + 1))
-    while at >= 0:
-        if at + len(MAGIC) == len(frame) or frame[at + len(MAGIC)] in VERSIONS:
-            return at
-        at = frame.find(MAGIC, at + 1)
-    return None
+    """Where a valid header lies inside a frame's bytes after its own (None: nowhere). An intact frame has
+    none but by a 2^-64 chance (magic, CRC, version and length all valid in ciphertext); a header whose
+    length claims the frames after it (forged: a CRC is no MAC) covers theirs. (One whose length ends
+    inside the next frame is caught by the scanner: FrameScanner's `known`.)"""
+    return _find_header(frame, 1)
+
+
+def _valid_header_at(buffer: bytes | bytearray, at: int) -> bool:
+    try:
+        parse_header(buffer, at)
+    except FrameError:
+        return False
+    return True
 
 
 def _find_header(buffer: bytes | bytearray, start: int) -> int | None:

@@ -138,16 +138,16 @@ def decode_batch(decoder: Decoder, blob: str, date: str, frames: Sequence[bytes]
         try:
             plaintext = decoder.decode(header, data, blob=blob, date=date)
         except UnknownKeyError as exc:
-            # Its length is trusted only if no frame header lies inside it, whole or cut off by its end: 68
-            # forged bytes with a valid CRC and a key id nobody has would otherwise hide the genuine frames
-            # they claim as theirs.
+            # Its length is trusted only if no frame header lies inside it: 68 forged bytes with a valid CRC
+            # and a key id nobody has would otherwise hide the genuine frames they claim as theirs. (That it
+            # ends where a frame does, the scanner has checked: FrameScanner's `known`.)
             inner = header_within(data)
             if inner is None:
                 outcomes.append(Outcome(UNKNOWN_KEY, None, str(exc)))
             else:
                 outcomes.append(Outcome(FAILED, None, f"not a frame: its header names no configured key and a "
-                                                      f"length that covers another frame's header (or its start), "
-                                                      f"{inner} bytes on (forged or damaged)"))
+                                                      f"length that covers another frame's header, {inner} bytes "
+                                                      "on (forged or damaged)"))
             continue
         except FrameError as exc:
             outcomes.append(Outcome(FAILED, None, str(exc)))
@@ -285,7 +285,7 @@ class BlobScan(Generic[T]):
     def __init__(self, decoding: Decoding, name: str, date: str, task: EntryTask[T] | None) -> None:
         self._decoding = decoding
         self._name, self._date, self._task = name, date, task
-        self._scanner = FrameScanner()
+        self._scanner = FrameScanner(known=decoding.decoder.key_ids)
         # The chunks fed from _window_base on, as they came (not copied): what a rescan may need.
         self._window: deque[bytes] = deque()
         self._window_base = 0
@@ -381,7 +381,7 @@ class BlobScan(Generic[T]):
         header from there, in the bytes fed so far (then in the bytes still to come)."""
         self.close()
         self._batch = _Batch()
-        self._scanner = FrameScanner(offset, damaged=True)
+        self._scanner = FrameScanner(offset, damaged=True, known=self._decoding.decoder.key_ids)
         rest = b"".join(self._window)[offset - self._window_base:]
         self._scanner.feed(rest)
         self._window = deque([rest])

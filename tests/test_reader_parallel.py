@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tracemalloc
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from blobwriter import decoding, store
-from blobwriter.codec import HEADER_SIZE, Damage, Decoder, Encoder, FrameScanner, walk_frames
+from blobwriter.codec import HEADER, HEADER_SIZE, MAGIC, Damage, Decoder, Encoder, FrameScanner, walk_frames
 from blobwriter.config import Settings
 from blobwriter.errors import FrameError, UnknownKeyError
 from blobwriter.keys import keygen, parse_key
@@ -78,6 +79,9 @@ async def damaged_store(root: Path, key: str) -> None:
             out += stranger.encode([b'{"id": "x"}'], 1, blob=shared, date=DAY)[0]
         if sequence == 14:
             out += encoder.seal(body, 0, blob=shared)  # replayed
+        if sequence == 22:  # forged: a key id nobody has, a length that ends 10 bytes into the next header
+            head = HEADER.pack(MAGIC, 2, 1, 0, bytes(8), bytes(16), 1, 1, 1, bytes(12), 16, 0)[:HEADER_SIZE - 4]
+            out += head + zlib.crc32(head).to_bytes(4, "big") + bytes(6)
     (root / shared).write_bytes(bytes(out))
 
 
@@ -100,7 +104,7 @@ def serial_scan(root: Path, key: str, name: str) -> list[tuple[int, str]]:
     """(offset, what) of each frame and damage of one blob, found as a one-process reader does: scan,
     decrypt each frame, and on a failed one rescan from its second byte (FrameScanner.reject)."""
     decoder = Decoder([parse_key(key)])
-    scanner = FrameScanner()
+    scanner = FrameScanner(known=decoder.key_ids)
     scanner.feed((root / name).read_bytes())
     scanner.finish()
     found = []
@@ -151,6 +155,7 @@ async def test_all_cores_read_what_one_process_reads(tmp_path: Path, key: str, s
     assert any("truncated frame" in m for m in messages)
     assert any("replayed frame" in m for m in messages)
     assert any(p.unknown_key for p in report.problems)
+    assert any("does not end where a frame does" in m for m in messages)
     assert report.duplicates == 1
     assert len(ids) == report.entries - report.id_duplicates > 500
     if mode == "id_field":

@@ -269,14 +269,14 @@ async def test_a_forged_header_with_an_unknown_key_hides_no_genuine_frame(make_s
     assert reported[1][1] == f"no configured key has key id {key_id(other.encryption_key).hex()}"
 
 
-@pytest.mark.parametrize("covered", [4, 5, 40, HEADER_SIZE - 1])
+@pytest.mark.parametrize("covered", [1, 3, 4, 5, 40, HEADER_SIZE - 1])
 async def test_a_forged_header_that_claims_only_the_start_of_the_next_header_hides_no_frame(
         make_settings: Any, covered: int) -> None:
     """The rest of F10 (QA round 9): a forged header whose length ends inside the next genuine frame's
     header (its first `covered` bytes, after random bytes up to the 16 of a tag) held no whole header, so
-    its length was trusted and that genuine frame was skipped with it. The start of a header cut off by
-    the frame's end (its magic, and a version readers open where that byte is there) counts as a header
-    inside it too. Real Azurite, the CLI reading: every entry comes back; the forged bytes are damage."""
+    its length was trusted and that genuine frame was skipped with it. A frame of a key not configured
+    is now found only where a valid header (or the end of the blob) follows it. Real Azurite, the CLI
+    reading: every entry comes back; the forged bytes are the one damage."""
     day = "2026-04-10"
     settings = make_settings(batch_size=5)
     entries, blob, data = await six_frames(settings, day)
@@ -285,4 +285,16 @@ async def test_a_forged_header_that_claims_only_the_start_of_the_next_header_hid
     replace_blob(settings, blob, data[:at] + forged_header(len(filler) + covered) + filler + data[at:])
     reported = read_back(settings, day, entries, blob)
     assert [offset for offset, _ in reported] == [at], reported
-    assert "not a frame" in reported[0][1] and "covers another frame's header" in reported[0][1]
+    assert "not a frame" in reported[0][1] and "does not end where a frame does" in reported[0][1]
+
+
+async def test_a_forged_header_at_the_end_of_a_blob_claiming_part_of_it_is_damage(make_settings: Any) -> None:
+    """The same forged header as the blob's last bytes but a few: its length leaves bytes after it that
+    are not a header. The genuine frames before it all read; the forged bytes are reported."""
+    day = "2026-04-11"
+    settings = make_settings(batch_size=5)
+    entries, blob, data = await six_frames(settings, day)
+    replace_blob(settings, blob, data + forged_header(16) + os.urandom(16 + 30).replace(MAGIC[:1], b"\0"))
+    reported = read_back(settings, day, entries, blob)
+    assert [offset for offset, _ in reported] == [len(data)], reported
+    assert "does not end where a frame does" in reported[0][1]

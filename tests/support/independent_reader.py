@@ -267,8 +267,8 @@ def scan_blob(blob: str, data: bytes, keys: dict[bytes, bytes]) -> Iterator[Fram
                 yield Damage(blob, offset, "unknown key id, and a valid header inside the frame")
                 offset = inner
                 continue
-            if cut_off_header(data[:stop], max(offset + 1, stop - HEADER_SIZE + 1)):  # the next one's first bytes
-                yield Damage(blob, offset, "unknown key id, and the start of a header at the frame's end")
+            if stop != end and parse_header(data, stop) is None:  # it ends inside the next frame, or in noise
+                yield Damage(blob, offset, "unknown key id, and no header where the frame ends")
                 offset = resync(data, offset + 1)
                 continue
             yield Unreadable(blob, offset, header.key_id.hex())
@@ -280,16 +280,6 @@ def scan_blob(blob: str, data: bytes, keys: dict[bytes, bytes]) -> Iterator[Fram
             continue
         yield Frame(blob, offset, header, ciphertext[-TAG_SIZE:], plaintext, lines)
         offset = stop
-
-
-def cut_off_header(frame: bytes, start: int) -> bool:
-    """Whether a header starts at or after `start` and runs past the end of `frame` (step 3): the magic,
-    then a version 1 or 2 where that byte is still in the frame."""
-    for position in range(start, len(frame)):
-        rest = frame[position:position + 5]
-        if rest[:4] == MAGIC and (len(rest) == 4 or rest[4] in (1, 2)):
-            return True
-    return False
 
 
 def resync(data: bytes, start: int) -> int:
