@@ -113,14 +113,15 @@ def storage(name: str, value: Any) -> str:
     if storage_kind(text) == "connection_string":
         connection_string(name, text)
     elif storage_kind(text) == "account_url":
-        _check_account_url(name, text)
+        account_url(name, text)
     return text
 
 
-def _check_account_url(name: str, text: str) -> None:
-    """An account URL signs in with its SAS token (its query string) or, without one, with Entra ID, which the
-    SDK sends only over https: anything else fails at the first request (a traceback at serve's start-up).
-    Never echoed: the query may hold a SAS signature."""
+def account_url(name: str, text: str) -> None:
+    """An account URL (the `storage` setting's; an export destination's, which names a container too) signs
+    in with its SAS token (its query string) or, without one, with Entra ID, which the SDK sends only over
+    https: anything else fails at the first request (a traceback at serve's start-up). Never echoed: the
+    query may hold a SAS signature."""
     parts = urlsplit(text)
     if not parts.hostname:
         raise ConfigError(f"Config '{name}' is not a valid account URL: it has no host (the value is not shown). "

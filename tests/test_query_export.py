@@ -548,6 +548,24 @@ async def test_an_account_key_that_is_not_base64_is_one_line_naming_the_destinat
     assert list(tmp_path.iterdir()) == [tmp_path / "store"]
 
 
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://127.0.0.1:1/devstoreaccount1/exports", "is an http:// account URL without a SAS token"),
+    ("https://acct.blob.core.windows.net/exports?se=2030&sv=x", "has a query string that is not a SAS token"),
+])
+async def test_a_url_that_cannot_sign_in_is_one_line_naming_the_destination(
+        make_settings: Callable[..., Settings], tmp_path: Path, url: str, why: str) -> None:
+    """An http:// --out without a SAS failed at the first request with the SDK's "Token credential is only
+    supported with HTTPS", naming neither the setting nor a fix; the `storage` setting's load-time check
+    for account URLs now runs on it too (before any request), and the query is never shown."""
+    settings = make_settings(storage=str(tmp_path / "store"))
+    await store_entries(settings, [{"id": "u1", "timestamp": "2026-11-25T10:00:00Z"}])
+    result = run_cli("export", "--date", "2026-11-25", "--out", url, env=cli_env(settings), cwd=str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"blobwriter: error: Config 'export destination' {why}"), result.stderr
+    assert "se=2030" not in result.stderr and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "store"]
+
+
 def test_the_logs_own_container_is_refused(sample_store: tuple[Settings, list[dict[str, Any]]], azurite: str,
                                            tmp_path: Path) -> None:
     """DEPLOY.md says never to export into the logs container (plaintext beside the encrypted logs, under

@@ -149,6 +149,9 @@ def _parse_destination(text: str) -> Destination:
         casts.connection_string("export destination", connection_string)
         return BlobDestination(container=_container(extra["container"]), prefix=_prefix(extra.get("prefix", "")),
                                connection_string=connection_string)
+    # As the `storage` setting's is checked at load: an http:// URL without a SAS, or a query that is no SAS,
+    # is one line naming the destination (not the SDK's "Token credential is only supported with HTTPS").
+    casts.account_url("export destination", text)
     parts = urlsplit(text)
     segments = [s for s in parts.path.split("/") if s]
     host = parts.hostname or ""
