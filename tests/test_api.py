@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from blobwriter.api import create_app
 from blobwriter.config import Settings
@@ -20,6 +19,7 @@ from blobwriter.reader import Reader
 from blobwriter.store import open_store
 from tests.conftest import connection_string, entry, free_port
 from tests.support.proxy import FaultPlan, StorageProxy
+from tests.support.serving import served
 
 TODAY = datetime.datetime.now(datetime.UTC).date().isoformat()
 
@@ -212,15 +212,7 @@ async def test_a_declared_body_that_cannot_fit_is_refused_before_it_is_read(
     budget = 1 << 20
     settings = make_settings(storage=dead, max_queue_bytes=budget, storage_timeout=1.0, stop_timeout=0.0)
     app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if serving.done():  # it could not start (the port taken, say): say why instead of waiting forever
-                serving.result()
-                raise AssertionError("uvicorn stopped before it started serving")
-            await asyncio.sleep(0.01)
+    async with served(app) as port:
 
         def post(body_bytes: int, *extra: bytes) -> bytes:
             return b"".join([b"POST /api/logs HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-ndjson\r\n",
@@ -253,9 +245,6 @@ async def test_a_declared_body_that_cannot_fit_is_refused_before_it_is_read(
         writer.close()
         queued = await app.state.writer_holder.get()
         assert queued.metrics.shed == 2 and queued.metrics.accepted == 2 and queued.metrics.rejected == 0
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_api_key_is_checked_when_set(api: Callable[..., Any]) -> None:

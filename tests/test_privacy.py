@@ -3,7 +3,6 @@ before anything is encrypted; configured in settings and narrowed (never widened
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from blobwriter.api import create_app
 from blobwriter.config import Settings
@@ -20,8 +18,8 @@ from blobwriter.errors import ConfigError, EntryError
 from blobwriter.keys import keygen
 from blobwriter.privacy import BODY_FIELDS, MASK, Privacy, truncation_marker
 from blobwriter.writer import LogWriter
-from tests.conftest import free_port
 from tests.support.readback import read_back
+from tests.support.serving import served
 
 TS = "2026-11-24T21:00:02.919Z"
 ENTRY = {
@@ -234,39 +232,30 @@ async def test_a_request_cannot_drop_or_mask_what_the_settings_keep(make_setting
     the same rule (privacy.check_kept), as they refused `timestamp` and `*`, and nothing is queued."""
     settings = make_settings(received_at_field="received_at", compression="none")
     app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", log_level="warning"))
-    serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            if serving.done():
-                serving.result()
-                raise AssertionError("uvicorn stopped before it started serving")
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            sent = {"received_at": {"drop": "received_at"}, "received_at.at": {"mask": "user,received_at.at"},
-                    "timestamp": {"drop": "timestamp"}, "*": {"mask": "*"}}
-            answers = {path: await client.post("/api/logs", params=params, json={**ENTRY, "id": "refused"})
-                       for path, params in sent.items()}
-            assert {path: answer.status_code for path, answer in answers.items()} == dict.fromkeys(sent, 400)
-            kept = await client.post("/api/logs", params={"drop": "user", "wait": "true"}, json=ENTRY)
-            assert kept.status_code == 200, kept.text
-        writer = await app.state.writer_holder.get()
-        with pytest.raises(ValueError) as called:
-            await writer.write({**ENTRY, "id": "refused"}, privacy=Privacy(mask=["received_at"]))
-        assert writer.metrics.accepted == 1
-        with pytest.raises(ConfigError) as configured:
-            make_settings(received_at_field="received_at", mask_fields="user,received_at")
-        # one rule, one reason, wherever the path comes from
-        reason = ("'timestamp' (it decides the entry's blob) and received_at_field ('received_at') are always kept; "
-                  "a path cannot start with them or with '*'")
-        for path, answer in answers.items():
-            assert answer.json()["error"] == f"privacy parameters: path {path!r}: {reason}", answer.text
-        assert str(called.value) == f"path 'received_at': {reason}"
-        assert str(configured.value) == f"Config 'mask_fields' has path 'received_at': {reason}."
+        async with served(app) as port:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                sent = {"received_at": {"drop": "received_at"}, "received_at.at": {"mask": "user,received_at.at"},
+                        "timestamp": {"drop": "timestamp"}, "*": {"mask": "*"}}
+                answers = {path: await client.post("/api/logs", params=params, json={**ENTRY, "id": "refused"})
+                           for path, params in sent.items()}
+                assert {path: answer.status_code for path, answer in answers.items()} == dict.fromkeys(sent, 400)
+                kept = await client.post("/api/logs", params={"drop": "user", "wait": "true"}, json=ENTRY)
+                assert kept.status_code == 200, kept.text
+            writer = await app.state.writer_holder.get()
+            with pytest.raises(ValueError) as called:
+                await writer.write({**ENTRY, "id": "refused"}, privacy=Privacy(mask=["received_at"]))
+            assert writer.metrics.accepted == 1
+            with pytest.raises(ConfigError) as configured:
+                make_settings(received_at_field="received_at", mask_fields="user,received_at")
+            # one rule, one reason, wherever the path comes from
+            reason = ("'timestamp' (it decides the entry's blob) and received_at_field ('received_at') are always "
+                      "kept; a path cannot start with them or with '*'")
+            for path, answer in answers.items():
+                assert answer.json()["error"] == f"privacy parameters: path {path!r}: {reason}", answer.text
+            assert str(called.value) == f"path 'received_at': {reason}"
+            assert str(configured.value) == f"Config 'mask_fields' has path 'received_at': {reason}."
     finally:
-        server.should_exit = True
-        await serving
         await app.state.writer_holder.stop()
     (stored_entry,), report = await read_back(settings, ["2026-11-24"])
     assert report.ok and stored_entry["id"] == "e1" and "user" not in stored_entry
