@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from azure.functions import meta
 from azure.functions.timer import TimerRequestConverter
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 from blobwriter.config import Settings
 from blobwriter.errors import ConfigError
@@ -26,6 +26,7 @@ from blobwriter.query import MissingExtraError
 from blobwriter.query.schedule import LOOKBACK_DAYS, SCHEDULE, closed_days, run_scheduled_export
 from blobwriter.query.source import RangeSource
 from tests.conftest import connection_string
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY
 from tests.support.query import store_entries
 from tests.support.readback import frames_in
 
@@ -209,9 +210,12 @@ def test_closed_days() -> None:
 async def test_the_logs_own_container_is_refused(function_app: Callable[..., ModuleType], azurite: str,
                                                  container: str, caplog: pytest.LogCaptureFixture) -> None:
     """Exporting into the logs' own container (DEPLOY.md: never) is refused when the app is indexed and by
-    every run, before anything is written."""
+    every run, before anything is written. (With a SAS: an http:// URL without one is refused for that.)"""
+    sas = generate_container_sas(ACCOUNT, container, account_key=ACCOUNT_KEY,
+                                 permission=ContainerSasPermissions(read=True, write=True, list=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
     with caplog.at_level(logging.ERROR, logger="blobwriter.export"):
-        module = function_app(BLOBWRITER_EXPORT_DESTINATION=f"{azurite}/{container}/plain")
+        module = function_app(BLOBWRITER_EXPORT_DESTINATION=f"{azurite}/{container}/plain?{sas}")
     [record] = [r for r in caplog.records if r.name == "blobwriter.export"]
     assert "is the logs' own container" in record.getMessage()
     handler = timer_function(module).get_user_function()
