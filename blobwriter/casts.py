@@ -139,10 +139,10 @@ def account_url(name: str, text: str) -> None:
             "AccountKey=...;BlobEndpoint=...').")
 
 
-def connection_string(name: str, text: str) -> None:
+def connection_string(name: str, text: str) -> str:
     """A connection string (the `storage` setting's, an export destination's) parsed now, as the SDK will
     parse it (no request is made): a malformed one is a ConfigError at load, not a ValueError from the first
-    append (which, under Functions, is a 500 on every route)."""
+    append (which, under Functions, is a 500 on every route). Returns the blob endpoint URL it names."""
     from azure.storage.blob import BlobServiceClient
 
     try:
@@ -154,6 +154,7 @@ def connection_string(name: str, text: str) -> None:
     # The SDK decodes the account key only to sign a request: a key that is not base64 failed every request,
     # retried as if storage were down, each entry accepted (202) and never written.
     account_key = getattr(client.credential, "account_key", None)
+    endpoint: str = client.url
     client.close()
     if isinstance(account_key, str):
         try:
@@ -161,6 +162,7 @@ def connection_string(name: str, text: str) -> None:
         except (binascii.Error, ValueError):
             raise ConfigError(f"Config '{name}' has an AccountKey that is not base64 (the value is not shown): "
                               "copy the storage account's access key whole (it ends in '==').") from None
+    return endpoint
 
 
 def optional_integer(low: int, high: int) -> Cast:

@@ -310,16 +310,17 @@ def test_destination_forms() -> None:
     assert isinstance(local, DirectoryDestination) and local.root == Path("lake/gateway")
     url = open_destination("https://acct.blob.core.windows.net/exports/gateway/v1")
     assert isinstance(url, BlobDestination)
-    assert (url.container_name, url.prefix, url._account_url, url._sas) == (
+    assert (url.container_name, url.prefix, url.endpoint, url._sas) == (
         "exports", "gateway/v1/", "https://acct.blob.core.windows.net", None)
     emulator = open_destination("http://127.0.0.1:10000/devstoreaccount1/exports?sv=1&sig=x")
     assert isinstance(emulator, BlobDestination)
-    assert (emulator.container_name, emulator.prefix, emulator._account_url, emulator._sas) == (
+    assert (emulator.container_name, emulator.prefix, emulator.endpoint, emulator._sas) == (
         "exports", "", "http://127.0.0.1:10000/devstoreaccount1", "sv=1&sig=x")
     string = open_destination("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=a2V5;Container=exp;Prefix=/p/")
     assert isinstance(string, BlobDestination)
     assert (string.container_name, string.prefix) == ("exp", "p/")
     assert string._connection_string == "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=a2V5;"
+    assert string.endpoint == "https://a.blob.core.windows.net/"  # as the SDK reads it, parsed once
 
 
 def nested(depth: int) -> Any:

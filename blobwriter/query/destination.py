@@ -146,9 +146,9 @@ def _parse_destination(text: str) -> Destination:
         connection_string = ";".join(rest) + ";"
         # As the `storage` setting's is checked at load: a malformed one, or an AccountKey that is not base64,
         # is one line naming the destination (not the SDK's "Incorrect padding" at the first request).
-        casts.connection_string("export destination", connection_string)
+        endpoint = casts.connection_string("export destination", connection_string)
         return BlobDestination(container=_container(extra["container"]), prefix=_prefix(extra.get("prefix", "")),
-                               connection_string=connection_string)
+                               endpoint=endpoint, connection_string=connection_string)
     # As the `storage` setting's is checked at load: an http:// URL without a SAS, or a query that is no SAS,
     # is one line naming the destination (not the SDK's "Token credential is only supported with HTTPS").
     casts.account_url("export destination", text)
@@ -163,7 +163,7 @@ def _parse_destination(text: str) -> Destination:
     container = _container(segments[account_segments])
     prefix = _prefix("/".join(segments[account_segments + 1:]))
     account_url = urlunsplit((parts.scheme, parts.netloc, "/".join([""] + segments[:account_segments]), "", ""))
-    return BlobDestination(container=container, prefix=prefix, account_url=account_url, sas=parts.query or None)
+    return BlobDestination(container=container, prefix=prefix, endpoint=account_url, sas=parts.query or None)
 
 
 _SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -205,22 +205,10 @@ def _same_place(destination: Destination, logs: Settings) -> bool:
         return there == root or root in there.parents
     if not isinstance(destination, BlobDestination) or logs.storage_kind == "directory":
         return False
-    by_string = logs.storage_kind == "connection_string"
-    logs_url = _endpoint_url(storage if by_string else None, None if by_string else storage)
-    return (destination.container_name == logs.container
-            and _normalised(destination.endpoint_url()) == _normalised(logs_url))
-
-
-def _endpoint_url(connection_string: str | None, account_url: str | None) -> str:
-    """An account's blob endpoint URL: the account URL, or the one the SDK reads from a connection string."""
-    if connection_string is None:
-        return account_url or ""
-    from azure.storage.blob import BlobServiceClient
-
-    client = BlobServiceClient.from_connection_string(connection_string)
-    url: str = client.url
-    client.close()
-    return url
+    if destination.container_name != logs.container:
+        return False
+    logs_url = casts.connection_string("storage", storage) if logs.storage_kind == "connection_string" else storage
+    return _normalised(destination.endpoint) == _normalised(logs_url)
 
 
 def _normalised(url: str) -> str:
@@ -371,22 +359,20 @@ class _DirectoryPartition:
 class BlobDestination:
     """Block blobs `<prefix>/<partition>/<file>` in a container (created if missing)."""
 
-    def __init__(self, *, container: str, prefix: str = "", connection_string: str | None = None,
-                 account_url: str | None = None, sas: str | None = None) -> None:
+    def __init__(self, *, container: str, endpoint: str, prefix: str = "", connection_string: str | None = None,
+                 sas: str | None = None) -> None:
+        """`endpoint`: the account's blob endpoint URL, the one `connection_string` names if given (signed
+        with it), else signed with `sas` or, without one, Entra ID (DefaultAzureCredential)."""
         self.container_name = container
+        self.endpoint = endpoint
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._connection_string = connection_string
-        self._account_url = account_url
         self._sas = sas
         self._service: Any = None
         self._container: Any = None
         self._credential: Any = None
         self._ready = False
-        self.description = f"{_public_url(self.endpoint_url())}/{container}/{self.prefix}".rstrip("/")
-
-    def endpoint_url(self) -> str:
-        """The account's blob endpoint URL, as the SDK reads it from the connection string (no request)."""
-        return _endpoint_url(self._connection_string, self._account_url)
+        self.description = f"{_public_url(endpoint)}/{container}/{self.prefix}".rstrip("/")
 
     async def _client(self) -> Any:
         if self._container is None:
@@ -400,15 +386,13 @@ class BlobDestination:
             }
             if self._connection_string is not None:
                 self._service = BlobServiceClient.from_connection_string(self._connection_string, **options)
-            elif self._account_url is None:
-                raise ConfigError("an export destination needs a connection string or an account URL")
             elif self._sas:
-                self._service = BlobServiceClient(self._account_url, credential=self._sas, **options)
+                self._service = BlobServiceClient(self.endpoint, credential=self._sas, **options)
             else:
                 from azure.identity.aio import DefaultAzureCredential
 
                 self._credential = DefaultAzureCredential()
-                self._service = BlobServiceClient(self._account_url, credential=self._credential, **options)
+                self._service = BlobServiceClient(self.endpoint, credential=self._credential, **options)
             self._container = self._service.get_container_client(self.container_name)
             # The service URL carries a SAS (a credential) when one was given: never in a message or a log.
             self.description = f"{_public_url(self._service.url)}/{self.container_name}/{self.prefix}".rstrip("/")
