@@ -29,6 +29,7 @@ import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as norm  # PEP 503: pyarrow, PyArrow, py_arrow alike
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "requirements.in"
@@ -49,10 +50,6 @@ HEADER = """\
 # are not here: they are the `serve` extra of pyproject.toml. A deployment with the scheduled
 # export adds pyarrow at the end (docs/DEPLOY.md); `make lock` keeps it there.
 """
-
-
-def norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def optional_in(text: str) -> list[str]:
