@@ -130,6 +130,13 @@ def first_data_frame(read: DateRead, writer: str) -> Frame:
     return next(frame for frame in read.data_frames if frame.header.writer == writer)
 
 
+def tampering(written: Written, tmp_path: Path, name: str, date: str, writer: int) -> tuple[DateRead, Frame, Path]:
+    """What a tampering test starts from: the clean read of `date`, the first data frame of the writer
+    `writer` (its index) as the victim, and a copy of the store named `name` to tamper with."""
+    clean = read_date(written.root, date, [written.key], prefix=PREFIX)
+    return clean, first_data_frame(clean, written.writer_ids[writer]), copy_store(written, tmp_path, name)
+
+
 def frame_bytes(root: Path, frame: Frame) -> bytes:
     data = (root / frame.blob).read_bytes()
     return data[frame.offset:frame.offset + frame.header.frame_length]
@@ -228,9 +235,7 @@ async def test_index_chains_are_complete_and_final(written: Written) -> None:
 
 async def test_a_flipped_ciphertext_byte_fails_authentication(written: Written, tmp_path: Path) -> None:
     date = DATES[0]
-    clean = read_date(written.root, date, [written.key], prefix=PREFIX)
-    victim = first_data_frame(clean, written.writer_ids[0])
-    root = copy_store(written, tmp_path, "flipped")
+    clean, victim, root = tampering(written, tmp_path, "flipped", date, writer=0)
     path = root / victim.blob
     data = bytearray(path.read_bytes())
     data[victim.offset + HEADER_SIZE + 3] ^= 0x01
@@ -255,9 +260,7 @@ async def test_a_flipped_ciphertext_byte_fails_authentication(written: Written, 
 async def test_a_changed_header_byte_fails_authentication(written: Written, tmp_path: Path) -> None:
     """The header is associated data: a change with a recomputed CRC is still refused."""
     date = DATES[1]
-    clean = read_date(written.root, date, [written.key], prefix=PREFIX)
-    victim = first_data_frame(clean, written.writer_ids[1])
-    root = copy_store(written, tmp_path, "header")
+    clean, victim, root = tampering(written, tmp_path, "header", date, writer=1)
     path = root / victim.blob
     data = bytearray(path.read_bytes())
     data[victim.offset + 5] ^= 0x01  # the gzip flag
@@ -291,9 +294,7 @@ async def test_a_frame_copied_into_another_blob_fails_authentication(written: Wr
 
 async def test_a_frame_appended_twice_is_a_replay_and_is_dropped(written: Written, tmp_path: Path) -> None:
     date = DATES[0]
-    clean = read_date(written.root, date, [written.key], prefix=PREFIX)
-    victim = first_data_frame(clean, written.writer_ids[1])
-    root = copy_store(written, tmp_path, "replayed")
+    clean, victim, root = tampering(written, tmp_path, "replayed", date, writer=1)
     append(root, victim.blob, frame_bytes(root, victim))
     read = read_date(root, date, [written.key], prefix=PREFIX)
     assert not read.damage and len(read.replays) == 1 and not read.retried
@@ -303,9 +304,7 @@ async def test_a_frame_appended_twice_is_a_replay_and_is_dropped(written: Writte
 async def test_a_retried_frame_is_read_once(written: Written, tmp_path: Path) -> None:
     """A copy sealed again with attempt 1 (a retried append that landed twice) is dropped, and not unindexed."""
     date = DATES[1]
-    clean = read_date(written.root, date, [written.key], prefix=PREFIX)
-    victim = first_data_frame(clean, written.writer_ids[0])
-    root = copy_store(written, tmp_path, "retried")
+    clean, victim, root = tampering(written, tmp_path, "retried", date, writer=0)
     append(root, victim.blob, reseal(victim, written.key, victim.blob, attempt=1))
     read = read_date(root, date, [written.key], prefix=PREFIX)
     assert not read.damage and not read.replays
@@ -317,9 +316,7 @@ async def test_a_retried_frame_is_read_once(written: Written, tmp_path: Path) ->
 
 async def test_a_removed_frame_is_revealed_by_the_index(written: Written, tmp_path: Path) -> None:
     date = DATES[0]
-    clean = read_date(written.root, date, [written.key], prefix=PREFIX)
-    victim = first_data_frame(clean, written.writer_ids[0])
-    root = copy_store(written, tmp_path, "removed")
+    clean, victim, root = tampering(written, tmp_path, "removed", date, writer=0)
     path = root / victim.blob
     data = path.read_bytes()
     path.write_bytes(data[:victim.offset] + data[victim.offset + victim.header.frame_length:])
@@ -353,9 +350,7 @@ async def test_a_forged_length_that_ends_inside_the_next_header_hides_no_frame(w
     only the first `covered` bytes of the next genuine header are damage, not an unreadable frame whose
     length is trusted; reading goes on from their second byte and finds the genuine frame."""
     date = DATES[0]
-    clean = read_date(written.root, date, [written.key], prefix=PREFIX)
-    victim = first_data_frame(clean, written.writer_ids[0])
-    root = copy_store(written, tmp_path, "forged")
+    clean, victim, root = tampering(written, tmp_path, "forged", date, writer=0)
     path = root / victim.blob
     data = path.read_bytes()
     filler = bytes(max(0, 16 - covered))  # a ciphertext has at least the 16 bytes of its tag
