@@ -117,11 +117,12 @@ def storage(name: str, value: Any) -> str:
     return text
 
 
-def account_url(name: str, text: str) -> None:
+def account_url(name: str, text: str, *, container: str = "") -> None:
     """An account URL (the `storage` setting's; an export destination's, which names a container too) signs
     in with its SAS token (its query string) or, without one, with Entra ID, which the SDK sends only over
     https: anything else fails at the first request (a traceback at serve's start-up). Never echoed: the
-    query may hold a SAS signature."""
+    query may hold a SAS signature. `container`: what a connection string takes besides, in the hint (an
+    export destination's ';Container=NAME')."""
     parts = urlsplit(text)
     if not parts.hostname:
         raise ConfigError(f"Config '{name}' is not a valid account URL: it has no host (the value is not shown). "
@@ -135,8 +136,8 @@ def account_url(name: str, text: str) -> None:
         raise ConfigError(
             f"Config '{name}' is an http:// account URL without a SAS token: Entra ID (DefaultAzureCredential) "
             "signs requests only over https. Use https://, add a SAS token (?sv=...&sig=...), or a connection "
-            "string (UseDevelopmentStorage=true for Azurite, or 'DefaultEndpointsProtocol=http;AccountName=...;"
-            "AccountKey=...;BlobEndpoint=...').")
+            f"string (UseDevelopmentStorage=true{container} for Azurite, or 'DefaultEndpointsProtocol=http;"
+            f"AccountName=...;AccountKey=...;BlobEndpoint=...{container}').")
 
 
 def connection_string(name: str, text: str) -> str:

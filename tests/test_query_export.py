@@ -564,6 +564,9 @@ async def test_a_url_that_cannot_sign_in_is_one_line_naming_the_destination(
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"blobwriter: error: Config 'export destination' {why}"), result.stderr
     assert "se=2030" not in result.stderr and result.stderr.count("\n") == 1
+    if url.startswith("http:"):  # the connection string it suggests instead names the container, as --out needs
+        assert "UseDevelopmentStorage=true;Container=NAME for Azurite" in result.stderr, result.stderr
+        assert "BlobEndpoint=...;Container=NAME')" in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == [tmp_path / "store"]
 
 
@@ -663,6 +666,36 @@ def test_a_directory_export_is_refused_while_another_process_holds_the_day(
     assert sorted(pq.read_table(tmp_path / "lake" / f"date={day}").column("id").to_pylist()) == sorted(
         e["id"] for e in by_day(entries)[day])
     assert list(lock.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_an_export_of_a_busy_day_reads_none_of_it(sample_store: tuple[Settings, list[dict[str, Any]]],
+                                                  azurite_upstream: str, tmp_path: Path, fmt: str) -> None:
+    """The day's lock is taken before its first read: a Parquet export used to read the whole day once (its
+    column types) before it found the day busy, which under Functions is CPU taken from the writer."""
+    settings, _ = sample_store
+    day = "2026-11-27"
+    downloads: list[str] = []
+
+    def count(request: Any) -> bool:
+        if request.method == "GET" and request.path.endswith(".log"):
+            downloads.append(request.path)
+        return False  # holds nothing
+
+    proxy = HoldingProxy(azurite_upstream, count).start_in_thread()
+    try:
+        through_proxy = settings.with_overrides(storage=connection_string(f"{proxy.url}/{ACCOUNT}"))
+        lock = tmp_path / "lake" / "_blobwriter" / "exporting" / f"{day}.lock"
+        lock.parent.mkdir(parents=True)
+        with lock.open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            result = export(through_proxy, str(tmp_path / "lake"), "--format", fmt, first=day, last=day, code=2)
+        assert "another export of" in result.stderr, result.stderr
+        assert downloads == []
+        export(through_proxy, str(tmp_path / "lake"), "--format", fmt, first=day, last=day)
+        assert downloads  # the proxy does see the day's blobs being read once the day is free
+    finally:
+        proxy.stop_thread()
 
 
 def interrupt(args: list[str], env: dict[str, str], proxy: HoldingProxy) -> subprocess.CompletedProcess[str]:

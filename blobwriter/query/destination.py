@@ -16,8 +16,8 @@ the swap and written after it, so a swap cut short (Ctrl-C, a killed process, a 
 be deleted) leaves the day without a marker: not claimed complete, and exported again by the next
 scheduled run.
 
-One export of a day at a time per destination: an export holds the day's lock from the moment it
-stages the partition until its marker is written, and a second export of the same day to the same
+One export of a day at a time per destination: an export holds the day's lock from before it reads
+the day (a Parquet export reads it twice) until its marker is written, and a second export of the same day to the same
 destination fails at once (`ExportBusy`) instead of swapping in while the first does, which could
 delete the first one's new files. In a container the lock is a lease on
 `_blobwriter/exporting/<day>.lock` (LEASE_SECONDS, renewed while the export runs, so one stopped
@@ -151,7 +151,7 @@ def _parse_destination(text: str) -> Destination:
                                endpoint=endpoint, connection_string=connection_string)
     # As the `storage` setting's is checked at load: an http:// URL without a SAS, or a query that is no SAS,
     # is one line naming the destination (not the SDK's "Token credential is only supported with HTTPS").
-    casts.account_url("export destination", text)
+    casts.account_url("export destination", text, container=";Container=NAME")
     parts = urlsplit(text)
     segments = [s for s in parts.path.split("/") if s]
     host = parts.hostname or ""

@@ -101,29 +101,39 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
     if sources is None:
         sources = await source.sizes(day)
     conversion: Conversion | None = None
-    if fmt == "parquet":
-        arrow()
-        schema = Schema()
-        source.progress.note("pass 1 of 2: column types")
-        async for batch in abatches_of(source.lines([day], record=False)):
-            schema.observe(batch)
-        if schema.entries == 0:
-            source.record_last()  # no second pass: this one's damage (or unknown keys) is the day's
-            result.stage = "done"
-            return result
-        conversion = Conversion(schema.arrow_schema(raw=True), raw=True)
-        result.too_wide = schema.too_wide
-        result.renamed = _free_of_partition_key(conversion.schema.names)
-        source.progress.note("pass 2 of 2: writing")
     partition: Partition | None = None
     writer: _PartWriter | None = None
     async with AsyncExitStack() as locked:
         lock: DayLock | None = None
+
+        async def hold() -> DayLock:
+            """The day's lock, from before its first read to its marker: another export of the day (ExportBusy)
+            would swap in meanwhile, and one that waits to find the day busy reads it for nothing."""
+            nonlocal lock
+            if lock is None:
+                lock = await locked.enter_async_context(destination.lock(day))
+            return lock
+
+        if sources:  # (a day with no blobs has nothing to guard; one created since is locked before staging)
+            await hold()
+        if fmt == "parquet":
+            arrow()
+            schema = Schema()
+            source.progress.note("pass 1 of 2: column types")
+            async for batch in abatches_of(source.lines([day], record=False)):
+                schema.observe(batch)
+            if schema.entries == 0:
+                source.record_last()  # no second pass: this one's damage (or unknown keys) is the day's
+                result.stage = "done"
+                return result
+            conversion = Conversion(schema.arrow_schema(raw=True), raw=True)
+            result.too_wide = schema.too_wide
+            result.renamed = _free_of_partition_key(conversion.schema.names)
+            source.progress.note("pass 2 of 2: writing")
         try:
             async for batch in abatches_of(source.lines([day])):
                 if partition is None:
-                    # From staging to the marker: another export of the day would swap in meanwhile (ExportBusy).
-                    lock = await locked.enter_async_context(destination.lock(day))
+                    await hold()
                     partition = await destination.partition(partition_name(day))
                 start = 0
                 while start < len(batch):
@@ -145,8 +155,7 @@ async def export_day(source: RangeSource, destination: Destination, day: str, fm
                 await partition.add(writer.path.name)
                 writer = None
             if partition is not None:
-                assert lock is not None
-                await lock.check()  # still ours: no other export of the day has swapped in since
+                await (await hold()).check()  # still ours: no other export of the day has swapped in since
                 result.stage = "swapping"
                 await destination.remove_marker(day)  # a swap cut short must not pass for the old, whole export
                 await partition.commit()
