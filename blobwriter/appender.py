@@ -97,13 +97,14 @@ class Frame:
 class Lane:
     """The frames waiting for one date's blob of this writer, and how that blob is doing."""
 
-    __slots__ = ("date", "failures", "in_flight", "last_cut", "part", "ready", "resume_at",
+    __slots__ = ("away", "date", "failures", "in_flight", "last_cut", "part", "ready", "resume_at",
                  "rolled_for", "timer", "window")
 
     def __init__(self, date: str, window: float) -> None:
         self.date = date
         self.part = 0
         self.ready: deque[Frame] = deque()
+        self.away: list[Frame] = []  # a failed append's frames while they are sealed again (off the loop)
         self.in_flight = 0
         self.window = window  # appends this lane may have in flight (the congestion window)
         self.last_cut = 0.0  # when the window was last halved: once per round trip, as TCP does
@@ -299,7 +300,7 @@ class Appender:
                     return
                 frames = self._failed(lane, frames, part, exc, started)
                 if frames:  # retried: sealed anew, back to the front of the lane
-                    frames = await self._reseal(frames, self.blob_name(lane.date, lane.part))
+                    frames = await self._reseal(lane, frames)
                     if self._last_round:  # it began while they were sealed again
                         self._settle(frames, WriteFailedError(f"{NOT_RETRIED}: {exc}"))
                         return
@@ -363,7 +364,7 @@ class Appender:
         give_up_at = None
         if not throttled and status is not None and status < 500:  # cannot heal by waiting alone
             frames = self._give_up_on_old(frames, now, exc)
-            failing = [f.failing_since for f in (*frames, *lane.ready) if f.failing_since is not None]
+            failing = [f.failing_since for f in (*frames, *lane.ready, *lane.away) if f.failing_since is not None]
             give_up_at = min(failing) + self._give_up_after if failing else None
         lane.resume_at = resume_time(now, lane.failures, self._retry_backoff_max, random.uniform(0.5, 1),
                                      lane.resume_at, give_up_at)
@@ -394,12 +395,19 @@ class Appender:
         lane.part = self._parts[lane.date] = full + 1
         log.info("Rolling %s to part %d (%s)", lane.date, lane.part, why)
 
-    async def _reseal(self, frames: list[Frame], blob: str) -> list[Frame]:
-        """Seal frames again for `blob` with their next attempt number (in a thread when there is
-        much); return those that can be retried."""
-        if sum(len(f.data) for f in frames) > RESEAL_IN_THREAD_BYTES:
+    async def _reseal(self, lane: Lane, frames: list[Frame]) -> list[Frame]:
+        """Seal a failed append's frames again for the lane's blob with their next attempt number (in a
+        thread when there is much); return those that can be retried. Meanwhile they are the lane's `away`:
+        another append of the lane that fails then still counts them in its give_up_after deadline."""
+        blob = self.blob_name(lane.date, lane.part)
+        if sum(len(f.data) for f in frames) <= RESEAL_IN_THREAD_BYTES:
+            return self._reseal_now(frames, blob)
+        lane.away += frames
+        try:
             return await asyncio.to_thread(self._reseal_now, frames, blob)
-        return self._reseal_now(frames, blob)
+        finally:
+            sent = {id(frame) for frame in frames}
+            lane.away = [frame for frame in lane.away if id(frame) not in sent]
 
     def _reseal_now(self, frames: list[Frame], blob: str) -> list[Frame]:
         kept, spent = [], []

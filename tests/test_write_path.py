@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from blobwriter.api import create_app
-from blobwriter.appender import resume_time
+from blobwriter.appender import Frame, Lane, resume_time
 from blobwriter.codec import Encoder
 from blobwriter.config import Settings
 from blobwriter.errors import EntryTooLargeError, QueueFullError, StoreError, WriteFailedError
@@ -218,6 +219,26 @@ def test_resume_time_keeps_the_backoff_rules() -> None:
     assert resume_time(10.0, 1, 30.0, 1.0, paused_until=20.0, give_up_at=15.0) == 15.0  # but not past the deadline
     assert resume_time(10.0, 3, 30.0, 1.0, give_up_at=5.0) == 10.0  # a frame past it: at once, to give it up
     assert resume_time(0.0, 5000, 30.0, 1.0) == 30.0  # ~8 hours of 30 s retries: 2 ** 1024 overflowed a float
+
+
+def test_frames_sealed_again_off_the_loop_count_in_another_appends_deadline(make_settings: Callable[..., Settings],
+                                                                             tmp_path: Path) -> None:
+    """A failed append's frames over 256 KiB are sealed again in a thread, out of the lane meanwhile. If
+    another append of the lane failed then, its wait was capped by its own frames' deadline only, and the
+    older frames could be given up a whole backoff step after give_up_after. They are the lane's `away`
+    while sealed, and count: here 1 s of give_up_after is left to them, 5 s to the append that failed."""
+    writer = LogWriter(make_settings(storage=str(tmp_path / "store"), give_up_after=5.0, retry_backoff_max=30.0))
+    appender = writer._appender
+    lane = Lane(DAY, 4.0)
+    lane.failures, lane.in_flight = 6, 2  # the next backoff step is 15-30 s
+    now = time.monotonic()
+    older = Frame(DAY, b"", b"sealed", "blob", lambda frame, outcome: None)
+    older.failing_since = now - 4.0
+    lane.away.append(older)
+    failed = Frame(DAY, b"", b"sealed", "blob", lambda frame, outcome: None)
+    kept = appender._failed(lane, [failed], 0, StoreError("refused", status=403), now)
+    assert kept == [failed] and failed.failing_since is not None
+    assert lane.resume_at == older.failing_since + 5.0  # not failed.failing_since + 5.0, nor the backoff step
 
 
 async def test_an_unhealable_error_waits_no_longer_than_give_up_after_in_all(
