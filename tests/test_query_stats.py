@@ -117,8 +117,12 @@ def test_where_filters_really_filter(sample_store: tuple[Settings, list[dict[str
     [limited] = stats_json(settings, "--where", "status_code=429")
     assert limited["requests"] == sum(1 for e in entries if e["status_code"] == 429) > 0
     assert limited["errors"] == limited["requests"]
-    [none] = stats_json(settings, "--where", "user=nobody@example.com")
+    result = run_cli("stats", "--date", FIRST, "--until", LAST, "--where", "user=nobody@example.com", "--format",
+                     "json", env=cli_env(settings))
+    [none] = orjson.loads(result.stdout)
     assert none["requests"] == 0 and none["duration_ms_p50"] is None and none["cost"] == 0
+    assert result.returncode == 0 and result.stderr == (
+        f"blobwriter: note: none of the {len(entries):,} entries read met --where user=nobody@example.com\n")
 
 
 def test_formats_agree(sample_store: tuple[Settings, list[dict[str, Any]]]) -> None:
@@ -524,9 +528,14 @@ async def test_a_path_no_entry_has_is_noted(tmp_path: Path, key: str, sample_ent
     rows, notes = stats("--by", "deployment,rare", "--where", "error=null", "--map", "team=nothing")
     assert notes == [] and len(rows) > 1  # an alias that nothing reads is not watched
     [row], notes = stats("--where", "deployment=nosuch", "--where", "rare!=2")  # each condition's field is read
-    assert notes == [] and row["requests"] == 0
+    assert row["requests"] == 0  # no field is unseen; but a zero table is not left to pass for an answer
+    assert notes == [f"blobwriter: note: none of the {len(day):,} entries read met --where deployment=nosuch "
+                     "--where rare!=2"]
     [row], notes = stats("--where", "deploymnet=gpt-4o")
     assert row["requests"] == 0 and notes[0].startswith("blobwriter: note: --where deploymnet: no entry read")
+    assert notes[1] == f"blobwriter: note: none of the {len(day):,} entries read met --where deploymnet=gpt-4o"
+    rows, notes = stats("--by", "deployment", "--where", "deployment=gpt-4o")
+    assert notes == [] and [r["deployment"] for r in rows] == ["gpt-4o"]
     [row], notes = stats("--map", "otel")  # a preset's paths are not the user's: not noted
     assert notes == [] and row["requests"] == len(day)
 
@@ -542,7 +551,7 @@ def test_unseen_fields_merge_over_parts() -> None:
     for lines in ([b'{"team": "a"}', b'{"x": 1}'], [b'{"price": 2}'], []):
         whole.merge(pickle.loads(pickle.dumps(task.run(lines))))
     assert [note.split(":")[0] for note in whole.unseen()] == ["--where region"]
-    assert whole.totals()["cost"] == 2 and whole.totals()["requests"] == 3
+    assert whole.totals()["cost"] == 2 and whole.totals()["requests"] == 3 and whole.read == 3
     # the worker's Stats starts each run of entries afresh: fields seen before are watched again
     again = Stats(fields, ["team", "day"], [Condition.parse("region!=eu")])
     again.merge(task.run([b'{"region": "us"}']))

@@ -197,6 +197,10 @@ async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str],
         print(f"blobwriter: note: {stats.unparsable} entries were not JSON objects and were skipped", file=sys.stderr)
     for note in stats.unseen():
         print(output.printable(f"blobwriter: note: {note}", lines=True), file=sys.stderr)
+    if args.where and stats.read and not stats.groups:  # a value mistyped (or a zero table taken for an answer)
+        conditions = " ".join(f"--where {w}" for w in args.where)
+        print(output.printable(f"blobwriter: note: none of the {stats.read:,} entries read met {conditions}"),
+              file=sys.stderr)
     return source.finish()
 
 

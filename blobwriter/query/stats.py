@@ -102,6 +102,7 @@ class StatsPart:
     ignored: Ignored
     unparsable: int
     unseen: frozenset[str] | None = None  # watched fields no entry had a value at (None: no entry read)
+    read: int = 0  # entries read (StatsTask.run's lines), counted or not
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,9 @@ class StatsTask:
             stats = _working[self] = Stats(FieldMap(dict(self.specs), self.given), self.by, self.where)
         for line in lines:
             stats.add_line(line)
-        return stats.take()
+        part = stats.take()
+        part.read = len(lines)
+        return part
 
 
 _working: dict[StatsTask, Stats] = {}
@@ -165,6 +168,7 @@ class Stats:
         self.groups: dict[tuple[Any, ...], Group] = {}
         self.ignored = Ignored()
         self.unparsable = 0
+        self.read = 0  # entries read in the parts merged (StatsPart.read)
         self._parser = simdjson_parser()
         self._aggregate = self._compile(fields, [None if name in TIME_KEYS else fields.field(name) for name in by])
         # A name no entry has a value at is a note (a typo, most likely). --where and the map's own items are
@@ -327,6 +331,7 @@ class Stats:
             self.ignored.counts[name] += count
             self.ignored.examples.setdefault(name, part.ignored.examples[name])
         self.unparsable += part.unparsable
+        self.read += part.read
         if part.unseen is not None:  # what its entries had a value at is seen
             self._read_any = True
             self._unseen = {name: get for name, get in self._unseen.items() if name in part.unseen}
