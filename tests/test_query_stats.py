@@ -540,6 +540,14 @@ async def test_a_path_no_entry_has_is_noted(tmp_path: Path, key: str, sample_ent
     assert notes == [] and row["requests"] == len(day)
 
 
+async def test_no_entry_meeting_where_is_noted_in_words(tmp_path: Path, key: str) -> None:
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key})
+    await store_entries(settings, [{"id": "w1", "timestamp": "2026-11-26T10:00:00Z", "user": "alice@contoso.com"}])
+    result = run_cli("stats", "--date", "2026-11-26", "--where", "user=alice", env=cli_env(settings))
+    assert result.returncode == 0
+    assert result.stderr == "blobwriter: note: the one entry read did not meet --where user=alice\n"
+
+
 def test_unseen_fields_merge_over_parts() -> None:
     """Parts from several workers (StatsTask.run, take): a field is seen if any part's entries had it."""
     import pickle

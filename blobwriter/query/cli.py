@@ -199,8 +199,8 @@ async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str],
         print(output.printable(f"blobwriter: note: {note}", lines=True), file=sys.stderr)
     if args.where and stats.read and not stats.groups:  # a value mistyped (or a zero table taken for an answer)
         conditions = " ".join(f"--where {w}" for w in args.where)
-        print(output.printable(f"blobwriter: note: none of the {stats.read:,} entries read met {conditions}"),
-              file=sys.stderr)
+        read = "the one entry read did not meet" if stats.read == 1 else f"none of the {stats.read:,} entries read met"
+        print(output.printable(f"blobwriter: note: {read} {conditions}"), file=sys.stderr)
     return source.finish()
 
 
