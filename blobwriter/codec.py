@@ -391,6 +391,7 @@ def header_within(frame: bytes) -> int | None:
 
 
 def _valid_header_at(buffer: bytes | bytearray, at: int) -> bool:
+    """Whether a valid header (magic, version, CRC) starts at `at`."""
     try:
         parse_header(buffer, at)
     except FrameError:
@@ -404,11 +405,9 @@ def _find_header(buffer: bytes | bytearray, start: int) -> int | None:
         at = buffer.find(MAGIC, start)
         if at < 0 or len(buffer) - at < HEADER_SIZE:
             return None
-        try:
-            parse_header(buffer, at)
+        if _valid_header_at(buffer, at):
             return at
-        except FrameError:
-            start = at + 1
+        start = at + 1
 
 
 def walk_frames(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, FrameHeader]]:
