@@ -17,9 +17,9 @@ be deleted) leaves the day without a marker: not claimed complete, and exported 
 scheduled run.
 
 One export of a day at a time per destination: an export holds the day's lock from before it reads
-the day (a Parquet export reads it twice) until its marker is written, and a second export of the same day to the same
-destination fails at once (`ExportBusy`) instead of swapping in while the first does, which could
-delete the first one's new files. In a container the lock is a lease on
+the day (a Parquet export reads it twice) until its marker is written, and a second export of the
+same day to the same destination fails at once (`ExportBusy`) instead of swapping in while the first
+does, which could delete the first one's new files. In a container the lock is a lease on
 `_blobwriter/exporting/<day>.lock` (LEASE_SECONDS, renewed while the export runs, so one stopped
 without releasing it blocks the day for LEASE_SECONDS at most); in a directory it is a `flock` on the
 same file (released by the system when the process ends, however it ends).
