@@ -301,8 +301,16 @@ def _read_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(document, dict):
         raise ConfigError(f"Config file {str(path)!r} must be a mapping with a '{FILE_SECTION}:' section.")
-    section = document.get(FILE_SECTION, {})
-    if section is None:
+    section = document.get(FILE_SECTION)
+    if section is None or section == {}:
+        # No settings in the file. Setting names at its top level were meant to be under `logging:`
+        # (left out, or a `logging:` with nothing indented under it): they would be ignored without a word.
+        stray = [str(k) for k in document if str(k) in FIELDS_BY_NAME or str(k) in _ALIASES]
+        if stray:
+            what = "is empty" if FILE_SECTION in document else "is missing"
+            raise ConfigError(
+                f"Config file {str(path)!r}: {', '.join(stray)} at the top level would be ignored; settings go "
+                f"under '{FILE_SECTION}:', indented (its '{FILE_SECTION}:' section {what}).")
         return {}
     if not isinstance(section, dict):
         raise ConfigError(f"Config file {str(path)!r}: '{FILE_SECTION}:' must be a mapping of settings.")

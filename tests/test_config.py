@@ -276,6 +276,27 @@ def test_malformed_files(tmp_path: Path, text: str, match: str) -> None:
         load_settings(write_yaml(tmp_path, text), env={})
 
 
+@pytest.mark.parametrize(("text", "what"), [
+    ("batch_size: 0\nstorage: /x\n", "is missing"),  # no `logging:` at all
+    ("logging:\nbatch_size: 0\n", "is empty"),  # `logging:` with the settings not indented under it
+    ("logging: {}\nbatch_timeout: 0\n", "is empty"),
+    ("app: {}\nmax_chunk_bytes: 1\n", "is missing"),  # an older name too
+])
+def test_settings_outside_the_section_are_an_error(tmp_path: Path, text: str, what: str) -> None:
+    """QA: a file of settings without `logging:` (or with them not indented under it) was read as no
+    settings at all, silently: `batch_size: 0` passed, and every value in it was ignored."""
+    with pytest.raises(ConfigError, match=rf"at the top level would be ignored.*'logging:'.*section {what}"):
+        load_settings(write_yaml(tmp_path, text), env={})
+
+
+def test_a_file_for_other_programs_too_is_read(tmp_path: Path) -> None:
+    """Top-level keys that are not settings are another program's (the file is shared): no error, and
+    with a `logging:` section, a top-level name that is also a setting's is not blobwriter's either."""
+    assert load_settings(write_yaml(tmp_path, "database: {host: x}\n"), env={}).batch_size == 10
+    shared = "storage: {kind: s3}\nlogging:\n  batch_size: 7\n"
+    assert load_settings(write_yaml(tmp_path, shared), env={}).batch_size == 7
+
+
 def test_empty_file_and_empty_section(tmp_path: Path) -> None:
     assert load_settings(write_yaml(tmp_path, ""), env={}).batch_size == 10
     assert load_settings(write_yaml(tmp_path, "logging:\n"), env={}).batch_size == 10
