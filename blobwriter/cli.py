@@ -20,7 +20,7 @@ from .keys import keygen
 from .query import cli as query_cli
 from .query.output import printable
 from .query.progress import Progress, tracked_results
-from .reader import Reader, ReadReport, date_range, unknown_keys_error
+from .reader import Reader, ReadReport, date_range, nothing_found, unknown_keys_error
 from .store import open_store
 
 EXIT_OK, EXIT_DAMAGED, EXIT_USAGE = 0, 1, 2
@@ -145,6 +145,8 @@ async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: 
     if report.only_unknown_keys:
         raise unknown_keys_error(report.problems, settings.named_keys)
     _print_report(report, dates, verbose=verify, as_json=as_json)
+    if report.parts == 0 and not verify:  # verify says so in its report ("0 parts")
+        print(f"blobwriter: note: {nothing_found(dates, store)}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_DAMAGED
 
 

@@ -107,6 +107,14 @@ class SeenFrames:
         return self.RETRY if seen_before else self.NEW
 
 
+def nothing_found(dates: Sequence[str], store: Store) -> str:
+    """The note for a range in which no blob was found: a date, storage, container or blob_prefix that
+    is not the writer's, most likely (a table of zeros or no output could pass for an answer)."""
+    span = dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}"
+    prefix = f" under blob_prefix {store.prefix!r}" if store.prefix else ""
+    return f"no logs for {span} in {store.description}{prefix}; are the dates (UTC) and the storage settings right?"
+
+
 def date_range(first: Date, last: Date | None = None) -> list[str]:
     """The ISO dates from first to last, inclusive."""
     last = last or first

@@ -160,3 +160,30 @@ def test_ctrl_c_is_one_line_and_exit_130(sample_store: tuple[Settings, list[dict
         proxy.stop_thread()
     assert (result.returncode, result.stderr.splitlines()[-1:]) == (130, [f"blobwriter: interrupted; {note}"])
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+
+@pytest.mark.parametrize("command", [["read"], ["stats", "--format", "json"],
+                                     ["sql", "SELECT count(*) AS n FROM logs"]])
+def test_a_range_without_logs_is_noted(sample_store: tuple[Settings, list[dict[str, Any]]],
+                                       command: list[str]) -> None:
+    """QA: a mistyped year, container or blob_prefix gave a table of zeros (or no output) with exit 0 and
+    nothing on stderr, which could pass for an answer. Now one note says that nothing was found, and where."""
+    settings, _ = sample_store
+    name, *rest = command
+    cases = [(cli_env(settings), ["--date", "2025-11-26"], "2025-11-26", ""),  # a year off
+             (cli_env(settings, BLOBWRITER_BLOB_PREFIX="gw/"), ["--date", DAY, "--until", "2026-11-27"],
+              f"{DAY}..2026-11-27", " under blob_prefix 'gw/'"),  # not the writer's prefix
+             (cli_env(settings), ["--date", DAY], None, "")]  # logs found: no note
+    for env, dates, span, prefix in cases:
+        result = run_cli(name, *dates, *rest, env=env)
+        assert result.returncode == 0, result.stderr
+        count = (len(result.stdout.splitlines()) if name == "read" else
+                 orjson.loads(result.stdout)[0]["requests"] if name == "stats" else int(result.stdout.split()[-1]))
+        if span is None:
+            assert result.stderr == "" and count > 0
+            continue
+        assert count == 0
+        assert re.fullmatch(rf"blobwriter: note: no logs for {re.escape(span)} in http://\S+/{settings.container}"
+                            rf"{re.escape(prefix)}; are the dates \(UTC\) and the storage settings right\?\n",
+                            result.stderr), result.stderr

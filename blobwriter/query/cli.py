@@ -201,6 +201,7 @@ async def _stats(args: argparse.Namespace, settings: Settings, dates: list[str],
         conditions = " ".join(f"--where {w}" for w in args.where)
         read = "the one entry read did not meet" if stats.read == 1 else f"none of the {stats.read:,} entries read met"
         print(output.printable(f"blobwriter: note: {read} {conditions}"), file=sys.stderr)
+    source.note_if_nothing_found()
     return source.finish()
 
 
@@ -220,6 +221,7 @@ async def _sql(args: argparse.Namespace, settings: Settings, dates: list[str], _
         if counts:
             fields = ", ".join(f"{path} ({n})" for path, n in sorted(counts.items(), key=lambda x: -x[1])[:5])
             print(output.printable(f"blobwriter: note: {what}: {fields}{hint}"), file=sys.stderr)  # entry keys
+    source.note_if_nothing_found()
     return source.finish()
 
 
