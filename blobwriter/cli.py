@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blobwriter",
         description="Batched, encrypted logging to Azure append blobs (or a directory).",
         epilog="Settings come from BLOBWRITER_* environment variables and the YAML file given by "
-               "--config or BLOBWRITER_CONFIG (see README, 'Configuration').",
+               "--config or BLOBWRITER_CONFIG, under its 'logging:' key (see README, 'Configuration').",
     )
     parser.add_argument("--version", action="version", version=f"blobwriter {__version__}")
     parser.add_argument("--config", metavar="PATH", help="YAML config file (default: $BLOBWRITER_CONFIG)")
