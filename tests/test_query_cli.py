@@ -162,7 +162,6 @@ def test_ctrl_c_is_one_line_and_exit_130(sample_store: tuple[Settings, list[dict
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-
 @pytest.mark.parametrize("command", [["read"], ["stats", "--format", "json"],
                                      ["sql", "SELECT count(*) AS n FROM logs"]])
 def test_a_range_without_logs_is_noted(sample_store: tuple[Settings, list[dict[str, Any]]],

@@ -36,8 +36,9 @@ class RangeSource:
         self.problems: list[Problem] = []
         self.last_report: ReadReport | None = None
         self.frames = 0  # frames decoded by the recorded passes
-        self.blobs = 0  # blobs the recorded passes found
-        self._nothing_found = ""  # what to say if they found none (nothing_found, set by each pass)
+        # Whether any pass (look-ahead ones too) found a blob, and what to say if none did (set by each pass).
+        self._found_blobs = False
+        self._nothing_found = ""
         self.workers = workers  # processes decoding frames (None: every core, for large reads)
         # The last recorded pass's date and id_field digests: export reads a range one day (and Reader) at a
         # time, and drops a retry across midnight as one Reader over the range (read, stats, sql) does.
@@ -74,6 +75,7 @@ class RangeSource:
         except Exception as exc:  # storage errors: say what failed, no traceback
             raise BlobwriterError(f"reading from {store.description} failed: {exc}") from exc
         finally:
+            self._found_blobs = self._found_blobs or reader.report.parts > 0
             self._nothing_found = nothing_found(self.dates, store)  # once open, the store says where it is
             await reader.close()
             await store.close()
@@ -100,13 +102,12 @@ class RangeSource:
         if self.last_report is not None:
             self.problems.extend(self.last_report.problems)
             self.frames += self.last_report.frames
-            self.blobs += self.last_report.parts
             self.last_report = None
 
     def forget(self) -> None:
         """Drop what earlier passes recorded (a pass about to be read again from the start)."""
         self.problems.clear()
-        self.frames = self.blobs = 0
+        self.frames = 0
 
     def check_keys(self, report: ReadReport | None = None) -> None:
         """Fail as `read` does when no configured key opens any frame of the recorded passes, or of
@@ -115,10 +116,10 @@ class RangeSource:
         if problems and frames == 0 and all(p.unknown_key for p in problems):
             raise unknown_keys_error(problems, self.settings.named_keys)
 
-    def note_if_nothing_found(self, stream: IO[str] | None = None) -> None:
-        """A note on stderr when the recorded passes found no blob at all (nothing_found)."""
-        if self.blobs == 0 and self._nothing_found:
-            print(f"blobwriter: note: {self._nothing_found}", file=stream or sys.stderr)
+    def note_if_nothing_found(self) -> None:
+        """A note on stderr when the range was read and no pass found a blob in it (nothing_found)."""
+        if self._nothing_found and not self._found_blobs:
+            print(f"blobwriter: note: {self._nothing_found}", file=sys.stderr)
 
     def finish(self, stream: IO[str] | None = None) -> int:
         """Print the damaged frames skipped (as `read` does) and return the exit code."""
