@@ -296,10 +296,10 @@ class FrameScanner:
     resumes there: the scanner at offset + 1 of a rejected frame, in damaged mode, is that state).
 
     Given the configured key ids (`known`), a frame of another key is found only if a valid header,
-    or the end of the bytes, follows it: nothing but its header's CRC vouches for its length (a CRC is
-    no MAC), and 68 forged bytes claiming a length that ends inside the next genuine frame would hide
-    that frame. One that does not end where a frame does is damage, and scanning goes on from its
-    second byte. (A length that claims whole frames is caught where it is decoded: header_within.)
+    or the end of the bytes, follows it, and no valid header lies inside it: nothing but its header's
+    CRC vouches for its length (a CRC is no MAC), and 68 forged bytes claiming a length that covers
+    genuine frames, or ends inside one, would hide them. One that fails either is damage, and scanning
+    goes on from its second byte.
     """
 
     def __init__(self, offset: int = 0, *, damaged: bool = False, known: Iterable[bytes] | None = None) -> None:
@@ -371,10 +371,11 @@ class FrameScanner:
                 follow = len(buffer) - end
                 if follow < HEADER_SIZE and not self._eof:
                     return  # what follows it decides: wait for the next header's bytes
-                if not (_valid_header_at(buffer, end) if follow >= HEADER_SIZE else follow == 0):
+                untrusted = _untrusted_length(buffer, pos, end, follow)
+                if untrusted:
                     self._pos, self._damaged = pos + 1, True
                     yield Damage(self._base + pos, "not a frame: its header names no configured key and a length "
-                                                   "that does not end where a frame does (forged or damaged)")
+                                                   f"that {untrusted} (forged or damaged)")
                     continue
             self._pos, self._last_start = end, pos
             with memoryview(buffer) as view:  # one copy, not two (a bytearray slice is a copy already)
@@ -382,12 +383,17 @@ class FrameScanner:
             yield Found(self._base + pos, header, data)
 
 
-def header_within(frame: bytes) -> int | None:
-    """Where a valid header lies inside a frame's bytes after its own (None: nowhere). An intact frame has
-    none but by a 2^-64 chance (magic, CRC, version and length all valid in ciphertext); a header whose
-    length claims the frames after it (forged: a CRC is no MAC) covers theirs. (One whose length ends
-    inside the next frame is caught by the scanner: FrameScanner's `known`.)"""
-    return _find_header(frame, 1)
+def _untrusted_length(buffer: bytes | bytearray, pos: int, end: int, follow: int) -> str:
+    """Why the length of the frame at buffer[pos:end], of a key not configured, cannot be trusted ("": it
+    can). Nothing but its header's CRC vouches for it (a CRC is no MAC): it must end where a frame does (a
+    valid header or the end of the bytes follows it) and hold no valid header after its own. An intact
+    frame holds one only by a 2^-64 chance (magic, CRC, version and length all valid in ciphertext)."""
+    inner = _find_header(buffer, pos + 1, end)
+    if inner is not None:
+        return f"covers another frame's header, {inner - pos} bytes on"
+    if not (_valid_header_at(buffer, end) if follow >= HEADER_SIZE else follow == 0):
+        return "does not end where a frame does"
+    return ""
 
 
 def _valid_header_at(buffer: bytes | bytearray, at: int) -> bool:
@@ -399,11 +405,13 @@ def _valid_header_at(buffer: bytes | bytearray, at: int) -> bool:
     return True
 
 
-def _find_header(buffer: bytes | bytearray, start: int) -> int | None:
-    """The offset of the next valid header at or after start, or None if none in the buffer yet."""
+def _find_header(buffer: bytes | bytearray, start: int, end: int | None = None) -> int | None:
+    """The offset of the next valid header at or after start, and wholly before `end` (None: the buffer's
+    end), or None if none there (yet)."""
+    stop = len(buffer) if end is None else end
     while True:
-        at = buffer.find(MAGIC, start)
-        if at < 0 or len(buffer) - at < HEADER_SIZE:
+        at = buffer.find(MAGIC, start, stop)
+        if at < 0 or stop - at < HEADER_SIZE:
             return None
         if _valid_header_at(buffer, at):
             return at

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 import orjson
 
-from .codec import Damage, Decoder, Found, FrameScanner, header_within, iter_lines, parse_header
+from .codec import Damage, Decoder, Found, FrameScanner, iter_lines, parse_header
 from .errors import FrameError, UnknownKeyError
 from .keys import SecretKey
 from .store import Store
@@ -71,7 +71,7 @@ class CountEntries:
 class Outcome(NamedTuple):
     """What decoding one frame gave."""
 
-    status: int  # OK, UNKNOWN_KEY (intact, no key for it, no header inside: skip exactly this frame) or FAILED
+    status: int  # OK, UNKNOWN_KEY (intact, no key for it, its length checked: skip exactly this frame) or FAILED
     # (reject it: rescan from its second byte)
     plaintext: bytes | None  # index frames always; data frames when no task ran over them
     message: str = ""
@@ -137,17 +137,8 @@ def decode_batch(decoder: Decoder, blob: str, date: str, frames: Sequence[bytes]
         header = parse_header(data)
         try:
             plaintext = decoder.decode(header, data, blob=blob, date=date)
-        except UnknownKeyError as exc:
-            # Its length is trusted only if no frame header lies inside it: 68 forged bytes with a valid CRC
-            # and a key id nobody has would otherwise hide the genuine frames they claim as theirs. (That it
-            # ends where a frame does, the scanner has checked: FrameScanner's `known`.)
-            inner = header_within(data)
-            if inner is None:
-                outcomes.append(Outcome(UNKNOWN_KEY, None, str(exc)))
-            else:
-                outcomes.append(Outcome(FAILED, None, f"not a frame: its header names no configured key and a "
-                                                      f"length that covers another frame's header, {inner} bytes "
-                                                      "on (forged or damaged)"))
+        except UnknownKeyError as exc:  # its length the scanner has checked (FrameScanner's `known`)
+            outcomes.append(Outcome(UNKNOWN_KEY, None, str(exc)))
             continue
         except FrameError as exc:
             outcomes.append(Outcome(FAILED, None, str(exc)))

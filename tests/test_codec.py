@@ -280,3 +280,45 @@ def test_an_encoder_refuses_to_seal_in_a_forked_child() -> None:
     os.close(read)
     assert "another process" in said
     assert encoder.seal(body, blob=BLOB)  # the parent goes on
+
+
+def forged_header(claimed: int) -> bytes:
+    """68 bytes a CRC accepts (a CRC is no MAC): a key id nobody has, `claimed` bytes of ciphertext."""
+    head = codec.HEADER.pack(MAGIC, 2, 1, 0, os.urandom(8), os.urandom(16), 1, 5, 100, bytes(12), claimed, 0)
+    return with_crc(head)
+
+
+def scan(data: bytes, known: list[SecretKey]) -> list[tuple[str, int, str]]:
+    """What a FrameScanner given the keys' ids reports of `data` fed in 100-byte chunks."""
+    scanner = codec.FrameScanner(known=[key_id(k) for k in known])
+    seen: list[tuple[str, int, str]] = []
+    for start in range(0, len(data), 100):
+        scanner.feed(data[start:start + 100])
+        seen += [(type(item).__name__, item.offset, getattr(item, "message", "")) for item in scanner]
+    scanner.finish()
+    seen += [(type(item).__name__, item.offset, getattr(item, "message", "")) for item in scanner]
+    return seen
+
+
+def test_the_scanner_trusts_an_unknown_keys_length_only_where_it_is_a_frames() -> None:
+    """One rule, in the scanner (FORMAT.md, reading step 4): a frame of a key not configured is found
+    only if it ends where a frame does and holds no valid header. A genuine one of another key is found
+    whole; 68 forged bytes claiming a genuine frame as their ciphertext are damage, and the frame they
+    claimed is found (the rule's second half used to live in the decoding step instead)."""
+    encoder, stranger = Encoder(KEY), Encoder(OTHER)
+    first, second, third = (seal(encoder, LINES, n) for n in range(3))
+    foreign = seal(stranger, LINES, 0)
+    genuine = first + foreign + second
+    assert scan(genuine, [KEY]) == [("Found", 0, ""), ("Found", len(first), ""),
+                                   ("Found", len(first) + len(foreign), "")]
+    forged = first + forged_header(len(second)) + second + third  # ends where `third` starts: a frame's end
+    at = len(first)
+    assert scan(forged, [KEY]) == [
+        ("Found", 0, ""),
+        ("Damage", at, "not a frame: its header names no configured key and a length that covers another "
+                       f"frame's header, {HEADER_SIZE} bytes on (forged or damaged)"),
+        ("Found", at + HEADER_SIZE, ""), ("Found", at + HEADER_SIZE + len(second), "")]
+    cut = first + forged_header(40) + second  # ends 40 bytes into `second`'s header
+    assert scan(cut, [KEY])[1:] == [
+        ("Damage", at, "not a frame: its header names no configured key and a length that does not end where "
+                       "a frame does (forged or damaged)"), ("Found", at + HEADER_SIZE, "")]
