@@ -1403,3 +1403,23 @@ def test_deploy_md_adds_pyarrow_to_requirements_txt_as_an_exact_pin() -> None:
         unpinned = [r for r in map(Requirement, distribution.requires or [])
                     if not r.marker and _norm(r.name) not in pins]
         assert not unpinned, f"{line} needs {unpinned}, which requirements.txt does not pin"
+
+
+def test_every_azd_value_the_docs_and_the_hook_use_is_an_output(templates: dict[str, dict[str, Any]]) -> None:
+    """A name in `azd env get-value NAME` (DEPLOY.md, the APIM example), in the sample of `azd env
+    get-values`, or among the outputs the postprovision hook reads, that main.bicep does not output
+    gives a user an empty variable and a command that fails far from the cause."""
+    outputs = set(templates[MAIN]["outputs"])
+    docs = {path: path.read_text(encoding="utf-8") for path in (DEPLOY_MD, ROOT / "examples" / "apim" / "README.md")}
+    used = {(path.name, name) for path, text in docs.items() for name in re.findall(r"azd env get-value (\w+)", text)}
+    sample = re.search(r"azd env get-values\n((?:# \w+=.*\n)+)", docs[DEPLOY_MD])
+    assert sample, "DEPLOY.md shows a sample of `azd env get-values`"
+    used |= {("DEPLOY.md sample", name) for name in re.findall(r"^# (\w+)=", sample.group(1), re.M)}
+    hook = HOOK.read_text(encoding="utf-8")
+    said = re.search(r"the first (\w+) are outputs of main\.bicep\):\n((?:#   \w+ .*\n)+)", hook)
+    assert said, "the hook lists the outputs it reads"
+    count = ["one", "two", "three", "four", "five", "six"].index(said.group(1)) + 1
+    used |= {("postprovision.sh", name) for name in re.findall(r"^#   (\w+)", said.group(2), re.M)[:count]}
+    assert {name for _, name in used} >= {"INGEST_URL", "KEY_VAULT_NAME", "LOGS_STORAGE_URL", "FUNCTION_APP_ID"}
+    missing = sorted((where, name) for where, name in used if name not in outputs)
+    assert not missing, f"not outputs of infra/{MAIN}: {missing}"
