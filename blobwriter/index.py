@@ -7,7 +7,8 @@ SHA-256 of the previous index frame's plaintext, the running count of data frame
 whether it is the writer's last for the date. The other lines are `IndexRecord`s, one per data
 frame. The writer keeps what is not yet indexed in an `IndexBook` (plain data: it never appends
 anything itself) and turns it into an index frame per date every INDEX_INTERVAL seconds, every
-INDEX_MAX_RECORDS frames, and at stop (the final one). The reader decodes both (docs/FORMAT.md).
+INDEX_MAX_RECORDS frames, and at stop (the final one); a past date it has stopped writing to is
+closed early, by the periodic call (`IndexBook.take`). The reader decodes both (docs/FORMAT.md).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class ChainLink:
     number: int  # 1, 2, ... per writer and date
     previous: str  # hex SHA-256 of the previous index frame's plaintext ("" for the first)
     frames: int  # data frames indexed by this and all earlier index frames of the chain
-    final: bool  # the writer's last index frame for the date (written at stop)
+    final: bool  # nothing more to index for the date: at stop, or a past date left idle (IndexBook.take)
 
     def to_line(self) -> bytes:
         return orjson.dumps({"chain": {"number": self.number, "previous": self.previous, "frames": self.frames,
@@ -93,26 +94,53 @@ class IndexBook:
     def __init__(self) -> None:
         self._records: dict[str, list[bytes]] = {}  # date -> record lines waiting
         self._chains: dict[str, tuple[int, str, int]] = {}  # date -> (last number, its hash, frames indexed)
+        self._closed: set[str] = set()  # dates whose chain's last index frame is final
+        self._recorded: set[str] = set()  # dates with a record since the last periodic take (close_before)
 
     def record(self, date: str, record: IndexRecord) -> bool:
         """Note where a frame landed; True once its date has INDEX_MAX_RECORDS waiting (write them)."""
         lines = self._records.setdefault(date, [])
         lines.append(record.to_line())
+        self._recorded.add(date)
         return len(lines) >= INDEX_MAX_RECORDS
 
-    def take(self, date: str | None = None, *, final: bool = False) -> list[PendingIndex]:
-        """Remove the waiting records of one date (or of every date) as index frames to write. With
-        `final`, every date this writer has indexed gets one, records or not: its chain's last."""
-        dates = [date] if date is not None else sorted(set(self._records) | (set(self._chains) if final else set()))
+    def take(self, date: str | None = None, *, final: bool = False,
+             close_before: str | None = None) -> list[PendingIndex]:
+        """Remove the waiting records of one date (or of every date) as index frames to write.
+
+        With `final` (at stop), every date whose chain is open gets one, records or not: its chain's last.
+        With `close_before` (the periodic call: the writer's UTC date), so does each earlier date whose
+        chain is open and that had no record since the last such call: a day the writer no longer writes to
+        is closed then, not at its stop, days later, when the append would grow that day's blobs after
+        they were exported (the scheduled export exports a day again when they grow) or make again a
+        blob that a retention rule deleted. A frame landing for a closed date after all opens its chain
+        again: its next index frame follows the final one, and the chain's last frame is final at the end.
+        """
+        if date is not None:
+            plan = {date: final}
+        else:
+            plan = dict.fromkeys(self._records, final)
+            open_chains = self._chains.keys() - self._closed - plan.keys()
+            if final:
+                plan.update(dict.fromkeys(open_chains, True))
+            elif close_before is not None:
+                idle = (day for day in open_chains if day < close_before and day not in self._recorded)
+                plan.update(dict.fromkeys(idle, True))
+                self._recorded.clear()
         taken = []
-        for day in dates:
+        for day in sorted(plan):
+            closing = plan[day]
             records = self._records.pop(day, [])
-            if not records and not final:
+            if not records and not closing:
                 continue
             number, previous, frames = self._chains.get(day, (0, "", 0))
-            link = ChainLink(number + 1, previous, frames + len(records), final)
+            link = ChainLink(number + 1, previous, frames + len(records), closing)
             lines = [link.to_line(), *records]
             self._chains[day] = (link.number, chain_hash(plaintext_of(lines)), link.frames)
+            if closing:
+                self._closed.add(day)
+            else:
+                self._closed.discard(day)
             taken.append(PendingIndex(day, lines))
         return taken
 

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
@@ -463,11 +464,12 @@ class LogWriter:
 
     # -- index frames ----------------------------------------------------------------------
 
-    def _write_indexes(self, date: str | None = None, *, final: bool = False) -> None:
+    def _write_indexes(self, date: str | None = None, *, final: bool = False, close_before: str | None = None) -> None:
         """Append index frames for one date (default: every date with records waiting; with `final`,
-        every date this writer has indexed, closing its chain)."""
+        every date whose chain is open, closing it; with `close_before`, also closing each earlier date
+        that had nothing to index since the last time: IndexBook.take)."""
         self._appender.submit([self._appender.encode_index(p.date, p.lines, self._index_settled)
-                               for p in self._index.take(date, final=final)])
+                               for p in self._index.take(date, final=final, close_before=close_before)])
 
     def _index_settled(self, frame: Frame, outcome: Landed | BaseException) -> None:
         if isinstance(outcome, Landed):
@@ -478,7 +480,7 @@ class LogWriter:
     async def _index_periodically(self) -> None:
         while True:
             await asyncio.sleep(INDEX_INTERVAL)
-            self._write_indexes()
+            self._write_indexes(close_before=datetime.now(UTC).date().isoformat())
 
     def _fail_items(self, items: list[Item], reason: str) -> None:
         if items:

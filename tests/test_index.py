@@ -7,6 +7,7 @@ its GCM tag) are what reveal it.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,13 @@ import orjson
 from blobwriter.codec import Encoder, parse_header
 from blobwriter.config import Settings
 from blobwriter.errors import StoreError
+from blobwriter.index import IndexBook, IndexRecord, PendingIndex
 from blobwriter.layout import writer_blob
 from blobwriter.reader import Reader
 from blobwriter.store import DirectoryStore
 from blobwriter.writer import LogWriter
 from tests.conftest import ROOT, entry
+from tests.support.independent_reader import check_index, read_date
 
 DAY = "2026-11-24"
 
@@ -212,3 +215,78 @@ async def test_a_retried_duplicate_is_dropped_and_not_counted_unindexed(tmp_path
     assert code == 0, report
     assert report["duplicates_dropped"] == 1 and report["entries"] == 3
     assert report["unindexed_frames"] == 0  # the first copy's twin is in the index
+
+
+async def test_a_past_day_left_idle_is_closed_then_and_its_writers_stop_appends_nothing_to_it(
+        tmp_path: Path, key: str, monkeypatch: Any) -> None:
+    """A writer that lives on for days (a Functions instance, `serve`) appended a final index frame at its
+    stop to every date it had ever written (QA round 13): days after the day was exported, so the
+    scheduled export exported the whole day again (its blobs grew), and into a blob a retention rule
+    had deleted, making it again. A past date with nothing new to index at a periodic index time is
+    closed then; a late entry opens its chain again, and it closes the same way. The chains are
+    read by the independent reader (docs/FORMAT.md), and `verify` passes."""
+    monkeypatch.setattr("blobwriter.writer.INDEX_INTERVAL", 0.05)
+    settings = Settings.from_values({"storage": str(tmp_path), "encryption_key": key, "batch_size": 3,
+                                     "batch_timeout": 0.1})
+
+    def links() -> list[tuple[int, bool]] | None:
+        """The writer's chain of DAY as (number, final), or None while an append is half-written."""
+        report = check_index(read_date(tmp_path, DAY, [key]))
+        if not report.ok:
+            return None
+        return [(link.number, link.final) for chain in report.chains.values() for link, _ in chain.links]
+
+    async def until(chain: list[tuple[int, bool]]) -> None:
+        for _ in range(600):  # a liveness bound, 30 s, not a timing threshold
+            if links() == chain:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the chain is {links()}, never {chain}")
+
+    async with LogWriter(settings) as writer:
+        part = tmp_path / writer_blob("", DAY, writer.writer_id, 0)
+        await writer.write_many([entry(timestamp=f"{DAY}T12:00:00Z") for _ in range(3)], wait=True)
+        await until([(1, False), (2, True)])  # its records, then, a period later with nothing new, closed
+        await writer.write(entry(timestamp=f"{DAY}T23:59:59Z"), wait=True)  # late: the chain goes on
+        await until([(1, False), (2, True), (3, False), (4, True)])
+        code, report = verify(tmp_path, key)
+        assert code == 0 and report["open_chains"] == 0 and report["entries"] == 4, report
+        part.unlink()  # the day's blob deleted by a retention rule
+    assert not part.exists(), "the stop appended to a day the writer had closed"
+
+
+def test_the_periodic_index_closes_only_past_dates_with_nothing_new() -> None:
+    """IndexBook.take's rule, step by step: with `close_before` (the writer's UTC date), a date before it
+    whose chain is open and that had no records since the last call gets a final frame; a date with
+    records, or not past, does not; a closed date is not closed again, and the stop closes the rest."""
+    book, record = IndexBook(), IndexRecord("b", 0, 100, 1, 0, "00" * 16)
+
+    def taken(pending: list[PendingIndex]) -> list[tuple[str, int, bool, int]]:
+        links = [orjson.loads(p.lines[0])["chain"] for p in pending]
+        return [(p.date[-2:], link["number"], link["final"], len(p.lines) - 1) for p, link in zip(pending, links,
+                                                                                               strict=True)]
+
+    for day in ("2026-11-23", "2026-11-24", "2026-11-25"):
+        book.record(day, record)
+    today = "2026-11-25"
+    assert taken(book.take(close_before=today)) == [("23", 1, False, 1), ("24", 1, False, 1), ("25", 1, False, 1)]
+    book.record("2026-11-24", record)
+    assert taken(book.take(close_before=today)) == [("23", 2, True, 0), ("24", 2, False, 1)]
+    assert taken(book.take(close_before=today)) == [("24", 3, True, 0)]
+    assert book.take(close_before=today) == []
+    book.record("2026-11-23", record)  # a late frame for a closed date: its chain goes on, and closes again
+    assert taken(book.take(close_before=today)) == [("23", 3, False, 1)]
+    assert taken(book.take()) == []  # without close_before (as before): records only
+    assert taken(book.take(final=True)) == [("23", 4, True, 0), ("25", 2, True, 0)]  # the stop: open chains only
+
+
+def test_a_past_date_indexed_between_periodic_calls_is_not_closed_as_idle() -> None:
+    """A backfill of a past date fills INDEX_MAX_RECORDS and has its records taken between two periodic
+    calls (take(date)): nothing of it is waiting at the next one, yet it was not idle, so it stays open."""
+    book, record = IndexBook(), IndexRecord("b", 0, 100, 1, 0, "00" * 16)
+    book.record("2026-11-23", record)
+    assert len(book.take("2026-11-23")) == 1  # the INDEX_MAX_RECORDS path
+    assert book.take(close_before="2026-11-25") == []  # frames landed since the last periodic call
+    [closing] = book.take(close_before="2026-11-25")  # none since: idle, closed
+    link = orjson.loads(closing.lines[0])["chain"]
+    assert (closing.date, link["number"], link["frames"], link["final"]) == ("2026-11-23", 2, 1, True)
