@@ -763,3 +763,21 @@ def test_ctrl_c_says_what_the_export_left(sample_store: tuple[Settings, list[dic
             for row in pq.read_table(io.BytesIO(client.get_blob_client(name).download_blob().readall()))
             .column("id").to_pylist()]
     assert sorted(rows) == sorted(e["id"] for e in by_day(entries)[day])
+
+
+async def test_a_day_not_over_yet_is_exported_with_a_note(make_settings: Callable[..., Settings],
+                                                          tmp_path: Path) -> None:
+    """An export of today (UTC) holds only what was written so far, and its partition then looks like the
+    whole day: the line says so (QA round 13). A past day gets no such note."""
+    settings = make_settings()
+    today = datetime.now(UTC).date()
+    yesterday = (today - timedelta(days=1)).isoformat()
+    await store_entries(settings, [{"timestamp": f"{yesterday}T12:00:00Z", "id": "a"},
+                                   {"timestamp": f"{today.isoformat()}T00:00:00Z", "id": "b"}])
+    result = export(settings, str(tmp_path / "lake"), "--format", "jsonl", first=yesterday, last=today.isoformat())
+    if datetime.now(UTC).date() != today:  # midnight passed meanwhile: "today" is over now
+        pytest.skip("the UTC date changed during the test")
+    notes = [line for line in result.stderr.splitlines() if "the day is not over" in line]
+    assert notes == [f"{today.isoformat()}: note: the day is not over (UTC), so this holds only the entries written "
+                     "so far; export it again once the day has ended (the scheduled export waits an hour after it)"]
+    assert f"{yesterday}: 1 entry -> " in result.stderr

@@ -204,6 +204,9 @@ async def export_range(source: RangeSource, destination: Destination, fmt: str, 
                 f"{result.bytes / 1e6:,.1f} MB)")
         else:
             say(f"{day}: no entries; nothing written")
+        if result.written and day >= dt.datetime.now(dt.UTC).date().isoformat():
+            say(f"{day}: note: the day is not over (UTC), so this holds only the entries written so far; export "
+                "it again once the day has ended (the scheduled export waits an hour after it)")
         for name, column in result.renamed.items():
             say(f"{day}: note: field {name} has the partition column's name: its column is {column} "
                 "(readers of the lake give the partition's date as date)")
