@@ -62,6 +62,10 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 7071, log_
                           "pip install 'blobwriter[serve]'") from None
 
     check_exposure(settings, host, insecure_no_key)
+    if settings.export_destination:
+        log.warning("export_destination is set, but `blobwriter serve` exports nothing: the scheduled export "
+                    "runs under Azure Functions (docs/DEPLOY.md); here, run `blobwriter export` from a scheduler "
+                    "such as cron")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
     app = create_app(settings, check_api_key=True)
     # Open requests get as long to finish as the flush takes (a caller waiting for its entries is answered

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -223,6 +225,34 @@ def test_serve_logs_where_it_listens_even_on_port_0(azurite: str, key: str, cont
         logged = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) [a-z.]+: ")
         assert all(logged.match(line) for line in lines), lines
         assert any("uvicorn" in line for line in lines), lines
+        assert not any("export_destination" in line for line in lines), lines
+    finally:
+        stuck.cancel()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_serve_says_it_does_not_export(tmp_path: Path, key: str) -> None:
+    """export_destination is the Functions app's timer; `serve` ignored it without a word, so a user who set
+    it in serve's config expected exports that never came (QA round 13)."""
+    env = {"PATH": os.environ["PATH"], "BLOBWRITER_STORAGE": str(tmp_path / "store"),
+           "BLOBWRITER_ENCRYPTION_KEY": key, "BLOBWRITER_EXPORT_DESTINATION": str(tmp_path / "lake")}
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", "serve", "--port", "0"], env=env, cwd=ROOT,
+                               stderr=subprocess.PIPE)
+    stuck = threading.Timer(120, process.kill)  # a safety bound on the wait for the line, not a measurement
+    stuck.start()
+    try:
+        assert process.stderr is not None
+        lines = []
+        for raw in process.stderr:
+            lines.append(raw.decode())
+            if " Serving on " in lines[-1]:
+                break
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert any("WARNING" in line and "export_destination is set, but `blobwriter serve` exports nothing" in line
+                   and "`blobwriter export`" in line for line in lines), lines
     finally:
         stuck.cancel()
         if process.poll() is None:
