@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -192,18 +193,12 @@ def test_serve_with_a_port_that_is_not_one_is_a_usage_error(port: str) -> None:
     assert f"argument --port: '{port}' is not a port number (0 to 65535)" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
-def test_serve_logs_where_it_listens_even_on_port_0(azurite: str, key: str, container: str, host: str) -> None:
-    """QA ops: uvicorn says where it listens only for sockets it binds itself, and serve binds its own, so
-    nothing said it; with --port 0 the port was unknowable. `[::1]`, an address as URLs write it, was
-    refused ("Name or service not known"). uvicorn's own lines had another format, without a time."""
-    if host == "[::1]":
-        try:
-            socket.socket(socket.AF_INET6).bind(("::1", 0))
-        except OSError:
-            pytest.skip("no IPv6 loopback here")
-    process = subprocess.Popen([sys.executable, "-m", "blobwriter", "serve", "--host", host, "--port", "0"],
-                               env=azurite_env(azurite, key, container), cwd=ROOT, stderr=subprocess.PIPE)
+@contextmanager
+def serving(args: list[str], env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], list[str], str]]:
+    """`blobwriter serve ARGS` started, its log lines up to the one saying where it listens, and that URL.
+    The caller stops it (SIGTERM) and may read the rest of its lines; it is killed if still running after."""
+    process = subprocess.Popen([sys.executable, "-m", "blobwriter", "serve", *args], env=env, cwd=ROOT,
+                               stderr=subprocess.PIPE)
     stuck = threading.Timer(120, process.kill)  # a safety bound on the wait for the line, not a measurement
     stuck.start()
     try:
@@ -215,49 +210,48 @@ def test_serve_logs_where_it_listens_even_on_port_0(azurite: str, key: str, cont
                 break
         else:
             pytest.fail("serve exited without saying where it listens")
-        url = lines[-1].split(" Serving on ")[1].split()[0]
-        assert url.startswith(f"http://{host}:") and not url.endswith(":0"), lines[-1]
-        assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
-        process.send_signal(signal.SIGTERM)
-        lines += [raw.decode() for raw in process.stderr]
-        assert process.wait(60) == 0
-        # One format for every line, uvicorn's included (they were "INFO:     ...", with no time).
-        logged = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) [a-z.]+: ")
-        assert all(logged.match(line) for line in lines), lines
-        assert any("uvicorn" in line for line in lines), lines
-        assert not any("export_destination" in line for line in lines), lines
+        yield process, lines, lines[-1].split(" Serving on ")[1].split()[0]
     finally:
         stuck.cancel()
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def test_serve_logs_where_it_listens_even_on_port_0(azurite: str, key: str, container: str, host: str) -> None:
+    """QA ops: uvicorn says where it listens only for sockets it binds itself, and serve binds its own, so
+    nothing said it; with --port 0 the port was unknowable. `[::1]`, an address as URLs write it, was
+    refused ("Name or service not known"). uvicorn's own lines had another format, without a time."""
+    if host == "[::1]":
+        try:
+            socket.socket(socket.AF_INET6).bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    with serving(["--host", host, "--port", "0"], azurite_env(azurite, key, container)) as (process, lines, url):
+        assert url.startswith(f"http://{host}:") and not url.endswith(":0"), lines[-1]
+        assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        lines += [raw.decode() for raw in process.stderr]
+        assert process.wait(60) == 0
+    # One format for every line, uvicorn's included (they were "INFO:     ...", with no time).
+    logged = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) [a-z.]+: ")
+    assert all(logged.match(line) for line in lines), lines
+    assert any("uvicorn" in line for line in lines), lines
+    assert not any("export_destination" in line for line in lines), lines
 
 
 def test_serve_says_it_does_not_export(tmp_path: Path, key: str) -> None:
     """export_destination is the Functions app's timer; `serve` ignored it without a word, so a user who set
-    it in serve's config expected exports that never came (QA round 13)."""
+    it in serve's config waited for exports that never came (QA round 13)."""
     env = {"PATH": os.environ["PATH"], "BLOBWRITER_STORAGE": str(tmp_path / "store"),
            "BLOBWRITER_ENCRYPTION_KEY": key, "BLOBWRITER_EXPORT_DESTINATION": str(tmp_path / "lake")}
-    process = subprocess.Popen([sys.executable, "-m", "blobwriter", "serve", "--port", "0"], env=env, cwd=ROOT,
-                               stderr=subprocess.PIPE)
-    stuck = threading.Timer(120, process.kill)  # a safety bound on the wait for the line, not a measurement
-    stuck.start()
-    try:
-        assert process.stderr is not None
-        lines = []
-        for raw in process.stderr:
-            lines.append(raw.decode())
-            if " Serving on " in lines[-1]:
-                break
+    with serving(["--port", "0"], env) as (process, lines, _):
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
-        assert any("WARNING" in line and "export_destination is set, but `blobwriter serve` exports nothing" in line
-                   and "`blobwriter export`" in line for line in lines), lines
-    finally:
-        stuck.cancel()
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+    assert any("WARNING" in line and "export_destination is set, but `blobwriter serve` exports nothing" in line
+               and "`blobwriter export`" in line for line in lines), lines
 
 
 def test_serve_refuses_to_start_without_a_key(azurite: str, container: str) -> None:
