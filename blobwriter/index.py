@@ -93,8 +93,8 @@ class IndexBook:
 
     def __init__(self) -> None:
         self._records: dict[str, list[bytes]] = {}  # date -> record lines waiting
-        self._chains: dict[str, tuple[int, str, int]] = {}  # date -> (last number, its hash, frames indexed)
-        self._closed: set[str] = set()  # dates whose chain's last index frame is final
+        # date -> (last number, its hash, frames indexed, whether it was final: the chain closed)
+        self._chains: dict[str, tuple[int, str, int, bool]] = {}
         self._recorded: set[str] = set()  # dates with a record since the last periodic take (close_before)
 
     def record(self, date: str, record: IndexRecord) -> bool:
@@ -120,7 +120,7 @@ class IndexBook:
             plan = {date: final}
         else:
             plan = dict.fromkeys(self._records, final)
-            open_chains = self._chains.keys() - self._closed - plan.keys()
+            open_chains = [day for day, (*_, closed) in self._chains.items() if not closed and day not in plan]
             if final:
                 plan.update(dict.fromkeys(open_chains, True))
             elif close_before is not None:
@@ -133,14 +133,10 @@ class IndexBook:
             records = self._records.pop(day, [])
             if not records and not closing:
                 continue
-            number, previous, frames = self._chains.get(day, (0, "", 0))
+            number, previous, frames, _ = self._chains.get(day, (0, "", 0, False))
             link = ChainLink(number + 1, previous, frames + len(records), closing)
             lines = [link.to_line(), *records]
-            self._chains[day] = (link.number, chain_hash(plaintext_of(lines)), link.frames)
-            if closing:
-                self._closed.add(day)
-            else:
-                self._closed.discard(day)
+            self._chains[day] = (link.number, chain_hash(plaintext_of(lines)), link.frames, closing)
             taken.append(PendingIndex(day, lines))
         return taken
 
