@@ -126,28 +126,30 @@ async def _read(settings: Settings, dates: list[str], *, verify: bool, as_json: 
     reader = Reader(store, settings.keys, check_index=verify, id_field=settings.id_field)
     out = sys.stdout.buffer
     progress = Progress("verify", dates, enabled=None if verify else False)  # a bar on a terminal
+    code = EXIT_OK  # the verdict, once the range is read to its end
     try:
-        if verify:  # decoding is the work: the entries need not leave the worker processes
-            async for _ in tracked_results(reader, dates, CountEntries(), progress=progress):
-                pass
-        else:
-            async for line in reader.entries(dates):
-                out.write(line + b"\n")
-        out.flush()
+        try:
+            if verify:  # decoding is the work: the entries need not leave the worker processes
+                async for _ in tracked_results(reader, dates, CountEntries(), progress=progress):
+                    pass
+            else:
+                async for line in reader.entries(dates):
+                    out.write(line + b"\n")
+            out.flush()
+        finally:
+            progress.close()
+            await reader.close()
+            await store.close()
+        report = reader.report
+        if report.only_unknown_keys:
+            raise unknown_keys_error(report.problems, settings.named_keys)
+        code = EXIT_OK if report.ok else EXIT_DAMAGED
+        _print_report(report, dates, verbose=verify, as_json=as_json)  # verify's on stdout
+        if report.parts == 0 and not verify:  # verify says so in its report ("0 parts")
+            print(f"blobwriter: note: {nothing_found(dates, store)}", file=sys.stderr)
     except BrokenPipeError:  # the consumer stopped reading (`| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    finally:
-        progress.close()
-        await reader.close()
-        await store.close()
-    report = reader.report
-    if report.only_unknown_keys:
-        raise unknown_keys_error(report.problems, settings.named_keys)
-    _print_report(report, dates, verbose=verify, as_json=as_json)
-    if report.parts == 0 and not verify:  # verify says so in its report ("0 parts")
-        print(f"blobwriter: note: {nothing_found(dates, store)}", file=sys.stderr)
-    return EXIT_OK if report.ok else EXIT_DAMAGED
+    return code
 
 
 def _print_report(report: ReadReport, dates: list[str], *, verbose: bool, as_json: bool) -> None:

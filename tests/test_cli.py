@@ -80,6 +80,28 @@ def test_read_into_a_closed_pipe_stops_quietly(stored: tuple[Settings, dict[str,
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize("json_report", [False, True])
+def test_verify_into_a_closed_pipe_keeps_its_verdict_without_a_traceback(
+        stored: tuple[Settings, dict[str, list[dict[str, Any]]]], json_report: bool) -> None:
+    """QA round 13: `blobwriter verify ... | head -n 1` ended in a BrokenPipeError traceback: only the
+    entries' output of `read` was guarded, not the report verify prints on stdout. The exit code is
+    still the verdict (1 for a damaged range), whoever stopped reading."""
+    from azure.storage.blob import ContainerClient
+
+    settings, _ = stored
+    env = {**cli_env(settings), "PYTHONUNBUFFERED": "1"}
+    command = (f"{sys.executable} -m blobwriter verify --date {DAYS[0]} --until {DAYS[2]}"
+               f"{' --json' if json_report else ''} | true")  # `true` reads nothing: the pipe is closed
+    for damaged in (False, True):
+        if damaged:
+            with ContainerClient.from_connection_string(settings.require("storage"), settings.container) as logs:
+                name = next(iter(logs.list_blobs(name_starts_with=f"gw/{DAYS[0]}/"))).name
+                logs.get_blob_client(name).append_block(b"not a frame " * 20)
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert (result.returncode, result.stderr) == (1 if damaged else 0, ""), result.stderr
+
+
 async def test_read_prints_json_lines(stored: tuple[Settings, dict[str, list[dict[str, Any]]]]) -> None:
     settings, written = stored
     result = run_cli("read", "--date", DAYS[1], "--until", DAYS[2], env=cli_env(settings))
